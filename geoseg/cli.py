@@ -1,0 +1,346 @@
+"""The ``geoseg`` command line.
+
+Usage errors exit 2 (click's convention); any :class:`~geoseg.errors.GeosegError` exits 1
+with one line on stderr, and a traceback only with ``-v``. Progress is drawn with rich on
+stderr when it is a terminal, unless ``--quiet``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from geoseg import __version__
+from geoseg.errors import ConfigError, GeosegError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_PALETTE = ("#000000", "#1f78b4", "#e31a1c", "#33a02c", "#ff7f00", "#6a3d9a", "#b15928")
+
+
+def _fail(err: BaseException, *, verbose: bool) -> None:
+    if verbose:
+        import traceback
+
+        traceback.print_exception(err, file=sys.stderr)
+    click.echo(f"geoseg: error: {err}", err=True)
+
+
+def _handles_errors(fn: F) -> F:
+    """Turn GeosegError into one line and exit 1; Ctrl-C into exit 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        verbose = bool(kwargs.get("verbose"))
+        _setup_logging(verbose=verbose, quiet=bool(kwargs.get("quiet")))
+        try:
+            return fn(*args, **kwargs)
+        except GeosegError as err:
+            _fail(err, verbose=verbose)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("geoseg: interrupted; no output was finished", err=True)
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _setup_logging(*, verbose: bool, quiet: bool) -> None:
+    level = logging.DEBUG if verbose else logging.ERROR if quiet else logging.WARNING
+    logging.basicConfig(level=level, format="geoseg: %(levelname)s: %(message)s", force=True)
+    for noisy in ("distributed", "bokeh", "tornado", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.ERROR if not verbose else logging.INFO)
+
+
+def _common(fn: F) -> F:
+    fn = click.option("-v", "--verbose", is_flag=True, help="Debug logging and tracebacks.")(fn)
+    return click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")(fn)
+
+
+@contextmanager
+def _progress(*, quiet: bool, label: str) -> Iterator[Callable[[int, int], None]]:
+    """A ``(done, total)`` callback drawing a rich bar on stderr when it is a terminal."""
+    if quiet or not sys.stderr.isatty():
+        yield lambda done, total: None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=False,
+    ) as bar:
+        task = bar.add_task(label, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="geoseg")
+def main() -> None:
+    """Segment large satellite GeoTIFFs into georeferenced polygons."""
+
+
+def _split(text: str | None) -> tuple[str, ...]:
+    return tuple(t.strip() for t in (text or "").split(",") if t.strip())
+
+
+def _floats(text: str | None, what: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(t) for t in _split(text))
+    except ValueError:
+        raise ConfigError(f"{what} {text!r} must be comma-separated numbers") from None
+
+
+@main.command()
+@click.argument("scene", type=str)
+@click.option("--classes", "-c", required=True, help="Classes to extract, e.g. water,roads.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Output .gpkg.")
+@click.option(
+    "--model", "-m", "models", multiple=True, help="Model file (repeat for several models)."
+)
+@click.option("--bands", help="Scene band numbers feeding the model, e.g. 4,3,2,8.")
+@click.option("--sensor", help="Sensor preset naming the bands: sentinel2, landsat8, ...")
+@click.option("--block", default=2048, show_default=True, help="Block core size (pixels).")
+@click.option("--tile", type=int, help="Tile size override (default: the model card's).")
+@click.option("--overlap", type=int, help="Tile overlap override (default: the card's).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+    default="auto",
+    show_default=True,
+    help="auto = bf16 on CPUs that support it, fp16/bf16 on CUDA.",
+)
+@click.option("--batch-size", type=int, default=0, help="Tiles per forward pass (0 = auto).")
+@click.option(
+    "--scheduler",
+    default="local",
+    show_default=True,
+    help="local (new cluster), sync (no Dask) or a scheduler address tcp://host:8786.",
+)
+@click.option("--workers", type=int, help="Local cluster worker processes.")
+@click.option("--threads", type=int, help="Dask threads per local worker.")
+@click.option("--min-area", type=float, default=0.0, help="Drop polygons under this many m2.")
+@click.option("--simplify", type=float, default=0.0, help="Simplify tolerance in metres.")
+@click.option("--raster/--no-raster", default=True, show_default=True, help="Class raster.")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+@click.option("--dashboard", is_flag=True, help="Serve the Dask dashboard (local cluster).")
+@_common
+@_handles_errors
+def run(
+    scene: str,
+    classes: str,
+    output: str | None,
+    models: tuple[str, ...],
+    bands: str | None,
+    sensor: str | None,
+    block: int,
+    tile: int | None,
+    overlap: int | None,
+    device: str,
+    precision: str,
+    batch_size: int,
+    scheduler: str,
+    workers: int | None,
+    threads: int | None,
+    min_area: float,
+    simplify: float,
+    raster: bool,
+    overwrite: bool,
+    dashboard: bool,
+    verbose: bool,
+    quiet: bool,
+) -> None:
+    """Segment SCENE and write polygons per class to a GeoPackage."""
+    from dataclasses import replace
+
+    import distributed  # noqa: F401  (configures its loggers on import; quiet them after)
+
+    from geoseg.config import RunConfig, parse_band_list, parse_class_list
+    from geoseg.models.predictor import InferenceOptions
+    from geoseg.pipeline import output_paths, plan_run, run_scene
+    from geoseg.scheduler import open_execution
+
+    _setup_logging(verbose=verbose, quiet=quiet)
+    out = output or f"{Path(scene).stem}.gpkg"
+    config = RunConfig(
+        classes=parse_class_list(classes),
+        models=models,
+        bands=parse_band_list(bands) if bands else None,
+        sensor=sensor,
+        block=block,
+        inference=InferenceOptions(
+            device=device, precision=precision, batch_size=batch_size, tile=tile, overlap=overlap
+        ),
+        min_area_m2=min_area,
+        simplify_m=simplify,
+        raster=raster,
+        overwrite=overwrite,
+    )
+    # Validate before starting a cluster: bad input fails in a fraction of a second.
+    output_paths(out, raster=raster)
+    plan_run(scene, config)
+    with open_execution(
+        scheduler, n_workers=workers, threads_per_worker=threads, dashboard=dashboard
+    ) as ex:
+        if ex.torch_threads and not config.inference.threads:
+            config = replace(config, inference=replace(config.inference, threads=ex.torch_threads))
+        if ex.client is not None and dashboard and not quiet:
+            click.echo(f"geoseg: dashboard at {ex.client.dashboard_link}", err=True)
+        with _progress(quiet=quiet, label=f"{Path(scene).name}") as progress:
+            summary = run_scene(
+                scene,
+                out,
+                config,
+                client=ex.client,
+                progress=progress,
+                resources=ex.resources,
+            )
+    if not quiet:
+        counts = ", ".join(f"{k}: {v}" for k, v in summary.features.items())
+        raster_note = f" and {summary.raster}" if summary.raster else ""
+        click.echo(
+            f"geoseg: wrote {summary.gpkg}{raster_note} ({counts} polygons) in "
+            f"{summary.seconds:.1f} s, {summary.mpx_per_s:.2f} Mpx/s on "
+            f"{', '.join(summary.devices) or 'cpu'} ({ex.description})",
+            err=True,
+        )
+
+
+@main.group()
+def models() -> None:
+    """List, inspect and import models."""
+
+
+@models.command("list")
+@_common
+@_handles_errors
+def models_list(verbose: bool, quiet: bool) -> None:
+    """Architectures geoseg can build and load."""
+    from geoseg.models.registry import ARCHITECTURES
+
+    click.echo("architectures (segmentation-models-pytorch):")
+    for name, cls in ARCHITECTURES.items():
+        click.echo(f"  {name:<15} smp.{cls}")
+
+
+@models.command("show")
+@click.argument("model_file", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the raw card JSON.")
+@_common
+@_handles_errors
+def models_show(model_file: str, as_json: bool, verbose: bool, quiet: bool) -> None:
+    """Print the card of MODEL_FILE."""
+    from geoseg.models.card import card_to_json, read_card
+
+    card = read_card(model_file)
+    if as_json:
+        click.echo(card_to_json(card))
+        return
+    click.echo(f"name:          {card.name}")
+    click.echo(f"architecture:  {card.architecture} / {card.encoder or '-'}")
+    click.echo(f"bands:         {', '.join(card.bands)}")
+    click.echo(f"normalisation: mean {list(card.mean)} std {list(card.std)}")
+    classes = ", ".join(f"{c.name} ({c.color})" for c in card.classes)
+    click.echo(f"classes:       {classes}")
+    click.echo(f"tile/overlap:  {card.tile_size}/{card.overlap}")
+    if card.resolution_m:
+        click.echo(f"resolution:    {card.resolution_m} m")
+    if card.description:
+        click.echo(f"description:   {card.description}")
+    for key, value in card.training.items():
+        click.echo(f"training.{key}: {value}")
+
+
+@models.command("import")
+@click.argument("state_dict", type=click.Path(dir_okay=False))
+@click.option("--arch", required=True, help="Architecture name (see `geoseg models list`).")
+@click.option("--encoder", required=True, help="smp encoder name, e.g. resnet34.")
+@click.option("--bands", required=True, help="Input band roles in order, e.g. red,green,blue.")
+@click.option(
+    "--classes", required=True, help="Output channels in order, background first: bg,water."
+)
+@click.option("--colors", help="Class colours '#rrggbb' in the same order.")
+@click.option("--mean", help="Per-band mean of the training inputs (scene units).")
+@click.option("--std", help="Per-band std of the training inputs (scene units).")
+@click.option("--tile", default=512, show_default=True)
+@click.option("--overlap", default=64, show_default=True)
+@click.option("--resolution", type=float, help="Training ground resolution, metres.")
+@click.option("--name", help="Model name (default: the output file stem).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
+@_common
+@_handles_errors
+def models_import(
+    state_dict: str,
+    arch: str,
+    encoder: str,
+    bands: str,
+    classes: str,
+    colors: str | None,
+    mean: str | None,
+    std: str | None,
+    tile: int,
+    overlap: int,
+    resolution: float | None,
+    name: str | None,
+    output: str,
+    verbose: bool,
+    quiet: bool,
+) -> None:
+    """Wrap a plain smp STATE_DICT (.pth / .safetensors) into a geoseg model file."""
+    from geoseg.models.card import ClassInfo, ModelCard
+    from geoseg.models.registry import import_state_dict
+
+    band_names = _split(bands)
+    class_names = _split(classes)
+    color_list = _split(colors) or tuple(
+        _PALETTE[i % len(_PALETTE)] for i in range(len(class_names))
+    )
+    if len(color_list) != len(class_names):
+        raise ConfigError(f"{len(color_list)} colours for {len(class_names)} classes")
+    means = _floats(mean, "--mean") or (0.0,) * len(band_names)
+    stds = _floats(std, "--std") or (1.0,) * len(band_names)
+    card = ModelCard(
+        name=name or Path(output).stem,
+        architecture=arch,
+        encoder=encoder,
+        bands=band_names,
+        mean=means,
+        std=stds,
+        classes=tuple(
+            ClassInfo(name=n, color=c) for n, c in zip(class_names, color_list, strict=True)
+        ),
+        tile_size=tile,
+        overlap=overlap,
+        resolution_m=resolution,
+        training={"imported_from": Path(state_dict).name},
+    )
+    path = import_state_dict(state_dict, card, output)
+    if not quiet:
+        click.echo(f"geoseg: wrote {path}", err=True)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,100 @@
+"""Run configuration: what the user asked ``geoseg run`` to do, validated once."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from geoseg.errors import ConfigError
+from geoseg.models.predictor import InferenceOptions
+
+__all__ = ["RunConfig", "parse_band_list", "parse_class_list"]
+
+_CLASS = re.compile(r"^[A-Za-z0-9_\-]+$")
+
+
+def parse_class_list(text: str) -> tuple[str, ...]:
+    """``"water, roads"`` -> ``("water", "roads")``; rejects empty and repeated names."""
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names:
+        raise ConfigError("no classes given; e.g. --classes water,roads")
+    bad = [n for n in names if not _CLASS.match(n)]
+    if bad:
+        raise ConfigError(f"class name {bad[0]!r} may only hold letters, digits, '_' and '-'")
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"class {dupes[0]!r} is listed twice")
+    return names
+
+
+def parse_band_list(text: str) -> tuple[int, ...]:
+    """``"4,3,2"`` -> ``(4, 3, 2)`` (1-based band numbers)."""
+    try:
+        bands = tuple(int(b) for b in text.split(",") if b.strip())
+    except ValueError:
+        raise ConfigError(
+            f"--bands {text!r} must be comma-separated band numbers, e.g. 4,3,2"
+        ) from None
+    if not bands or any(b < 1 for b in bands):
+        raise ConfigError(f"--bands {text!r}: band numbers start at 1")
+    return bands
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RunConfig:
+    """Everything ``geoseg run`` needs besides the scene and output paths.
+
+    Parameters
+    ----------
+    classes
+        Classes to extract, in priority order (the first wins where models disagree).
+    models
+        Model files (or built-in method names). Empty: the default model of each class.
+    bands
+        Explicit 1-based scene band numbers for the model (single-model runs).
+    sensor
+        Sensor preset naming the scene's bands (``sentinel2``, ``landsat8`` ...).
+    block
+        Target block core size in pixels (the unit of Dask work and of memory).
+    inference
+        Device, precision, batch size, tile overrides.
+    smooth
+        Smoothing method for every class, or ``None`` for each class's default recipe.
+    smooth_params
+        ``key=value`` overrides of the smoothing recipes.
+    min_area_m2
+        Drop polygons smaller than this many square metres.
+    simplify_m
+        Topology-preserving simplification tolerance in metres (0 keeps pixel edges).
+    raster
+        Also write the class raster (GeoTIFF) next to the GeoPackage.
+    overwrite
+        Replace existing outputs.
+    """
+
+    classes: tuple[str, ...]
+    models: tuple[str, ...] = ()
+    bands: tuple[int, ...] | None = None
+    sensor: str | None = None
+    block: int = 2048
+    inference: InferenceOptions = field(default_factory=InferenceOptions)
+    smooth: str | None = None
+    smooth_params: tuple[str, ...] = ()
+    min_area_m2: float = 0.0
+    simplify_m: float = 0.0
+    raster: bool = True
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.classes:
+            raise ConfigError("no classes given; e.g. --classes water,roads")
+        if len(set(self.classes)) != len(self.classes):
+            raise ConfigError(f"classes {self.classes} contain duplicates")
+        if len(self.classes) > 254:
+            raise ConfigError(f"{len(self.classes)} classes do not fit a uint8 raster (max 254)")
+        if self.block < 64:
+            raise ConfigError(f"block size {self.block} is too small; use at least 1024")
+        if self.min_area_m2 < 0 or self.simplify_m < 0:
+            raise ConfigError("--min-area and --simplify must be >= 0")
+        if self.bands is not None and len(self.models) > 1:
+            raise ConfigError("--bands applies to a single model; give one --model with it")

@@ -1,0 +1,152 @@
+"""Architecture registry over segmentation-models-pytorch, and model file I/O.
+
+Model files are safetensors (no pickle on the load path). Weights are never downloaded:
+every encoder is built with ``encoder_weights=None`` and filled from the file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from geoseg.errors import ModelCardError
+from geoseg.models.card import CARD_KEY, ModelCard, card_to_json, read_card
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "ARCHITECTURES",
+    "build_network",
+    "import_state_dict",
+    "load_network",
+    "save_model",
+]
+
+# Registry name -> smp class name. Kept as names so importing geoseg does not import torch.
+ARCHITECTURES: Mapping[str, str] = {
+    "unet": "Unet",
+    "unetplusplus": "UnetPlusPlus",
+    "fpn": "FPN",
+    "pspnet": "PSPNet",
+    "deeplabv3": "DeepLabV3",
+    "deeplabv3plus": "DeepLabV3Plus",
+    "linknet": "Linknet",
+    "manet": "MAnet",
+    "pan": "PAN",
+    "upernet": "UPerNet",
+    "segformer": "Segformer",
+}
+
+
+def _factory(architecture: str) -> Callable[..., Any]:
+    try:
+        cls_name = ARCHITECTURES[architecture]
+    except KeyError:
+        raise ModelCardError(
+            f"unknown architecture {architecture!r}; valid: {', '.join(ARCHITECTURES)}"
+        ) from None
+    import segmentation_models_pytorch as smp
+
+    factory: Callable[..., Any] = getattr(smp, cls_name)
+    return factory
+
+
+def build_network(card: ModelCard) -> torch.nn.Module:
+    """An untrained network of the card's architecture, encoder, bands and classes."""
+    factory = _factory(card.architecture)
+    try:
+        return factory(
+            encoder_name=card.encoder,
+            encoder_weights=None,
+            in_channels=len(card.bands),
+            classes=len(card.classes),
+            **dict(card.params),
+        )
+    except (KeyError, ValueError, TypeError) as err:
+        raise ModelCardError(
+            f"cannot build {card.architecture} with encoder {card.encoder!r} "
+            f"and params {dict(card.params)}: {err}"
+        ) from err
+
+
+def save_model(
+    path: str | os.PathLike[str], card: ModelCard, state_dict: Mapping[str, torch.Tensor]
+) -> Path:
+    """Write weights and card into one safetensors file (atomically)."""
+    from safetensors.torch import save_file
+
+    p = Path(path)
+    tmp = p.with_name(f".{p.name}.partial")
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    save_file(tensors, str(tmp), metadata={CARD_KEY: card_to_json(card)})
+    os.replace(tmp, p)
+    return p
+
+
+def load_network(path: str | os.PathLike[str]) -> tuple[ModelCard, torch.nn.Module]:
+    """Read a model file: its card and the network with its weights, in eval mode.
+
+    Raises
+    ------
+    ModelCardError
+        If the card is invalid or the weights do not fit the card's architecture.
+    """
+    from safetensors.torch import load_file
+
+    card = read_card(path)
+    net = build_network(card)
+    state = load_file(str(path))
+    _load_state(net, state, source=str(path))
+    net.eval()
+    return card, net
+
+
+def _load_state(net: torch.nn.Module, state: Mapping[str, torch.Tensor], *, source: str) -> None:
+    try:
+        net.load_state_dict(dict(state), strict=True)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        detail = "; ".join(line.strip() for line in first[:3])
+        raise ModelCardError(
+            f"weights in {source!r} do not fit the card's architecture: {detail}"
+        ) from err
+
+
+def import_state_dict(
+    state_path: str | os.PathLike[str], card: ModelCard, out: str | os.PathLike[str]
+) -> Path:
+    """Turn a plain smp state dict (``.pth``/``.pt`` or ``.safetensors``) into a model file.
+
+    ``.pth`` files are read with ``torch.load(weights_only=True)``: tensors only, no code.
+    A checkpoint that wraps the state dict (``{"state_dict": ...}`` or ``{"model": ...}``)
+    and keys prefixed ``model.`` / ``module.`` (Lightning, DataParallel) are accepted.
+    """
+    import torch
+
+    src = Path(state_path)
+    if not src.is_file():
+        raise ModelCardError(f"state dict {str(src)!r} does not exist")
+    try:
+        if src.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj: Any = load_file(str(src))
+        else:
+            obj = torch.load(str(src), map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a bad file
+        raise ModelCardError(f"cannot read {str(src)!r} as a state dict: {err}") from err
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelCardError(f"{str(src)!r} does not hold a state dict of tensors")
+    state = dict(obj)
+    for prefix in ("module.", "model."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
+    net = build_network(card)
+    _load_state(net, state, source=str(src))
+    return save_model(out, card, net.state_dict())

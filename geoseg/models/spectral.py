@@ -1,0 +1,200 @@
+"""Spectral-index methods: segmentation without weights.
+
+``ndwi`` (green, nir) and ``mndwi`` (green, swir1) find water, ``ndvi`` (red, nir) finds
+vegetation. Each is a built-in model selectable like a model file (``--model ndwi``,
+``--model ndwi:0.1`` for a fixed threshold, ``--model ndwi:otsu``). With ``otsu`` (the
+default) the threshold is computed over the whole scene from a streamed histogram, so
+every block uses the same threshold and there are no seams.
+
+Probabilities are a logistic of the distance to the threshold, so blending, smoothing and
+confidences work as for networks while ``argmax`` reproduces the threshold exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from geoseg.errors import ConfigError
+from geoseg.models.card import ClassInfo, ModelCard
+
+__all__ = [
+    "METHODS",
+    "SpectralMethod",
+    "SpectralSegmenter",
+    "is_spectral",
+    "normalized_difference",
+    "otsu_threshold",
+    "spectral_card",
+]
+
+HIST_BINS = 2000  # over [-1, 1]: 0.001 resolution, plenty for a threshold
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SpectralMethod:
+    """A normalised difference ``(a - b) / (a + b)`` thresholded into one class."""
+
+    name: str
+    bands: tuple[str, str]
+    class_name: str
+    color: str
+    description: str
+
+
+METHODS: dict[str, SpectralMethod] = {
+    m.name: m
+    for m in (
+        SpectralMethod(
+            name="ndwi",
+            bands=("green", "nir"),
+            class_name="water",
+            color="#1f78b4",
+            description="McFeeters NDWI (green - nir) / (green + nir); water above the threshold",
+        ),
+        SpectralMethod(
+            name="mndwi",
+            bands=("green", "swir1"),
+            class_name="water",
+            color="#1f78b4",
+            description="Xu MNDWI (green - swir1) / (green + swir1); water above the threshold",
+        ),
+        SpectralMethod(
+            name="ndvi",
+            bands=("nir", "red"),
+            class_name="vegetation",
+            color="#33a02c",
+            description="NDVI (nir - red) / (nir + red); vegetation above the threshold",
+        ),
+    )
+}
+
+
+def is_spectral(source: str) -> bool:
+    """Whether a ``--model`` value names a built-in spectral method."""
+    return source.split(":", 1)[0].lower() in METHODS
+
+
+def spectral_card(source: str, *, threshold: float | None = None) -> ModelCard:
+    """The card of a built-in method: ``"ndwi"``, ``"ndwi:otsu"`` or ``"ndwi:0.15"``.
+
+    ``threshold`` fills in a computed Otsu threshold.
+    """
+    name, _, arg = source.partition(":")
+    method = METHODS.get(name.lower())
+    if method is None:
+        raise ConfigError(f"unknown spectral method {name!r}; valid: {', '.join(METHODS)}")
+    mode: str | float
+    if arg in ("", "otsu"):
+        mode = "otsu"
+    else:
+        try:
+            mode = float(arg)
+        except ValueError:
+            raise ConfigError(
+                f"threshold {arg!r} of {name} must be a number in [-1, 1] or 'otsu', "
+                f"e.g. {name}:0.1"
+            ) from None
+        if not -1.0 <= mode <= 1.0:
+            raise ConfigError(f"threshold {mode} of {name} must lie in [-1, 1]")
+    params: dict[str, object] = {"index": method.name, "mode": mode, "softness": 0.05}
+    if threshold is not None:
+        params["threshold"] = float(threshold)
+    elif isinstance(mode, float):
+        params["threshold"] = mode
+    return ModelCard(
+        name=f"{method.name}-{'otsu' if mode == 'otsu' else mode}",
+        architecture="spectral",
+        bands=method.bands,
+        mean=(0.0, 0.0),
+        std=(1.0, 1.0),
+        classes=(
+            ClassInfo(name="background", color="#000000"),
+            ClassInfo(name=method.class_name, color=method.color),
+        ),
+        tile_size=512,
+        overlap=0,
+        params=params,
+        description=method.description,
+    )
+
+
+def normalized_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``(a - b) / (a + b)`` as float32; NaN where undefined (both zero)."""
+    a = a.astype(np.float32)
+    b = b.astype(np.float32)
+    den = a + b
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = (a - b) / den
+    out[den == 0] = np.nan
+    return np.clip(out, -1.0, 1.0, out=out)
+
+
+def index_histogram(index: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Counts of ``index`` over ``HIST_BINS`` bins on [-1, 1], valid finite pixels only."""
+    vals = index[valid & np.isfinite(index)]
+    hist, _ = np.histogram(vals, bins=HIST_BINS, range=(-1.0, 1.0))
+    return hist.astype(np.int64)
+
+
+def otsu_threshold(hist: np.ndarray) -> float:
+    """Otsu's threshold over a histogram on [-1, 1] (maximises between-class variance).
+
+    Raises
+    ------
+    ConfigError
+        If the histogram is empty (no valid pixel).
+    """
+    total = hist.sum()
+    if total == 0:
+        raise ConfigError("no valid pixels to compute an Otsu threshold from")
+    centers = -1.0 + (np.arange(len(hist)) + 0.5) * (2.0 / len(hist))
+    w0 = np.cumsum(hist).astype(np.float64)
+    w1 = total - w0
+    m0 = np.cumsum(hist * centers)
+    mu_total = m0[-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (mu_total * w0 - total * m0) ** 2 / (w0 * w1)
+    between[~np.isfinite(between)] = -1.0
+    k = int(np.argmax(between))
+    return float(centers[k] + 1.0 / len(hist))  # the upper edge of bin k
+
+
+def merge_histograms(parts: Iterable[np.ndarray]) -> np.ndarray:
+    total = np.zeros(HIST_BINS, dtype=np.int64)
+    for p in parts:
+        total += p
+    return total
+
+
+class SpectralSegmenter:
+    """A :class:`~geoseg.models.predictor.Segmenter` for a spectral index and threshold."""
+
+    device = "cpu"
+
+    def __init__(self, card: ModelCard) -> None:
+        if card.architecture != "spectral":
+            raise ConfigError(f"card {card.name!r} is not a spectral method")
+        threshold = card.params.get("threshold")
+        if threshold is None:
+            raise ConfigError(
+                f"{card.name}: the Otsu threshold must be computed over the scene first"
+            )
+        self.card = card
+        self.threshold = float(threshold)
+        self.softness = float(card.params.get("softness", 0.05))
+
+    def index(self, image: np.ndarray) -> np.ndarray:
+        return normalized_difference(image[0], image[1])
+
+    def predict(self, image: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        idx = self.index(image)
+        z = (idx - self.threshold) / self.softness
+        fg = (1.0 / (1.0 + np.exp(-np.nan_to_num(z, nan=-math.inf)))).astype(np.float32)
+        ok = valid & np.isfinite(idx)
+        fg[~ok] = 0.0
+        bg = np.where(ok, 1.0 - fg, 0.0).astype(np.float32)
+        return np.stack([bg, fg])

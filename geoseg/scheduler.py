@@ -1,0 +1,185 @@
+"""Dask clusters for geoseg: local by default, any existing scheduler, GPU workers.
+
+- ``local`` (default): a ``LocalCluster`` of worker *processes* sized to the machine. On CPU
+  one worker per 8 cores (at least one), each with two Dask threads (one reads, smooths or
+  vectorizes a block while the other predicts; a per-model lock keeps one forward pass at a
+  time) and ``cores / workers`` torch threads, so torch threads x workers never exceeds
+  the cores.
+- With CUDA GPUs: one worker per GPU, pinned with ``CUDA_VISIBLE_DEVICES`` and declaring a
+  ``GPU`` resource that model tasks require. ``dask_cuda.LocalCUDACluster`` is used when
+  installed, otherwise an equivalent ``SpecCluster``.
+- ``tcp://host:8786`` (or any address): attach to an existing scheduler. Inputs must be
+  readable from every worker (shared file system or GDAL virtual paths).
+- ``sync``: no Dask at all, every block in this process (debugging, tiny scenes).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from geoseg.errors import ConfigError, GeosegError
+
+__all__ = [
+    "Execution",
+    "cpu_cluster_shape",
+    "gpu_worker_specs",
+    "open_execution",
+    "task_resources",
+]
+
+GPU = "GPU"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Execution:
+    """Where blocks run: a Dask client (or ``None`` for in-process) and how."""
+
+    client: Any
+    torch_threads: int
+    resources: Mapping[str, float] | None
+    description: str
+
+
+def cpu_cluster_shape(
+    cores: int, *, n_workers: int | None = None, threads_per_worker: int | None = None
+) -> tuple[int, int, int]:
+    """``(workers, dask threads per worker, torch threads per worker)`` for a CPU machine.
+
+    torch threads x workers <= cores always holds.
+    """
+    if cores < 1:
+        raise ConfigError(f"core count {cores} must be positive")
+    workers = n_workers if n_workers is not None else max(1, cores // 8)
+    if workers < 1:
+        raise ConfigError(f"--workers {workers} must be at least 1")
+    threads = threads_per_worker if threads_per_worker is not None else 2
+    if threads < 1:
+        raise ConfigError(f"--threads {threads} must be at least 1")
+    return workers, threads, max(1, cores // workers)
+
+
+def gpu_worker_specs(n_gpus: int, *, threads_per_worker: int = 2) -> dict[str, dict[str, Any]]:
+    """A ``SpecCluster`` worker spec: one worker per GPU, pinned and declaring ``GPU: 1``."""
+    from distributed import Nanny
+
+    return {
+        f"gpu-{i}": {
+            "cls": Nanny,
+            "options": {
+                "nthreads": threads_per_worker,
+                "resources": {GPU: 1},
+                "env": {"CUDA_VISIBLE_DEVICES": str(i)},
+                "name": f"gpu-{i}",
+            },
+        }
+        for i in range(n_gpus)
+    }
+
+
+def task_resources(client: Any) -> dict[str, float] | None:
+    """``{"GPU": 1}`` when any worker declares a GPU resource, else ``None``."""
+    workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    if any(GPU in (w.get("resources") or {}) for w in workers.values()):
+        return {GPU: 1}
+    return None
+
+
+def _gpu_count() -> int:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+@contextmanager
+def open_execution(
+    address: str | None = None,
+    *,
+    n_workers: int | None = None,
+    threads_per_worker: int | None = None,
+    dashboard: bool = False,
+) -> Iterator[Execution]:
+    """Start or attach to the cluster that runs blocks; closes what it started.
+
+    Parameters
+    ----------
+    address
+        ``None``/``"local"``: a new local cluster; ``"sync"``: in-process; otherwise the
+        address of a running Dask scheduler.
+    n_workers, threads_per_worker
+        Local cluster shape (CPU); defaults per :func:`cpu_cluster_shape`.
+    dashboard
+        Serve the Dask dashboard of a local cluster on a free port.
+    """
+    cores = os.cpu_count() or 1
+    if address == "sync":
+        yield Execution(client=None, torch_threads=0, resources=None, description="in-process")
+        return
+    from distributed import Client, LocalCluster, SpecCluster
+
+    if address not in (None, "local"):
+        try:
+            client = Client(address, timeout="20s")
+        except (OSError, TimeoutError) as err:
+            raise GeosegError(f"cannot reach the Dask scheduler at {address}: {err}") from err
+        try:
+            yield Execution(
+                client=client,
+                torch_threads=0,
+                resources=task_resources(client),
+                description=f"scheduler {address}",
+            )
+        finally:
+            client.close()
+        return
+    dash = ":0" if dashboard else None
+    gpus = _gpu_count()
+    cluster: Any
+    if gpus:
+        threads = threads_per_worker or 2
+        try:
+            from dask_cuda import LocalCUDACluster
+
+            cluster = LocalCUDACluster(
+                threads_per_worker=threads,
+                resources={GPU: 1},
+                dashboard_address=dash,
+                silence_logs=logging.ERROR,
+            )
+        except ImportError:
+            from distributed import Scheduler
+
+            cluster = SpecCluster(
+                workers=gpu_worker_specs(gpus, threads_per_worker=threads),
+                scheduler={"cls": Scheduler, "options": {"dashboard_address": dash}},
+                silence_logs=logging.ERROR,
+            )
+        torch_threads, desc = max(1, cores // gpus), f"{gpus} GPU worker(s)"
+    else:
+        workers, threads, torch_threads = cpu_cluster_shape(
+            cores, n_workers=n_workers, threads_per_worker=threads_per_worker
+        )
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=threads,
+            processes=True,
+            dashboard_address=dash,
+            silence_logs=logging.ERROR,
+        )
+        desc = f"{workers} local worker(s) x {threads} threads, {torch_threads} torch threads"
+    try:
+        with Client(cluster) as client:
+            yield Execution(
+                client=client,
+                torch_threads=torch_threads,
+                resources={GPU: 1} if gpus else None,
+                description=desc,
+            )
+    finally:
+        cluster.close()

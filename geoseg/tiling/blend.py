@@ -1,0 +1,78 @@
+"""Weighted blending of overlapping tile predictions.
+
+Each tile's probabilities are multiplied by a separable window that ramps up as
+``sin^2`` over the first ``overlap`` pixels and down as ``cos^2`` over the last ones, so
+on a regular grid two neighbouring ramps sum to exactly one. The accumulator still divides
+by the summed weights, which keeps the blend a convex combination where tiles were snapped
+to the window edge and where nodata pixels carry no weight.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["BlendAccumulator", "blend_weights", "ramp"]
+
+
+def ramp(tile: int, overlap: int) -> np.ndarray:
+    """1-D window of length ``tile``: cosine ramps over ``overlap`` pixels at both ends.
+
+    Values are strictly positive (pixel centres are used), so a pixel covered by a single
+    tile edge still gets a defined blend.
+    """
+    w = np.ones(tile, dtype=np.float64)
+    if overlap > 0:
+        x = (np.arange(overlap) + 0.5) / overlap
+        up = np.sin(0.5 * np.pi * x) ** 2
+        w[:overlap] = up
+        w[tile - overlap :] = up[::-1]
+    return w
+
+
+def blend_weights(tile: int, overlap: int) -> np.ndarray:
+    """2-D separable blending window, shape ``(tile, tile)``, float32."""
+    r = ramp(tile, overlap)
+    return np.outer(r, r).astype(np.float32)
+
+
+class BlendAccumulator:
+    """Accumulates weighted tile probabilities over one window.
+
+    Parameters
+    ----------
+    n_classes
+        Number of probability channels.
+    shape
+        ``(height, width)`` of the window the tiles lie in.
+    tile, overlap
+        Tile size and overlap; fix the blending window.
+    """
+
+    def __init__(self, n_classes: int, shape: tuple[int, int], *, tile: int, overlap: int):
+        self._acc = np.zeros((n_classes, *shape), dtype=np.float32)
+        self._wsum = np.zeros(shape, dtype=np.float32)
+        self._window = blend_weights(tile, overlap)
+        self._tile = tile
+
+    def add(self, probs: np.ndarray, *, row: int, col: int, valid: np.ndarray) -> None:
+        """Add one tile's probabilities ``(C, tile, tile)`` at ``(row, col)``.
+
+        ``valid`` ``(tile, tile)`` bool: pixels that carry weight (nodata pixels do not).
+        """
+        t = self._tile
+        w = self._window * valid
+        sl = (slice(row, row + t), slice(col, col + t))
+        self._acc[(slice(None), *sl)] += probs * w
+        self._wsum[sl] += w
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """Blended probabilities ``(C, H, W)`` and the covered mask ``(H, W)``.
+
+        Pixels no valid tile pixel covered get probability 0 in every class and
+        ``covered=False``.
+        """
+        covered = self._wsum > 0
+        probs = np.divide(
+            self._acc, self._wsum, out=np.zeros_like(self._acc), where=covered[np.newaxis]
+        )
+        return probs, covered

@@ -1,0 +1,242 @@
+"""The one place where geoseg opens rasters.
+
+Scenes are read window by window; nothing here ever reads a whole scene. Every other module
+receives arrays, windows and :class:`SceneInfo` values. Functions take a path (or a GDAL
+virtual path such as ``/vsis3/...``) so Dask tasks can open their own handles: rasterio
+datasets cannot be pickled or shared between processes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.errors import RasterioError, RasterioIOError
+from rasterio.windows import Window
+
+from geoseg.errors import OutputWriteError, SceneReadError
+from geoseg.tiling.grid import PixelWindow
+
+__all__ = [
+    "GDAL_ENV",
+    "RasterWriter",
+    "SceneInfo",
+    "read_scene_info",
+    "read_window",
+]
+
+# Read-side GDAL settings: let GDAL cache decoded blocks between neighbouring reads and not
+# list whole remote directories when opening one object.
+GDAL_ENV: Mapping[str, Any] = {
+    "GDAL_CACHEMAX": 256,
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SceneInfo:
+    """What geoseg needs to know about a scene without reading its pixels."""
+
+    path: str
+    width: int
+    height: int
+    count: int
+    dtype: str
+    crs: CRS | None
+    transform: Affine
+    nodata: float | None
+    descriptions: tuple[str | None, ...] = field(default=())
+
+    @property
+    def res(self) -> tuple[float, float]:
+        return (abs(self.transform.a), abs(self.transform.e))
+
+    @property
+    def window(self) -> PixelWindow:
+        return PixelWindow(row_off=0, col_off=0, height=self.height, width=self.width)
+
+
+def _is_local(path: str) -> bool:
+    return not (path.startswith("/vsi") or "://" in path)
+
+
+@contextmanager
+def _open(path: str) -> Iterator[Any]:
+    if _is_local(path) and not Path(path).exists():
+        raise SceneReadError(f"scene {path!r} does not exist")
+    try:
+        with rasterio.Env(**GDAL_ENV), rasterio.open(path) as src:
+            yield src
+    except RasterioIOError as err:
+        raise SceneReadError(f"cannot read {path!r} as a raster: {_first_line(err)}") from err
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def read_scene_info(path: str | os.PathLike[str]) -> SceneInfo:
+    """Open a scene's header only.
+
+    Raises
+    ------
+    SceneReadError
+        If the file is missing or GDAL cannot read it as a raster.
+    """
+    p = os.fspath(path)
+    with _open(p) as src:
+        if src.count < 1:
+            raise SceneReadError(f"{p!r} has no raster bands")
+        return SceneInfo(
+            path=p,
+            width=src.width,
+            height=src.height,
+            count=src.count,
+            dtype=src.dtypes[0],
+            crs=src.crs,
+            transform=src.transform,
+            nodata=src.nodata,
+            descriptions=tuple(src.descriptions),
+        )
+
+
+def _pad(arr: np.ndarray, pads: tuple[tuple[int, int], tuple[int, int]]) -> np.ndarray:
+    """Reflect-pad the last two axes; a 1-pixel axis can only be repeated."""
+    if not any(a or b for a, b in pads):
+        return arr
+    lead = [(0, 0)] * (arr.ndim - 2)
+    out = arr
+    for axis in range(2):
+        if any(pads[axis]):
+            width = [*lead, (0, 0), (0, 0)]
+            width[arr.ndim - 2 + axis] = pads[axis]
+            # a 1-pixel axis cannot be reflected, only repeated
+            if out.shape[arr.ndim - 2 + axis] > 1:
+                out = np.pad(out, width, mode="reflect")
+            else:
+                out = np.pad(out, width, mode="edge")
+    return out
+
+
+def read_window(
+    path: str, window: PixelWindow, *, bands: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read ``bands`` (1-based) over ``window``; the part outside the scene is reflected.
+
+    Returns
+    -------
+    image
+        ``(len(bands), height, width)`` in the scene's dtype.
+    valid
+        ``(height, width)`` bool: inside the scene, not nodata / masked in any of the
+        bands (GDAL masks: nodata value, internal or sidecar mask, alpha), and not NaN.
+    """
+    with _open(path) as src:
+        scene = PixelWindow(row_off=0, col_off=0, height=src.height, width=src.width)
+        inner = window.intersection(scene)
+        if inner is None:
+            raise SceneReadError(f"window {window} lies outside scene {path!r}")
+        rwin = Window(inner.col_off, inner.row_off, inner.width, inner.height)
+        try:
+            data = src.read(list(bands), window=rwin)
+            masks = src.read_masks(list(bands), window=rwin)
+        except RasterioError as err:
+            raise SceneReadError(f"reading {path!r} at {inner} failed: {_first_line(err)}") from err
+    valid = np.all(masks > 0, axis=0)
+    if np.issubdtype(data.dtype, np.floating):
+        valid &= np.all(np.isfinite(data), axis=0)
+    top, left = inner.row_off - window.row_off, inner.col_off - window.col_off
+    bottom, right = window.row_end - inner.row_end, window.col_end - inner.col_end
+    pads = ((top, bottom), (left, right))
+    image = _pad(data, pads)
+    valid = np.pad(valid, pads, mode="constant", constant_values=False)
+    return image, valid
+
+
+class RasterWriter:
+    """Writes one GeoTIFF window by window under a temporary name; renamed on commit.
+
+    Only the Dask client writes, so a single handle is safe. A writer that is closed
+    without :meth:`commit` deletes its temporary file: an interrupted run never leaves a
+    file that looks finished.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        profile: Mapping[str, Any],
+        colormap: Mapping[int, tuple[int, int, int, int]] | None = None,
+        tags: Mapping[str, str] | None = None,
+        band_descriptions: Sequence[str] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.tmp_path = self.path.with_name(f".{self.path.name}.partial")
+        try:
+            self._env = rasterio.Env(**GDAL_ENV)
+            self._env.__enter__()
+            self._dst = rasterio.open(self.tmp_path, "w", **profile)
+        except (RasterioError, OSError) as err:
+            raise OutputWriteError(f"cannot create {self.path}: {_first_line(err)}") from err
+        if colormap:
+            self._dst.write_colormap(1, dict(colormap))
+        if tags:
+            self._dst.update_tags(**tags)
+        for i, desc in enumerate(band_descriptions or (), start=1):
+            self._dst.set_band_description(i, desc)
+        self._closed = False
+
+    def write(self, array: np.ndarray, window: PixelWindow) -> None:
+        """Write ``(bands, h, w)`` or ``(h, w)`` ``array`` at ``window``."""
+        arr = array if array.ndim == 3 else array[np.newaxis]
+        win = Window(window.col_off, window.row_off, window.width, window.height)
+        self._dst.write(arr, window=win)
+
+    def commit(self) -> Path:
+        """Close and atomically move the file to its final name."""
+        self._dst.close()
+        self._env.__exit__(None, None, None)
+        self._closed = True
+        os.replace(self.tmp_path, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Close and delete the temporary file."""
+        if not self._closed:
+            self._dst.close()
+            self._env.__exit__(None, None, None)
+            self._closed = True
+        self.tmp_path.unlink(missing_ok=True)
+
+
+def write_array(
+    path: str | os.PathLike[str],
+    array: np.ndarray,
+    *,
+    crs: CRS | str | None,
+    transform: Affine,
+    nodata: float | None = None,
+) -> None:
+    """Write a small in-memory ``(bands, h, w)`` array as a GeoTIFF (tests, training data)."""
+    arr = array if array.ndim == 3 else array[np.newaxis]
+    profile = {
+        "driver": "GTiff",
+        "height": arr.shape[1],
+        "width": arr.shape[2],
+        "count": arr.shape[0],
+        "dtype": arr.dtype.name,
+        "crs": crs,
+        "transform": transform,
+        "nodata": nodata,
+        "compress": "deflate",
+    }
+    with rasterio.Env(**GDAL_ENV), rasterio.open(path, "w", **profile) as dst:
+        dst.write(arr)

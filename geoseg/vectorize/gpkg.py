@@ -1,0 +1,74 @@
+"""Writing the GeoPackage: one polygon layer per class, written atomically.
+
+Layers are written into a hidden temporary file next to the target and the file is renamed
+when every layer is in: a failed or interrupted run never leaves a GeoPackage that looks
+finished.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rasterio.crs import CRS
+
+from geoseg.errors import OutputWriteError
+
+__all__ = ["GeoPackageWriter"]
+
+
+class GeoPackageWriter:
+    """Accumulates layers in ``.<name>.partial`` and renames it on :meth:`commit`."""
+
+    def __init__(self, path: str | os.PathLike[str], *, crs: CRS | None) -> None:
+        self.path = Path(path)
+        self.tmp_path = self.path.with_name(f".{self.path.name}.partial.gpkg")
+        self.crs = crs
+        self.layers: list[str] = []
+        self.tmp_path.unlink(missing_ok=True)
+
+    def write_layer(
+        self,
+        name: str,
+        geometries: np.ndarray,
+        columns: Mapping[str, np.ndarray],
+        *,
+        geometry_type: str = "Polygon",
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        """Write one layer (an empty layer when ``geometries`` is empty)."""
+        import geopandas as gpd
+        import pyogrio
+
+        crs: Any = self.crs.to_wkt() if self.crs is not None else None
+        frame = gpd.GeoDataFrame(
+            {k: np.asarray(v) for k, v in columns.items()},
+            geometry=gpd.GeoSeries(list(geometries), crs=crs),
+        )
+        try:
+            pyogrio.write_dataframe(
+                frame,
+                self.tmp_path,
+                layer=name,
+                driver="GPKG",
+                geometry_type=geometry_type,
+                layer_metadata=dict(metadata) if metadata else None,
+            )
+        except Exception as err:  # pyogrio raises DataSourceError, DataLayerError, OSError ...
+            raise OutputWriteError(f"cannot write layer {name!r} to {self.path}: {err}") from err
+        self.layers.append(name)
+
+    def commit(self) -> Path:
+        """Move the finished GeoPackage to its final name."""
+        if not self.tmp_path.exists():
+            raise OutputWriteError(f"nothing was written to {self.path}")
+        os.replace(self.tmp_path, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Delete the temporary file (and SQLite side files)."""
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            Path(f"{self.tmp_path}{suffix}").unlink(missing_ok=True)

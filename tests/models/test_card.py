@@ -1,0 +1,164 @@
+"""Model files: self-describing safetensors, no pickle, importing plain state dicts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from geoseg.errors import BandError, ModelCardError
+from geoseg.models.bands import band_roles, resolve_bands
+from geoseg.models.card import (
+    CARD_KEY,
+    ClassInfo,
+    ModelCard,
+    card_from_json,
+    card_to_json,
+    read_card,
+)
+from geoseg.models.registry import (
+    ARCHITECTURES,
+    build_network,
+    import_state_dict,
+    load_network,
+    save_model,
+)
+
+
+def small_card(arch: str = "unet", encoder: str = "resnet18", **kw: object) -> ModelCard:
+    base: dict[str, object] = {
+        "name": "t",
+        "architecture": arch,
+        "encoder": encoder,
+        "bands": ("red", "green", "blue"),
+        "mean": (1.0, 2.0, 3.0),
+        "std": (4.0, 5.0, 6.0),
+        "classes": (ClassInfo(name="background"), ClassInfo(name="water", color="#0000ff")),
+        "tile_size": 64,
+        "overlap": 16,
+    }
+    base.update(kw)
+    return ModelCard(**base)  # type: ignore[arg-type]
+
+
+def test_card_roundtrips_through_json() -> None:
+    card = small_card(
+        training={"val_iou": {"water": 0.8}},
+        params={"encoder_depth": 3, "decoder_channels": [32, 16, 8]},
+    )
+    assert card_from_json(card_to_json(card)) == card
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        ({"mean": (1.0,)}, "3 bands but 1 means"),
+        ({"std": (1.0, 0.0, 1.0)}, "std must be positive"),
+        ({"classes": (ClassInfo(name="background"),)}, "at least one class"),
+        ({"tile_size": 100}, "not a multiple of 32"),
+    ],
+)
+def test_invalid_cards_name_the_problem(mutate: dict[str, object], message: str) -> None:
+    with pytest.raises(ModelCardError, match=message):
+        small_card(**mutate)
+
+
+def test_bad_colour_and_unknown_fields_are_rejected() -> None:
+    with pytest.raises(ModelCardError, match="'#rrggbb'"):
+        ClassInfo(name="water", color="blue")
+    text = card_to_json(small_card()).replace('"name": "t"', '"name": "t", "colour": 1')
+    with pytest.raises(ModelCardError, match="unknown model card fields"):
+        card_from_json(text)
+
+
+@pytest.mark.parametrize(
+    "arch", ["unet", "unetplusplus", "fpn", "pspnet", "deeplabv3", "deeplabv3plus"]
+)
+def test_every_required_architecture_saves_and_loads_without_pickle(
+    tmp_path: Path, arch: str
+) -> None:
+    card = small_card(arch=arch)
+    torch.manual_seed(0)
+    net = build_network(card).eval()
+    path = save_model(tmp_path / f"{arch}.safetensors", card, net.state_dict())
+    with safe_open(str(path), framework="pt") as f:  # plain safetensors: readable anywhere
+        assert CARD_KEY in f.metadata()
+    loaded_card, loaded = load_network(path)
+    assert loaded_card == card
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        np.testing.assert_allclose(loaded(x).numpy(), net(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_unknown_architecture_lists_the_valid_ones() -> None:
+    with pytest.raises(ModelCardError, match="valid: unet, unetplusplus"):
+        build_network(small_card(arch="unet3000"))
+    assert {"unet", "unetplusplus", "fpn", "pspnet", "deeplabv3", "deeplabv3plus"} <= set(
+        ARCHITECTURES
+    )
+
+
+def test_import_plain_state_dict_and_reject_mismatches(tmp_path: Path) -> None:
+    card = small_card()
+    net = build_network(card)
+    pth = tmp_path / "ckpt.pth"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in net.state_dict().items()}}, pth)
+    out = import_state_dict(pth, card, tmp_path / "imported.safetensors")
+    assert read_card(out) == card
+    with pytest.raises(ModelCardError, match="do not fit the card"):
+        import_state_dict(pth, small_card(encoder="resnet34"), tmp_path / "bad.safetensors")
+    assert not (tmp_path / "bad.safetensors").exists()
+
+
+def test_a_pickle_with_code_is_refused(tmp_path: Path) -> None:
+    class Evil:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (print, ("owned",))
+
+    bad = tmp_path / "evil.pth"
+    torch.save({"state_dict": Evil()}, bad)
+    with pytest.raises(ModelCardError, match="cannot read"):
+        import_state_dict(bad, small_card(), tmp_path / "x.safetensors")
+
+
+def test_files_without_a_card_are_explained(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    plain = tmp_path / "plain.safetensors"
+    save_file({"w": torch.zeros(2)}, str(plain))
+    with pytest.raises(ModelCardError, match="geoseg models import"):
+        read_card(plain)
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00" * 64)
+    with pytest.raises(ModelCardError, match="not a safetensors model file"):
+        read_card(junk)
+
+
+def test_band_roles_from_descriptions_and_sensor_codes() -> None:
+    landsat = band_roles(["B1 blue", "B2 green", "B3 red", "B4 NIR", "B5 SWIR1", "B7 SWIR2"])
+    assert landsat == ["blue", "green", "red", "nir", "swir1", "swir2"]
+    s2 = band_roles(["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08"])
+    assert s2[1:4] == ["blue", "green", "red"] and s2[7] == "nir"
+    assert resolve_bands(("green", "nir"), count=8, roles=s2) == (3, 8)
+    assert band_roles([None, None, None], colorinterp=["red", "green", "blue"]) == [
+        "red",
+        "green",
+        "blue",
+    ]
+
+
+def test_missing_bands_are_one_clear_error() -> None:
+    with pytest.raises(BandError, match="has 3 bands but model 'x' needs 4"):
+        resolve_bands(
+            ("blue", "green", "red", "nir"), count=3, roles=[None] * 3, model_name="model 'x'"
+        )
+    with pytest.raises(BandError, match="missing: nir"):
+        resolve_bands(("red", "nir"), count=3, roles=["red", "green", "blue"])
+    assert resolve_bands(
+        ("red", "nir"), count=3, roles=["red", "green", "blue"], explicit=(1, 3)
+    ) == (1, 3)
+    with pytest.raises(BandError, match="band 5 does not exist"):
+        resolve_bands(("red", "nir"), count=3, roles=[None] * 3, explicit=(1, 5))

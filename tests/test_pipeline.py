@@ -1,0 +1,173 @@
+"""End-to-end runs on real files with a real (quickly trained) model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyogrio
+import pytest
+import rasterio
+import shapely
+from affine import Affine
+
+from geoseg.config import RunConfig
+from geoseg.models.predictor import InferenceOptions, TorchSegmenter, load_segmenter
+from geoseg.pipeline import NODATA_CLASS, plan_run, run_scene
+from geoseg.tiling.grid import PixelWindow
+from geoseg.tiling.io import read_window, write_array
+from tests.helpers import synthetic_image
+
+FP32 = InferenceOptions(precision="fp32")
+
+
+def _config(model: Path, **kw: object) -> RunConfig:
+    base: dict[str, object] = {"classes": ("water", "roads"), "models": (str(model),), "block": 256}
+    base.update(kw)
+    return RunConfig(**base)  # type: ignore[arg-type]
+
+
+def test_blocked_run_agrees_with_whole_image_inference(
+    tiny_model: Path, make_scene, tmp_path: Path
+) -> None:
+    scene, _ = make_scene(600, 700, seed=3)
+    config = _config(tiny_model, inference=FP32)
+    plan = plan_run(scene, config)
+    assert len(plan.blocks) >= 6, (
+        "the scene must span several blocks for this test to mean anything"
+    )
+    summary = run_scene(scene, tmp_path / "out.gpkg", config)
+    with rasterio.open(summary.raster) as src:
+        blocked = src.read(1)
+    seg = load_segmenter(tiny_model, options=FP32)
+    assert isinstance(seg, TorchSegmenter)
+    image, valid = read_window(
+        str(scene), PixelWindow(row_off=0, col_off=0, height=600, width=700), bands=(1, 2, 3, 4)
+    )
+    whole = seg.predict_whole(image, valid).argmax(axis=0)
+    whole_classes = np.select([whole == 1, whole == 2], [1, 2], 0)
+    agreement = float((blocked == whole_classes).mean())
+    assert agreement >= 0.999, f"blocked vs whole-image agreement {agreement:.5f} < 0.999"
+
+
+def test_gpkg_layers_crs_and_features(tiny_model: Path, make_scene, tmp_path: Path) -> None:
+    scene, truth = make_scene(300, 320, seed=5)
+    summary = run_scene(scene, tmp_path / "o.gpkg", _config(tiny_model))
+    layers = dict(pyogrio.list_layers(summary.gpkg))
+    assert layers == {"water": "Polygon", "roads": "Polygon"}
+    with rasterio.open(scene) as src:
+        scene_crs = src.crs
+    for name, value in (("water", 1), ("roads", 2)):
+        info = pyogrio.read_info(summary.gpkg, layer=name)
+        assert rasterio.crs.CRS.from_user_input(info["crs"]) == scene_crs
+        df = pyogrio.read_dataframe(summary.gpkg, layer=name)
+        assert len(df) == summary.features[name] > 0
+        assert set(df["class"]) == {name}
+        assert shapely.is_valid(df.geometry.values).all()
+        assert ((df.confidence > 0.5) & (df.confidence <= 1.0)).all()
+        # features where expected: the polygons cover the true class (10 m pixels)
+        truth_area = (truth == value).sum() * 100.0
+        assert df.area_m2.sum() == pytest.approx(truth_area, rel=0.25)
+    water = pyogrio.read_dataframe(summary.gpkg, layer="water")
+    assert water.area_m2.to_numpy() == pytest.approx(water.geometry.area.to_numpy(), rel=3e-3), (
+        "UTM areas ~ planar"
+    )
+
+
+def test_polygon_spanning_3x3_blocks_is_one_polygon(tiny_model: Path, tmp_path: Path) -> None:
+    h = w = 700
+    truth = np.zeros((h, w), dtype=np.uint8)
+    yy, xx = np.mgrid[0:h, 0:w]
+    lake = ((yy - 350) / 300.0) ** 2 + ((xx - 350) / 310.0) ** 2 < 1.0
+    truth[lake] = 1
+    scene = tmp_path / "lake.tif"
+    write_array(
+        scene,
+        synthetic_image(truth, seed=7),
+        crs="EPSG:32617",
+        transform=Affine(10, 0, 500000, 0, -10, 4000000),
+    )
+    config = _config(tiny_model, classes=("water",), block=200)
+    plan = plan_run(scene, config)
+    lake_blocks = {
+        (b.row, b.col)
+        for b in plan.blocks
+        if lake[b.core.row_off : b.core.row_end, b.core.col_off : b.core.col_end].any()
+    }
+    assert len(lake_blocks) >= 9
+    summary = run_scene(scene, tmp_path / "lake.gpkg", config)
+    df = pyogrio.read_dataframe(summary.gpkg, layer="water")
+    big = df[df.area_m2 > 1e5]
+    assert len(big) == 1, f"the lake came out as {len(big)} polygons"
+    assert big.geometry.iloc[0].geom_type == "Polygon"
+    assert big.area_m2.iloc[0] == pytest.approx(lake.sum() * 100.0, rel=0.01)
+
+
+def test_nodata_gets_no_class_and_no_polygon(tiny_model: Path, tmp_path: Path) -> None:
+    from tests.helpers import synthetic_truth
+
+    truth = synthetic_truth(260, 260, seed=11)
+    image = synthetic_image(truth, seed=11)
+    image[:, :, :100] = 0  # a nodata stripe over water and land
+    scene = tmp_path / "nd.tif"
+    write_array(
+        scene, image, crs="EPSG:32617", transform=Affine(10, 0, 500000, 0, -10, 4000000), nodata=0
+    )
+    summary = run_scene(scene, tmp_path / "nd.gpkg", _config(tiny_model, block=128))
+    with rasterio.open(summary.raster) as src:
+        classes = src.read(1)
+        assert src.nodata == NODATA_CLASS
+    assert (classes[:, :100] == NODATA_CLASS).all()
+    assert (classes[:, 100:] != NODATA_CLASS).all()
+    for layer in ("water", "roads"):
+        df = pyogrio.read_dataframe(summary.gpkg, layer=layer)
+        nodata_zone = shapely.box(500000, 4000000 - 2600, 500000 + 1000, 4000000)
+        assert not df.geometry.intersection(nodata_zone).area.gt(1e-6).any()
+    # the model still finds water next to the stripe
+    right = truth[:, 100:]
+    found = classes[:, 100:]
+    iou = ((found == 1) & (right == 1)).sum() / ((found == 1) | (right == 1)).sum()
+    assert iou > 0.9
+
+
+def test_same_run_twice_gives_identical_output(
+    tiny_model: Path, make_scene, tmp_path: Path
+) -> None:
+    scene, _ = make_scene(300, 300, seed=2)
+    a = run_scene(scene, tmp_path / "a.gpkg", _config(tiny_model, block=128))
+    b = run_scene(scene, tmp_path / "b.gpkg", _config(tiny_model, block=128))
+    for layer in ("water", "roads"):
+        da = pyogrio.read_dataframe(a.gpkg, layer=layer)
+        db = pyogrio.read_dataframe(b.gpkg, layer=layer)
+        assert da.drop(columns="geometry").equals(db.drop(columns="geometry"))
+        assert all(da.geometry.geom_equals_exact(db.geometry, 0))
+    with rasterio.open(a.raster) as ra, rasterio.open(b.raster) as rb:
+        assert (ra.read() == rb.read()).all()
+
+
+def test_geographic_scene_polygons_land_in_place_with_metric_areas(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """An EPSG:4326 scene: polygons in degrees, area_m2 in square metres."""
+    h = w = 200
+    truth = np.zeros((h, w), dtype=np.uint8)
+    truth[50:150, 60:140] = 1
+    scene = tmp_path / "geo.tif"
+    dx, dy = 9.0e-5, 9.0e-5
+    transform = Affine(dx, 0, -76.7, 0, -dy, 34.7)
+    write_array(scene, synthetic_image(truth, seed=4), crs="EPSG:4326", transform=transform)
+    summary = run_scene(
+        scene, tmp_path / "geo.gpkg", _config(tiny_model, classes=("water",), block=128)
+    )
+    df = pyogrio.read_dataframe(summary.gpkg, layer="water")
+    big = df.loc[df.area_m2.idxmax()]
+    minx, _, _, maxy = big.geometry.bounds
+    assert minx == pytest.approx(-76.7 + 60 * dx, abs=3 * dx)
+    assert maxy == pytest.approx(34.7 - 50 * dy, abs=3 * dy)
+    # 100 x 80 pixels of ~8.2 m (x, at 34.7 N) by ~10.0 m (y)
+    import pyproj
+
+    geod = pyproj.Geod(ellps="WGS84")
+    px_w = geod.inv(-76.7, 34.65, -76.7 + dx, 34.65)[2]
+    px_h = geod.inv(-76.7, 34.65, -76.7, 34.65 + dy)[2]
+    assert big.area_m2 == pytest.approx(100 * 80 * px_w * px_h, rel=0.03)

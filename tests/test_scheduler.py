@@ -1,0 +1,140 @@
+"""Dask scheduling on real LocalClusters: worker counts, GPU resources, thread budget."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pyogrio
+import pytest
+import rasterio
+from distributed import Client, LocalCluster
+
+from geoseg.config import RunConfig
+from geoseg.errors import ConfigError
+from geoseg.models.predictor import InferenceOptions
+from geoseg.pipeline import plan_run, run_scene
+from geoseg.scheduler import GPU, cpu_cluster_shape, gpu_worker_specs, task_resources
+
+
+def _read(gpkg: Path) -> dict[str, list[tuple[bytes, float]]]:
+    out = {}
+    for layer in ("water", "roads"):
+        df = pyogrio.read_dataframe(gpkg, layer=layer)
+        out[layer] = [(g.wkb, a) for g, a in zip(df.geometry, df.area_m2)]
+    return out
+
+
+def test_two_workers_give_the_same_output_as_one(
+    tiny_model: Path, make_scene, tmp_path: Path
+) -> None:
+    scene, _ = make_scene(400, 420, seed=9)
+    results = {}
+    for n in (1, 2):
+        config = RunConfig(
+            classes=("water", "roads"),
+            models=(str(tiny_model),),
+            block=128,
+            inference=InferenceOptions(threads=1),
+        )
+        with (
+            LocalCluster(
+                n_workers=n,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                silence_logs=logging.ERROR,
+            ) as cluster,
+            Client(cluster) as client,
+        ):
+            summary = run_scene(
+                scene, tmp_path / f"w{n}.gpkg", config, client=client, max_in_flight=3
+            )
+            if n == 2:
+                workers_used = client.run(
+                    lambda: (
+                        __import__("geoseg.models.predictor")
+                        .models.predictor._cached.cache_info()
+                        .currsize
+                    )
+                )
+        with rasterio.open(summary.raster) as src:
+            results[n] = (_read(summary.gpkg), src.read())
+    assert len(plan_run(scene, config).blocks) >= 9
+    assert results[1][0] == results[2][0]
+    assert (results[1][1] == results[2][1]).all()
+    assert all(v == 1 for v in workers_used.values()) and len(workers_used) == 2, (
+        f"each worker loads the model once and both did work: {workers_used}"
+    )
+
+
+def test_gpu_resource_pins_model_tasks_to_gpu_workers(
+    tiny_model: Path, make_scene, tmp_path: Path
+) -> None:
+    """GPU scheduling logic without a GPU: only the worker declaring GPU gets block tasks."""
+    scene, _ = make_scene(300, 300, seed=4)
+    config = RunConfig(
+        classes=("water",),
+        models=(str(tiny_model),),
+        block=128,
+        inference=InferenceOptions(device="cpu", threads=1),
+    )
+    with LocalCluster(
+        n_workers=0, processes=True, dashboard_address=None, silence_logs=logging.ERROR
+    ) as cluster:
+        cluster.scale(0)
+        from distributed import Nanny
+
+        cluster.worker_spec = {
+            "cpu-only": {"cls": Nanny, "options": {"nthreads": 1}},
+            "gpu-0": {"cls": Nanny, "options": {"nthreads": 1, "resources": {GPU: 1}}},
+        }
+        cluster.scale(2)
+        with Client(cluster) as client:
+            client.wait_for_workers(2)
+            resources = task_resources(client)
+            assert resources == {GPU: 1}
+            run_scene(scene, tmp_path / "g.gpkg", config, client=client, resources=resources)
+            loaded = client.run(
+                lambda: (
+                    __import__("geoseg.models.predictor")
+                    .models.predictor._cached.cache_info()
+                    .currsize
+                )
+            )
+            names = {
+                w["name"]: addr
+                for addr, w in client.scheduler_info(n_workers=-1)["workers"].items()
+            }
+    assert loaded[names["gpu-0"]] == 1
+    assert loaded[names["cpu-only"]] == 0, "no model was loaded where there is no GPU resource"
+
+
+def test_gpu_worker_spec_pins_one_device_per_worker() -> None:
+    spec = gpu_worker_specs(3)
+    assert [s["options"]["env"]["CUDA_VISIBLE_DEVICES"] for s in spec.values()] == ["0", "1", "2"]
+    assert all(s["options"]["resources"] == {GPU: 1} for s in spec.values())
+
+
+@pytest.mark.parametrize(
+    ("cores", "workers"), [(1, None), (2, None), (2, 2), (16, None), (64, 4), (8, 3)]
+)
+def test_torch_threads_times_workers_never_exceed_cores(cores: int, workers: int | None) -> None:
+    w, _, torch_threads = cpu_cluster_shape(cores, n_workers=workers)
+    assert w * torch_threads <= max(cores, w)
+    assert torch_threads >= 1
+
+
+def test_bad_cluster_shapes_are_rejected() -> None:
+    with pytest.raises(ConfigError, match="--workers 0"):
+        cpu_cluster_shape(4, n_workers=0)
+
+
+@pytest.mark.gpu
+def test_cuda_run_uses_the_gpu(tiny_model: Path, make_scene, tmp_path: Path) -> None:
+    scene, _ = make_scene(256, 256, seed=1)
+    config = RunConfig(
+        classes=("water",), models=(str(tiny_model),), inference=InferenceOptions(device="cuda")
+    )
+    summary = run_scene(scene, tmp_path / "cuda.gpkg", config)
+    assert summary.devices == ("cuda",)

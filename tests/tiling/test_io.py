@@ -1,0 +1,96 @@
+"""Windowed reading: reflect padding outside the scene, nodata and masks, atomic writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+
+from geoseg.errors import SceneReadError
+from geoseg.tiling.grid import PixelWindow
+from geoseg.tiling.io import RasterWriter, read_scene_info, read_window, write_array
+
+T = Affine(10, 0, 300000, 0, -10, 5000000)
+
+
+def test_window_beyond_the_scene_is_reflected_and_invalid(tmp_path: Path) -> None:
+    data = np.arange(2 * 20 * 30, dtype=np.uint16).reshape(2, 20, 30)
+    path = tmp_path / "a.tif"
+    write_array(path, data, crs="EPSG:32633", transform=T)
+    win = PixelWindow(row_off=-5, col_off=-4, height=30, width=40)
+    image, valid = read_window(str(path), win, bands=(2, 1))
+    assert image.shape == (2, 30, 40)
+    np.testing.assert_array_equal(image[0, 5:25, 4:34], data[1])
+    np.testing.assert_array_equal(image[1, 5:25, 4:34], data[0])
+    # reflect: row -1 mirrors row 1, column -1 mirrors column 1
+    np.testing.assert_array_equal(image[0, 4, 4:34], data[1, 1])
+    np.testing.assert_array_equal(image[0, 5:25, 3], data[1, :, 1])
+    assert valid[5:25, 4:34].all()
+    assert not valid[:5].any() and not valid[:, :4].any() and not valid[25:].any()
+
+
+def test_nodata_internal_mask_and_nan_are_invalid(tmp_path: Path) -> None:
+    data = np.ones((1, 10, 10), dtype=np.float32)
+    data[0, 0, 0] = -9999
+    data[0, 1, 1] = np.nan
+    path = tmp_path / "b.tif"
+    write_array(path, data, crs="EPSG:32633", transform=T, nodata=-9999)
+    _, valid = read_window(
+        str(path), PixelWindow(row_off=0, col_off=0, height=10, width=10), bands=(1,)
+    )
+    assert not valid[0, 0] and not valid[1, 1] and valid.sum() == 98
+
+    masked = tmp_path / "c.tif"
+    profile = {
+        "driver": "GTiff",
+        "width": 10,
+        "height": 10,
+        "count": 1,
+        "dtype": "uint8",
+        "crs": "EPSG:32633",
+        "transform": T,
+    }
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(masked, "w", **profile) as dst:
+        dst.write(np.full((1, 10, 10), 7, np.uint8))
+        m = np.full((10, 10), 255, np.uint8)
+        m[:, :3] = 0
+        dst.write_mask(m)
+    _, valid = read_window(
+        str(masked), PixelWindow(row_off=0, col_off=0, height=10, width=10), bands=(1,)
+    )
+    assert not valid[:, :3].any() and valid[:, 3:].all()
+
+
+def test_missing_and_non_raster_files_raise_scene_errors(tmp_path: Path) -> None:
+    with pytest.raises(SceneReadError, match="does not exist"):
+        read_scene_info(tmp_path / "nope.tif")
+    text = tmp_path / "notes.tif"
+    text.write_text("not a raster")
+    with pytest.raises(SceneReadError, match="cannot read"):
+        read_scene_info(text)
+
+
+def test_writer_leaves_nothing_when_aborted(tmp_path: Path) -> None:
+    out = tmp_path / "classes.tif"
+    profile = {
+        "driver": "GTiff",
+        "width": 8,
+        "height": 8,
+        "count": 1,
+        "dtype": "uint8",
+        "crs": "EPSG:32633",
+        "transform": T,
+    }
+    w = RasterWriter(out, profile=profile)
+    w.write(np.ones((8, 8), np.uint8), PixelWindow(row_off=0, col_off=0, height=8, width=8))
+    assert not out.exists(), "the final name appears only on commit"
+    w.abort()
+    assert not out.exists() and not w.tmp_path.exists()
+    w = RasterWriter(out, profile=profile)
+    w.write(np.ones((8, 8), np.uint8), PixelWindow(row_off=0, col_off=0, height=8, width=8))
+    w.commit()
+    with rasterio.open(out) as src:
+        assert src.read(1).sum() == 64
