@@ -147,6 +147,14 @@ def _floats(text: str | None, what: str) -> tuple[float, ...]:
 @click.option("--raster/--no-raster", default=True, show_default=True, help="Class raster.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option("--dashboard", is_flag=True, help="Serve the Dask dashboard (local cluster).")
+@click.option(
+    "--resume", is_flag=True, help="Reuse the blocks an interrupted run of the same job finished."
+)
+@click.option(
+    "--report",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Write timings per stage, throughput, devices and peak memory as JSON.",
+)
 @_common
 @_handles_errors
 def run(
@@ -170,6 +178,8 @@ def run(
     raster: bool,
     overwrite: bool,
     dashboard: bool,
+    resume: bool,
+    report: str | None,
     verbose: bool,
     quiet: bool,
 ) -> None:
@@ -217,14 +227,24 @@ def run(
                 client=ex.client,
                 progress=progress,
                 resources=ex.resources,
+                resume=resume,
             )
+    if report:
+        import json
+
+        body = summary.report() | {"cluster": ex.description, "scene": scene}
+        Path(report).write_text(json.dumps(body, indent=2) + "\n")
     if not quiet:
         counts = ", ".join(f"{k}: {v}" for k, v in summary.features.items())
         raster_note = f" and {summary.raster}" if summary.raster else ""
+        resumed = f", {summary.resumed_blocks} blocks resumed" if summary.resumed_blocks else ""
+        rss = summary.report()["peak_rss_mb"]["total"]
         click.echo(
             f"geoseg: wrote {summary.gpkg}{raster_note} ({counts} polygons) in "
             f"{summary.seconds:.1f} s, {summary.mpx_per_s:.2f} Mpx/s on "
-            f"{', '.join(summary.devices) or 'cpu'} ({ex.description})",
+            f"{', '.join(summary.devices) or 'cpu'} "
+            f"({', '.join(summary.precisions) or 'fp32'}; {ex.description}){resumed}; "
+            f"peak memory {rss:.0f} MB",
             err=True,
         )
 

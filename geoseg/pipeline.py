@@ -9,8 +9,11 @@ cut by block borders and writes the GeoPackage, all under temporary names rename
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import socket
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -23,8 +26,16 @@ import numpy as np
 from geoseg import __version__
 from geoseg.config import RunConfig
 from geoseg.errors import ClassNotAvailableError, ConfigError, OutputExistsError
+from geoseg.journal import (
+    Journal,
+    decode_arrays,
+    encode_arrays,
+    fingerprint,
+    polygons_from_arrays,
+    polygons_to_arrays,
+)
 from geoseg.models.bands import band_roles, resolve_bands
-from geoseg.models.card import ModelCard
+from geoseg.models.card import ModelCard, card_to_json
 from geoseg.models.predictor import InferenceOptions, Segmenter, cached_segmenter
 from geoseg.models.spectral import (
     SpectralSegmenter,
@@ -113,11 +124,14 @@ class BlockResult:
     seams: Mapping[str, BlockPolygons]
     timings: Mapping[str, float]
     device: str
+    precision: str = "fp32"
+    worker: str = ""
+    peak_rss_mb: float = 0.0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class RunSummary:
-    """Outcome of a run: outputs, counts and timings."""
+    """Outcome of a run: outputs, counts, timings and resources used."""
 
     gpkg: Path
     raster: Path | None
@@ -127,10 +141,39 @@ class RunSummary:
     seconds: float
     timings: Mapping[str, float] = field(default_factory=dict)
     devices: tuple[str, ...] = ()
+    precisions: tuple[str, ...] = ()
+    resumed_blocks: int = 0
+    client_peak_rss_mb: float = 0.0
+    worker_peak_rss_mb: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def mpx_per_s(self) -> float:
         return self.pixels / 1e6 / self.seconds if self.seconds > 0 else 0.0
+
+    def report(self) -> dict[str, Any]:
+        """A JSON-serialisable report (``geoseg run --report``)."""
+        return {
+            "geoseg_version": __version__,
+            "outputs": {
+                "gpkg": str(self.gpkg),
+                "raster": str(self.raster) if self.raster else None,
+            },
+            "features": dict(self.features),
+            "blocks": self.blocks,
+            "resumed_blocks": self.resumed_blocks,
+            "pixels": self.pixels,
+            "wall_seconds": round(self.seconds, 3),
+            "throughput_mpx_per_s": round(self.mpx_per_s, 4),
+            # Seconds summed over blocks (worker stages overlap across threads and workers).
+            "stage_seconds": {k: round(v, 3) for k, v in self.timings.items()},
+            "devices": list(self.devices),
+            "precisions": list(self.precisions),
+            "peak_rss_mb": {
+                "client": round(self.client_peak_rss_mb, 1),
+                "workers": {k: round(v, 1) for k, v in self.worker_peak_rss_mb.items()},
+                "total": round(self.client_peak_rss_mb + sum(self.worker_peak_rss_mb.values()), 1),
+            },
+        }
 
 
 def output_paths(output: str | os.PathLike[str], *, raster: bool) -> tuple[Path, Path | None]:
@@ -310,7 +353,7 @@ def process_block(plan: RunPlan, block: Block) -> BlockResult:
     any_valid = np.zeros(shape, dtype=bool)
     masks: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     images: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray]] = {}
-    device = "cpu"
+    device, precision = "cpu", "fp32"
     for use in plan.models:
         t0 = time.perf_counter()
         if use.bands not in images:
@@ -319,6 +362,7 @@ def process_block(plan: RunPlan, block: Block) -> BlockResult:
         t1 = time.perf_counter()
         seg = _segmenter(use, plan.inference)
         device = seg.device
+        precision = getattr(seg, "precision", "n/a")
         probs = seg.predict(image, valid) if valid.any() else None
         t2 = time.perf_counter()
         valid_core = valid[core]
@@ -364,6 +408,104 @@ def process_block(plan: RunPlan, block: Block) -> BlockResult:
         seams=seams,
         timings=timings,
         device=device,
+        precision=precision,
+        worker=f"{socket.gethostname()}:{os.getpid()}",
+        peak_rss_mb=_peak_rss_mb(),
+    )
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, MB (Linux/macOS)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return 0.0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+# --------------------------------------------------------------------------- journal
+
+
+def _encode_result(result: BlockResult) -> bytes:
+    arrays: dict[str, np.ndarray] = {"classes": result.classes}
+    for name, cp in result.interior.items():
+        arrays[f"i.{name}.geometries"] = cp.geometries
+        arrays[f"i.{name}.area_m2"] = cp.area_m2
+        arrays[f"i.{name}.confidence"] = cp.confidence
+        arrays[f"i.{name}.pixels"] = cp.pixels
+        arrays[f"i.{name}.keys"] = cp.keys
+    for name, bp in result.seams.items():
+        arrays.update(polygons_to_arrays(f"s.{name}", bp))
+    meta = {"index": result.index, "device": result.device, "precision": result.precision}
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    return encode_arrays(arrays)
+
+
+def _decode_result(data: bytes, classes: Sequence[str]) -> BlockResult:
+    arrays = decode_arrays(data)
+    meta = json.loads(arrays["meta"].tobytes())
+    interior = {
+        name: ClassPolygons(
+            geometries=arrays[f"i.{name}.geometries"],
+            area_m2=arrays[f"i.{name}.area_m2"],
+            confidence=arrays[f"i.{name}.confidence"],
+            pixels=arrays[f"i.{name}.pixels"],
+            keys=arrays[f"i.{name}.keys"],
+        )
+        for name in classes
+        if f"i.{name}.keys" in arrays
+    }
+    seams = {
+        name: polygons_from_arrays(f"s.{name}", arrays)
+        for name in classes
+        if f"s.{name}.labels" in arrays
+    }
+    return BlockResult(
+        index=int(meta["index"]),
+        classes=arrays["classes"],
+        interior=interior,
+        seams=seams,
+        timings={},
+        device=meta["device"],
+        precision=meta["precision"],
+    )
+
+
+def _plan_fingerprint(plan: RunPlan, config: RunConfig) -> str:
+    """What makes two runs produce the same output: inputs, models, options."""
+    scene = Path(plan.scene.path)
+    stat = scene.stat() if scene.exists() else None
+    models = []
+    for use in plan.models:
+        p = Path(use.source)
+        mstat = p.stat() if p.exists() else None
+        models.append(
+            [
+                use.source,
+                card_to_json(use.card),
+                use.bands,
+                use.outputs,
+                mstat.st_size if mstat else None,
+                mstat.st_mtime_ns if mstat else None,
+            ]
+        )
+    return fingerprint(
+        {
+            "version": __version__,
+            "scene": [
+                plan.scene.path,
+                stat.st_size if stat else None,
+                stat.st_mtime_ns if stat else None,
+            ],
+            "models": models,
+            "classes": plan.classes,
+            "spec": [plan.spec.tile, plan.spec.overlap, plan.spec.block, plan.spec.halo_px],
+            "inference": [plan.inference.precision, plan.inference.tile, plan.inference.overlap],
+            "min_area_m2": plan.min_area_m2,
+            "simplify_px": plan.simplify_px,
+            "config": [config.smooth, config.smooth_params, config.raster],
+        }
     )
 
 
@@ -399,18 +541,25 @@ def _class_raster_writer(plan: RunPlan, path: Path) -> RasterWriter:
 
 
 def _iter_results(
-    plan: RunPlan, *, client: Any, max_in_flight: int, resources: Mapping[str, float] | None
+    plan: RunPlan,
+    blocks: Sequence[Block],
+    *,
+    client: Any,
+    max_in_flight: int,
+    resources: Mapping[str, float] | None,
 ) -> Iterator[BlockResult]:
     """Yield block results as they complete, never more than ``max_in_flight`` pending."""
     if client is None:
-        for block in plan.blocks:
+        for block in blocks:
             yield process_block(plan, block)
+        return
+    if not blocks:
         return
     from distributed import as_completed
 
     plan_future = client.scatter(plan, broadcast=True, hash=False)
     run_id = uuid.uuid4().hex[:12]
-    pending = iter(plan.blocks)
+    pending = iter(blocks)
     submitted: dict[Any, Block] = {}
 
     def submit(block: Block) -> Any:
@@ -451,6 +600,7 @@ def run_scene(
     progress: Progress | None = None,
     max_in_flight: int | None = None,
     resources: Mapping[str, float] | None = None,
+    resume: bool = False,
 ) -> RunSummary:
     """Segment one scene into a GeoPackage (and class raster).
 
@@ -469,6 +619,8 @@ def run_scene(
         cluster's threads.
     resources
         Dask resources each block task requires (``{"GPU": 1}`` on GPU clusters).
+    resume
+        Reuse the blocks an interrupted run of the same plan completed (its journal).
     """
     start = time.perf_counter()
     gpkg_path, raster_path = output_paths(output, raster=config.raster)
@@ -480,29 +632,53 @@ def run_scene(
     total = len(plan.blocks)
     if progress:
         progress(0, total)
+    journal = Journal(
+        gpkg_path.with_name(f".{gpkg_path.name}.journal"),
+        fingerprint=_plan_fingerprint(plan, config),
+        resume=resume,
+    )
     gpkg = GeoPackageWriter(gpkg_path, crs=plan.scene.crs)
     raster = _class_raster_writer(plan, raster_path) if raster_path else None
     merger = SeamMerger()
     interior: dict[str, list[ClassPolygons]] = {c: [] for c in plan.classes}
     timings: dict[str, float] = {}
     devices: set[str] = set()
+    precisions: set[str] = set()
+    worker_rss: dict[str, float] = {}
+
+    def collect(result: BlockResult) -> None:
+        block = plan.blocks[result.index]
+        t0 = time.perf_counter()
+        if raster is not None:
+            raster.write(result.classes, block.core)
+        for name, polys in result.seams.items():
+            merger.add(name, block=block.index, row=block.row, col=block.col, polygons=polys)
+        for name, finished in result.interior.items():
+            interior[name].append(finished)
+        for k, v in result.timings.items():
+            timings[k] = timings.get(k, 0.0) + v
+        timings["write"] = timings.get("write", 0.0) + time.perf_counter() - t0
+        devices.add(result.device)
+        precisions.add(result.precision)
+        if result.worker:
+            worker_rss[result.worker] = max(worker_rss.get(result.worker, 0.0), result.peak_rss_mb)
+
     try:
-        for done, result in enumerate(
-            _iter_results(plan, client=client, max_in_flight=max_in_flight, resources=resources),
-            start=1,
-        ):
-            block = plan.blocks[result.index]
+        resumed = 0
+        for resumed, (_, payload) in enumerate(journal.load(), start=1):
+            collect(_decode_result(payload, plan.classes))
+            if progress:
+                progress(resumed, total)
+        done_blocks = journal.done()
+        todo = [b for b in plan.blocks if b.index not in done_blocks]
+        results = _iter_results(
+            plan, todo, client=client, max_in_flight=max_in_flight, resources=resources
+        )
+        for done, result in enumerate(results, start=resumed + 1):
+            collect(result)
             t0 = time.perf_counter()
-            if raster is not None:
-                raster.write(result.classes, block.core)
-            for name, polys in result.seams.items():
-                merger.add(name, block=block.index, row=block.row, col=block.col, polygons=polys)
-            for name, finished in result.interior.items():
-                interior[name].append(finished)
-            for k, v in result.timings.items():
-                timings[k] = timings.get(k, 0.0) + v
-            timings["write"] = timings.get("write", 0.0) + time.perf_counter() - t0
-            devices.add(result.device)
+            journal.record(result.index, _encode_result(result))
+            timings["journal"] = timings.get("journal", 0.0) + time.perf_counter() - t0
             if progress:
                 progress(done, total)
         t0 = time.perf_counter()
@@ -515,7 +691,9 @@ def run_scene(
         gpkg.abort()
         if raster is not None:
             raster.abort()
+        journal.close()
         raise
+    journal.finish()
     return RunSummary(
         gpkg=gpkg_path,
         raster=raster_path,
@@ -525,6 +703,10 @@ def run_scene(
         seconds=time.perf_counter() - start,
         timings=timings,
         devices=tuple(sorted(devices)),
+        precisions=tuple(sorted(precisions)),
+        resumed_blocks=resumed,
+        client_peak_rss_mb=_peak_rss_mb(),
+        worker_peak_rss_mb=worker_rss,
     )
 
 

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 from collections.abc import Iterator, Mapping
@@ -90,10 +91,13 @@ def task_resources(client: Any) -> dict[str, float] | None:
 
 
 def _gpu_count() -> int:
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency
+    """CUDA devices on this machine; torch (hundreds of MB) is imported only if any exist."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
         return 0
+    if not glob.glob("/dev/nvidia[0-9]*") and not os.environ.get("CUDA_VISIBLE_DEVICES"):
+        return 0
+    import torch
+
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 

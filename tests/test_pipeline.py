@@ -171,3 +171,96 @@ def test_geographic_scene_polygons_land_in_place_with_metric_areas(
     px_w = geod.inv(-76.7, 34.65, -76.7 + dx, 34.65)[2]
     px_h = geod.inv(-76.7, 34.65, -76.7, 34.65 + dy)[2]
     assert big.area_m2 == pytest.approx(100 * 80 * px_w * px_h, rel=0.03)
+
+
+def test_interrupted_run_resumes_without_recomputing(
+    tiny_model: Path, make_scene, tmp_path: Path, monkeypatch
+) -> None:
+    import geoseg.pipeline as pipeline
+
+    scene, _ = make_scene(360, 360, seed=8)
+    config = _config(tiny_model, block=128)
+    reference = run_scene(scene, tmp_path / "ref.gpkg", config)
+    calls: list[int] = []
+    real = pipeline.process_block
+
+    def counting(plan, block):  # type: ignore[no-untyped-def]
+        calls.append(block.index)
+        return real(plan, block)
+
+    monkeypatch.setattr(pipeline, "process_block", counting)
+
+    def interrupt_after_4(done: int, total: int) -> None:
+        if done == 4:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "resumed.gpkg"
+    with pytest.raises(KeyboardInterrupt):
+        run_scene(scene, out, config, progress=interrupt_after_4)
+    assert not out.exists() and not out.with_name("resumed_classes.tif").exists()
+    first = list(calls)
+    calls.clear()
+    summary = run_scene(scene, out, config, resume=True)
+    assert summary.resumed_blocks == 4
+    assert set(calls).isdisjoint(first[:4]), "completed blocks are not recomputed"
+    assert len(calls) == summary.blocks - 4
+    for layer in ("water", "roads"):
+        a = pyogrio.read_dataframe(reference.gpkg, layer=layer)
+        b = pyogrio.read_dataframe(out, layer=layer)
+        assert a.drop(columns="geometry").equals(b.drop(columns="geometry"))
+        assert all(a.geometry.geom_equals_exact(b.geometry, 0))
+    with rasterio.open(reference.raster) as ra, rasterio.open(summary.raster) as rb:
+        assert (ra.read() == rb.read()).all()
+    assert not any(p.name.endswith(".journal") for p in tmp_path.iterdir()), (
+        "journal removed when done"
+    )
+
+
+def test_resume_of_a_changed_job_starts_over(tiny_model: Path, make_scene, tmp_path: Path) -> None:
+    scene, _ = make_scene(256, 256, seed=8)
+
+    def stop(done: int, total: int) -> None:
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_scene(scene, tmp_path / "o.gpkg", _config(tiny_model, block=128), progress=stop)
+    summary = run_scene(
+        scene, tmp_path / "o.gpkg", _config(tiny_model, block=128, min_area_m2=500.0), resume=True
+    )
+    assert summary.resumed_blocks == 0
+
+
+def test_report_has_stages_devices_and_memory(tiny_model: Path, make_scene, tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from geoseg.cli import main
+
+    scene, _ = make_scene(200, 200, seed=1)
+    report = tmp_path / "report.json"
+    result = CliRunner().invoke(
+        main,
+        [
+            "run",
+            str(scene),
+            "--classes",
+            "water",
+            "-m",
+            str(tiny_model),
+            "-o",
+            str(tmp_path / "r.gpkg"),
+            "--scheduler",
+            "sync",
+            "--report",
+            str(report),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    body = json.loads(report.read_text())
+    assert set(body["stage_seconds"]) >= {"read", "predict", "smooth", "vectorize", "write"}
+    assert body["devices"] == ["cpu"]
+    assert body["peak_rss_mb"]["total"] > 50
+    assert body["throughput_mpx_per_s"] > 0
+    assert "peak memory" in result.output and "Mpx/s on cpu" in result.output

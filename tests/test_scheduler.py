@@ -138,3 +138,51 @@ def test_cuda_run_uses_the_gpu(tiny_model: Path, make_scene, tmp_path: Path) -> 
     )
     summary = run_scene(scene, tmp_path / "cuda.gpkg", config)
     assert summary.devices == ("cuda",)
+
+
+def test_killed_worker_is_survived_with_identical_output(
+    tiny_model: Path, make_scene, tmp_path: Path
+) -> None:
+    import os
+    import signal
+
+    scene, _ = make_scene(420, 420, seed=6)
+    config = RunConfig(
+        classes=("water", "roads"),
+        models=(str(tiny_model),),
+        block=128,
+        inference=InferenceOptions(threads=1),
+    )
+    reference = run_scene(scene, tmp_path / "ref.gpkg", config)
+    killed: list[int] = []
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.CRITICAL,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        pids = client.run(os.getpid)
+
+        def kill_one(done: int, total: int) -> None:
+            if done == 3 and not killed:
+                pid = next(iter(pids.values()))
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+
+        summary = run_scene(
+            scene,
+            tmp_path / "killed.gpkg",
+            config,
+            client=client,
+            progress=kill_one,
+            max_in_flight=4,
+        )
+    assert killed, "a worker was killed mid-run"
+    assert summary.blocks > 6
+    assert _read(summary.gpkg) == _read(reference.gpkg)
+    with rasterio.open(summary.raster) as a, rasterio.open(reference.raster) as b:
+        assert (a.read() == b.read()).all()

@@ -1,0 +1,143 @@
+"""Shared pieces of the benchmarks: real scenes at any size, models, RSS sampling."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import psutil
+import rasterio
+from rasterio.windows import Window
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("GEOSEG_SHARED_DATA", REPO.parent / "shared" / "data"))
+S2_SCENE = SHARED / "sentinel2_beaufort" / "s2b_l1c_2018-10-13_B01-B08.tif"
+S2_BANDS = (2, 3, 4, 8)  # blue, green, red, nir
+
+
+def _mirror(idx: np.ndarray, n: int) -> np.ndarray:
+    """Symmetric reflection of indices into [0, n): period 2n."""
+    m = np.mod(idx, 2 * n)
+    return np.where(m < n, m, 2 * n - 1 - m)
+
+
+def mirror_scene(out: Path, size: int, *, src: Path = S2_SCENE, bands: tuple[int, ...] = S2_BANDS) -> Path:
+    """A ``size x size`` scene made by mirror-tiling a real scene, written strip by strip.
+
+    Reflection keeps the content real and seam-free; the georeference continues the source
+    grid. Reuses an existing file of the right size.
+    """
+    if out.exists():
+        with rasterio.open(out) as ds:
+            if ds.width == size and ds.height == size and ds.count == len(bands):
+                return out
+    with rasterio.open(src) as ds:
+        data = ds.read(list(bands))
+        profile = ds.profile
+        descriptions = [ds.descriptions[b - 1] for b in bands]
+    _, h, w = data.shape
+    profile.update(
+        width=size, height=size, count=len(bands), tiled=True, blockxsize=512, blockysize=512,
+        compress="deflate", predictor=2, BIGTIFF="IF_SAFER",
+    )
+    cols = _mirror(np.arange(size), w)
+    tmp = out.with_suffix(".partial.tif")
+    with rasterio.open(tmp, "w", **profile) as dst:
+        dst.descriptions = tuple(descriptions)
+        for r0 in range(0, size, 1024):
+            rows = _mirror(np.arange(r0, min(size, r0 + 1024)), h)
+            strip = data[:, rows][:, :, cols]
+            dst.write(strip, window=Window(0, r0, size, len(rows)))
+    tmp.replace(out)
+    return out
+
+
+def unet_r34(path: Path, *, tile: int = 512, overlap: int = 64, seed: int = 0) -> Path:
+    """A U-Net ResNet-34 model file (random weights, fixed seed): throughput only."""
+    import torch
+
+    from geoseg.models.card import ClassInfo, ModelCard
+    from geoseg.models.registry import build_network, save_model
+
+    card = ModelCard(
+        name="bench-unet-r34",
+        architecture="unet",
+        encoder="resnet34",
+        bands=("blue", "green", "red", "nir"),
+        mean=(80.0, 80.0, 80.0, 90.0),
+        std=(40.0, 40.0, 40.0, 50.0),
+        classes=(
+            ClassInfo(name="background", color="#000000"),
+            ClassInfo(name="water", color="#1f78b4"),
+        ),
+        tile_size=tile,
+        overlap=overlap,
+        training={"note": "random weights for throughput benchmarks"},
+    )
+    torch.manual_seed(seed)
+    net = build_network(card)
+    save_model(path, card, net.state_dict())
+    return path
+
+
+@dataclass
+class Measured:
+    seconds: float
+    peak_rss_mb: float
+    returncode: int
+    stderr: str
+
+
+def run_measured(cmd: list[str], *, interval: float = 0.1) -> Measured:
+    """Run a command; sample the summed RSS of it and all its descendants."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = 0.0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        root = psutil.Process(proc.pid)
+        while not stop.is_set():
+            try:
+                procs = [root, *root.children(recursive=True)]
+                total = 0
+                for p in procs:
+                    try:
+                        total += p.memory_info().rss
+                    except psutil.Error:
+                        pass
+                peak = max(peak, total / 2**20)
+            except psutil.Error:
+                pass
+            stop.wait(interval)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    _, err = proc.communicate()
+    stop.set()
+    t.join()
+    return Measured(time.perf_counter() - start, peak, proc.returncode, err)
+
+
+def geoseg_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "geoseg.cli", *args]
+
+
+def table(rows: list[dict[str, object]]) -> str:
+    """A plain Markdown table."""
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(r[k]) for k in keys) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(v: object) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)

@@ -1,0 +1,92 @@
+"""Throughput of `geoseg run` against the bare model on the same tiles (issue #2).
+
+A 4096 x 4096 4-band uint8 scene mirror-tiled from the real Sentinel-2 scene in
+../shared/data, a U-Net ResNet-34 (tile 512, overlap 64). Measured in the same run:
+
+- geoseg end to end (the CLI on a local Dask cluster, class raster + GeoPackage): wall time,
+  Mpx/s, peak RSS summed over the client and worker processes;
+- the bare model: the same tiles the pipeline predicts (same tile plan, batch size, precision,
+  torch threads), forward passes only, no reading, blending or writing.
+
+Usage: python benchmarks/throughput.py [--size 4096] [--precision auto] [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import SHARED, geoseg_cmd, mirror_scene, run_measured, table, unet_r34  # noqa: E402
+
+
+def bare_model(scene: Path, model: Path, *, precision: str, block: int) -> tuple[float, int]:
+    """Seconds to run the model over exactly the pipeline's tiles; and the tile count."""
+    import torch
+
+    from geoseg.models.predictor import InferenceOptions, load_segmenter
+    from geoseg.tiling.grid import TilingSpec, plan_blocks, tile_origins
+    from geoseg.tiling.io import read_scene_info
+
+    info = read_scene_info(scene)
+    seg = load_segmenter(model, options=InferenceOptions(precision=precision, threads=os.cpu_count() or 1))
+    spec = TilingSpec(tile=seg.tile, overlap=seg.overlap, block=block)  # type: ignore[attr-defined]
+    n_tiles = 0
+    for b in plan_blocks(info.height, info.width, spec=spec):
+        rows = tile_origins(b.read.height, tile=spec.tile, stride=spec.stride)
+        cols = tile_origins(b.read.width, tile=spec.tile, stride=spec.stride)
+        n_tiles += len(rows) * len(cols)
+    rng = np.random.default_rng(0)
+    bs = seg.batch_size  # type: ignore[attr-defined]
+    batch = rng.standard_normal((bs, 4, spec.tile, spec.tile)).astype(np.float32)
+    seg.forward(batch)  # type: ignore[attr-defined]  # warm-up
+    torch.set_num_threads(os.cpu_count() or 1)
+    start = time.perf_counter()
+    done = 0
+    while done < n_tiles:
+        n = min(bs, n_tiles - done)
+        seg.forward(batch[:n])  # type: ignore[attr-defined]
+        done += n
+    return time.perf_counter() - start, n_tiles
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=4096)
+    ap.add_argument("--precision", default="auto")
+    ap.add_argument("--block", type=int, default=2048)
+    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "geoseg-bench")
+    args = ap.parse_args()
+    if not SHARED.is_dir():
+        sys.exit(f"shared data not found at {SHARED}")
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    scene = mirror_scene(args.workdir / f"s2_mirror_{args.size}.tif", args.size)
+    model = unet_r34(args.workdir / "unet_r34.safetensors")
+    out = args.workdir / f"out_{args.size}.gpkg"
+    m = run_measured(
+        geoseg_cmd("run", str(scene), "--classes", "water", "-m", str(model), "-o", str(out),
+                   "--overwrite", "--block", str(args.block), "--precision", args.precision)
+    )
+    if m.returncode != 0:
+        sys.exit(f"geoseg failed:\n{m.stderr}")
+    bare_s, tiles = bare_model(scene, model, precision=args.precision, block=args.block)
+    mpx = args.size * args.size / 1e6
+    rows = [
+        {"what": "geoseg run (local cluster)", "scene": f"{args.size}^2 x4 uint8", "tiles": tiles,
+         "wall s": m.seconds, "Mpx/s": mpx / m.seconds, "peak RSS MB": m.peak_rss_mb},
+        {"what": "bare model, same tiles", "scene": f"{args.size}^2 x4 uint8", "tiles": tiles,
+         "wall s": bare_s, "Mpx/s": mpx / bare_s, "peak RSS MB": float("nan")},
+    ]
+    print(table(rows))
+    print(f"\nend-to-end / bare model throughput: {(mpx / m.seconds) / (mpx / bare_s):.3f}")
+    print(f"geoseg summary: {m.stderr.strip().splitlines()[-1]}")
+
+
+if __name__ == "__main__":
+    main()
