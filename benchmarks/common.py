@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -27,7 +28,9 @@ def _mirror(idx: np.ndarray, n: int) -> np.ndarray:
     return np.where(m < n, m, 2 * n - 1 - m)
 
 
-def mirror_scene(out: Path, size: int, *, src: Path = S2_SCENE, bands: tuple[int, ...] = S2_BANDS) -> Path:
+def mirror_scene(
+    out: Path, size: int, *, src: Path = S2_SCENE, bands: tuple[int, ...] = S2_BANDS
+) -> Path:
     """A ``size x size`` scene made by mirror-tiling a real scene, written strip by strip.
 
     Reflection keeps the content real and seam-free; the georeference continues the source
@@ -43,8 +46,15 @@ def mirror_scene(out: Path, size: int, *, src: Path = S2_SCENE, bands: tuple[int
         descriptions = [ds.descriptions[b - 1] for b in bands]
     _, h, w = data.shape
     profile.update(
-        width=size, height=size, count=len(bands), tiled=True, blockxsize=512, blockysize=512,
-        compress="deflate", predictor=2, BIGTIFF="IF_SAFER",
+        width=size,
+        height=size,
+        count=len(bands),
+        tiled=True,
+        blockxsize=512,
+        blockysize=512,
+        compress="deflate",
+        predictor=2,
+        BIGTIFF="IF_SAFER",
     )
     cols = _mirror(np.arange(size), w)
     tmp = out.with_suffix(".partial.tif")
@@ -109,10 +119,8 @@ def run_measured(cmd: list[str], *, interval: float = 0.1) -> Measured:
                 procs = [root, *root.children(recursive=True)]
                 total = 0
                 for p in procs:
-                    try:
+                    with contextlib.suppress(psutil.Error):
                         total += p.memory_info().rss
-                    except psutil.Error:
-                        pass
                 peak = max(peak, total / 2**20)
             except psutil.Error:
                 pass

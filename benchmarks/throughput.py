@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED, geoseg_cmd, mirror_scene, run_measured, table, unet_r34  # noqa: E402
+from common import SHARED, geoseg_cmd, mirror_scene, run_measured, table, unet_r34
 
 
 def bare_model(scene: Path, model: Path, *, precision: str, block: int) -> tuple[float, int]:
@@ -35,7 +35,9 @@ def bare_model(scene: Path, model: Path, *, precision: str, block: int) -> tuple
     from geoseg.tiling.io import read_scene_info
 
     info = read_scene_info(scene)
-    seg = load_segmenter(model, options=InferenceOptions(precision=precision, threads=os.cpu_count() or 1))
+    seg = load_segmenter(
+        model, options=InferenceOptions(precision=precision, threads=os.cpu_count() or 1)
+    )
     spec = TilingSpec(tile=seg.tile, overlap=seg.overlap, block=block)  # type: ignore[attr-defined]
     n_tiles = 0
     for b in plan_blocks(info.height, info.width, spec=spec):
@@ -57,7 +59,9 @@ def bare_model(scene: Path, model: Path, *, precision: str, block: int) -> tuple
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--size", type=int, default=4096)
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--block", type=int, default=2048)
@@ -70,18 +74,43 @@ def main() -> None:
     model = unet_r34(args.workdir / "unet_r34.safetensors")
     out = args.workdir / f"out_{args.size}.gpkg"
     m = run_measured(
-        geoseg_cmd("run", str(scene), "--classes", "water", "-m", str(model), "-o", str(out),
-                   "--overwrite", "--block", str(args.block), "--precision", args.precision)
+        geoseg_cmd(
+            "run",
+            str(scene),
+            "--classes",
+            "water",
+            "-m",
+            str(model),
+            "-o",
+            str(out),
+            "--overwrite",
+            "--block",
+            str(args.block),
+            "--precision",
+            args.precision,
+        )
     )
     if m.returncode != 0:
         sys.exit(f"geoseg failed:\n{m.stderr}")
     bare_s, tiles = bare_model(scene, model, precision=args.precision, block=args.block)
     mpx = args.size * args.size / 1e6
     rows = [
-        {"what": "geoseg run (local cluster)", "scene": f"{args.size}^2 x4 uint8", "tiles": tiles,
-         "wall s": m.seconds, "Mpx/s": mpx / m.seconds, "peak RSS MB": m.peak_rss_mb},
-        {"what": "bare model, same tiles", "scene": f"{args.size}^2 x4 uint8", "tiles": tiles,
-         "wall s": bare_s, "Mpx/s": mpx / bare_s, "peak RSS MB": float("nan")},
+        {
+            "what": "geoseg run (local cluster)",
+            "scene": f"{args.size}^2 x4 uint8",
+            "tiles": tiles,
+            "wall s": m.seconds,
+            "Mpx/s": mpx / m.seconds,
+            "peak RSS MB": m.peak_rss_mb,
+        },
+        {
+            "what": "bare model, same tiles",
+            "scene": f"{args.size}^2 x4 uint8",
+            "tiles": tiles,
+            "wall s": bare_s,
+            "Mpx/s": mpx / bare_s,
+            "peak RSS MB": float("nan"),
+        },
     ]
     print(table(rows))
     print(f"\nend-to-end / bare model throughput: {(mpx / m.seconds) / (mpx / bare_s):.3f}")
