@@ -29,8 +29,8 @@ test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
 lint: $(STAMP)
-	$(BIN)/ruff check geoseg tests $(wildcard benchmarks)
-	$(BIN)/ruff format --check geoseg tests $(wildcard benchmarks)
+	$(BIN)/ruff check geoseg tests $(wildcard benchmarks workflows)
+	$(BIN)/ruff format --check geoseg tests $(wildcard benchmarks workflows)
 	$(BIN)/mypy
 
 bench: $(STAMP)

@@ -142,9 +142,31 @@ def _floats(text: str | None, what: str) -> tuple[float, ...]:
 )
 @click.option("--workers", type=int, help="Local cluster worker processes.")
 @click.option("--threads", type=int, help="Dask threads per local worker.")
+@click.option(
+    "--smooth",
+    type=click.Choice(["none", "morph", "crf", "crf+morph"]),
+    help="Smoothing for every class (default: each class's recipe: water crf+morph, "
+    "roads and crops morph).",
+)
+@click.option(
+    "--smooth-param",
+    "smooth_params",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a smoothing parameter, e.g. min_object_area_m2=500 or crf.iterations=3.",
+)
 @click.option("--min-area", type=float, default=0.0, help="Drop polygons under this many m2.")
 @click.option("--simplify", type=float, default=0.0, help="Simplify tolerance in metres.")
-@click.option("--raster/--no-raster", default=True, show_default=True, help="Class raster.")
+@click.option(
+    "--raster/--no-raster", default=True, show_default=True, help="Write the class raster."
+)
+@click.option(
+    "--probabilities", is_flag=True, help="Also write per-class probabilities (uint8 COG)."
+)
+@click.option(
+    "--cog/--no-cog", default=True, show_default=True, help="Rasters as Cloud Optimized GeoTIFF."
+)
+@click.option("--dst-crs", help="Reproject the polygons to this CRS, e.g. EPSG:3857.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option("--dashboard", is_flag=True, help="Serve the Dask dashboard (local cluster).")
 @click.option(
@@ -173,9 +195,14 @@ def run(
     scheduler: str,
     workers: int | None,
     threads: int | None,
+    smooth: str | None,
+    smooth_params: tuple[str, ...],
     min_area: float,
     simplify: float,
     raster: bool,
+    probabilities: bool,
+    cog: bool,
+    dst_crs: str | None,
     overwrite: bool,
     dashboard: bool,
     resume: bool,
@@ -190,7 +217,8 @@ def run(
 
     from geoseg.config import RunConfig, parse_band_list, parse_class_list
     from geoseg.models.predictor import InferenceOptions
-    from geoseg.pipeline import output_paths, plan_run, run_scene
+    from geoseg.outputs import output_paths
+    from geoseg.pipeline import plan_run, run_scene
     from geoseg.scheduler import open_execution
 
     _setup_logging(verbose=verbose, quiet=quiet)
@@ -204,13 +232,18 @@ def run(
         inference=InferenceOptions(
             device=device, precision=precision, batch_size=batch_size, tile=tile, overlap=overlap
         ),
+        smooth=smooth,
+        smooth_params=smooth_params,
         min_area_m2=min_area,
         simplify_m=simplify,
         raster=raster,
+        probabilities=probabilities,
+        cog=cog,
+        dst_crs=dst_crs,
         overwrite=overwrite,
     )
     # Validate before starting a cluster: bad input fails in a fraction of a second.
-    output_paths(out, raster=raster)
+    output_paths(out, raster=raster, probabilities=probabilities)
     plan_run(scene, config)
     with open_execution(
         scheduler, n_workers=workers, threads_per_worker=threads, dashboard=dashboard
@@ -360,6 +393,213 @@ def models_import(
     path = import_state_dict(state_dict, card, output)
     if not quiet:
         click.echo(f"geoseg: wrote {path}", err=True)
+
+
+# --------------------------------------------------------------------------- batch workflows
+
+
+class _BatchGroup(click.Group):
+    """A group whose default command is ``run``: ``geoseg batch FILE`` runs FILE."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+@main.group(cls=_BatchGroup)
+def batch() -> None:
+    """Run batch workflows: many scenes from one YAML file, safe to re-run any time.
+
+    \b
+    geoseg batch FILE           same as `geoseg batch run FILE`
+    geoseg batch run FILE       run what is missing: new, changed and failed scenes
+    geoseg batch status FILE    each scene: done, failed, pending or running, with times
+    Exit codes of run: 0 every scene done, 1 some failed, 2 invalid workflow file,
+    130 interrupted. See workflows/README.md for the file format.
+    """
+
+
+def _workflow_or_exit(path: str, *, verbose: bool) -> Any:
+    """The validated workflow, or every problem on stderr and exit code 2."""
+    from geoseg.errors import WorkflowError
+    from geoseg.workflow import load_workflow
+
+    try:
+        return load_workflow(path)
+    except WorkflowError as err:
+        _fail(err, verbose=verbose)
+        sys.exit(2)
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (systemd, Airflow, kill) stops a batch as cleanly as Ctrl-C."""
+    import signal
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+_BATCH_STYLE = {"done": "green", "failed": "red", "pending": "yellow", "running": "cyan"}
+
+
+@contextmanager
+def _batch_progress(*, quiet: bool) -> Iterator[Callable[[Any], None]]:
+    """Render batch events: rich bars on a terminal, one line per scene otherwise."""
+    if quiet:
+        yield lambda event: None
+        return
+    if not sys.stderr.isatty():
+
+        def line(event: Any) -> None:
+            if event.kind in ("done", "failed", "stopped"):
+                note = f": {event.message}" if event.message else ""
+                click.echo(f"geoseg: {event.kind} {event.scene}{note}", err=True)
+
+        yield line
+        return
+    import threading
+
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    lock = threading.Lock()
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+    ) as bar:
+        overall = bar.add_task("scenes", total=None)
+        tasks: dict[str, Any] = {}
+
+        def update(event: Any) -> None:
+            with lock:
+                if event.kind == "plan":
+                    bar.update(overall, total=event.total)
+                elif event.kind == "start":
+                    tasks[event.scene] = bar.add_task(f"  {escape(event.scene)}", total=None)
+                elif event.kind == "progress" and event.scene in tasks:
+                    bar.update(tasks[event.scene], completed=event.done, total=event.total)
+                elif event.kind in ("done", "failed", "stopped"):
+                    if event.scene in tasks:
+                        bar.remove_task(tasks.pop(event.scene))
+                    if event.kind != "stopped":
+                        bar.advance(overall)
+                    colour = {"done": "green", "failed": "red"}.get(event.kind, "yellow")
+                    note = f": {escape(event.message)}" if event.message else ""
+                    bar.console.print(
+                        f"[{colour}]{event.kind}[/] {escape(event.scene)}{note}", highlight=False
+                    )
+
+        yield update
+
+
+@batch.command("run")
+@click.argument("workflow_file", type=click.Path(dir_okay=False))
+@click.option("--retry-failed", is_flag=True, help="Also retry scenes whose retries are used up.")
+@_common
+@_handles_errors
+def batch_run(workflow_file: str, retry_failed: bool, verbose: bool, quiet: bool) -> None:
+    """Run WORKFLOW_FILE: every scene not yet done with its current input and settings."""
+    import distributed  # noqa: F401  (configures its loggers on import; quiet them after)
+
+    from geoseg.workflow import run_workflow
+
+    workflow = _workflow_or_exit(workflow_file, verbose=verbose)
+    _setup_logging(verbose=verbose, quiet=quiet)
+    try:
+        with _sigterm_as_interrupt(), _batch_progress(quiet=quiet) as on_event:
+            result = run_workflow(workflow, on_event=on_event, retry_failed=retry_failed)
+    except KeyboardInterrupt:
+        click.echo(
+            "geoseg: batch interrupted; finished scenes are kept, the others are pending: "
+            "run it again to go on",
+            err=True,
+        )
+        sys.exit(130)
+    if not quiet:
+        counts = ", ".join(
+            f"{result.count(s)} {s}" for s in ("done", "failed", "pending") if result.count(s)
+        )
+        click.echo(
+            f"geoseg: {workflow.name}: ran {result.ran} of {len(result.scenes)} scenes; "
+            f"{counts or 'no scenes'}; summary in {result.summary}",
+            err=True,
+        )
+    if result.exit_code:
+        sys.exit(result.exit_code)
+
+
+@batch.command("status")
+@click.argument("workflow_file", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+@_common
+@_handles_errors
+def batch_status(workflow_file: str, as_json: bool, verbose: bool, quiet: bool) -> None:
+    """Show each scene of WORKFLOW_FILE: done, failed, pending or running, with times."""
+    import json
+
+    from geoseg.workflow import workflow_status
+
+    workflow = _workflow_or_exit(workflow_file, verbose=verbose)
+    rows: list[dict[str, Any]] = []
+    for s in workflow_status(workflow):
+        r = s.record
+        rows.append(
+            {
+                "scene": s.scene.label,
+                "input": s.scene.input,
+                "status": s.status,
+                "note": s.reason,
+                "attempts": r.attempts if r else 0,
+                "started": r.started if r else None,
+                "finished": r.finished if r else None,
+                "seconds": r.seconds if r else None,
+                "features": dict(r.features) if r else {},
+                "gpkg": str(s.scene.gpkg),
+                "error": r.error if r and s.status != "done" else None,
+            }
+        )
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"{workflow.name} -> {workflow.folder}", title_justify="left")
+    for column in ("scene", "status", "tries", "started (UTC)", "seconds", "polygons", "note"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        status = row["status"]
+        started = (row["started"] or "").replace("T", " ").removesuffix("Z")
+        seconds = f"{row['seconds']:.1f}" if row["seconds"] is not None else ""
+        polygons = str(sum(row["features"].values())) if row["features"] else ""
+        note = row["note"] + (f": {row['error']}" if row["error"] else "")
+        note = note if len(note) <= 90 else note[:89] + "…"  # all of it: --json
+        table.add_row(
+            escape(row["scene"]),
+            f"[{_BATCH_STYLE.get(status, '')}]{status}[/]",
+            str(row["attempts"] or ""),
+            started,
+            seconds,
+            polygons,
+            escape(note),
+        )
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+    console.print(table)
+    totals = {k: sum(r["status"] == k for r in rows) for k in _BATCH_STYLE}
+    console.print(", ".join(f"{v} {k}" for k, v in totals.items() if v) or "no scenes")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -67,7 +67,13 @@ class RunConfig:
     simplify_m
         Topology-preserving simplification tolerance in metres (0 keeps pixel edges).
     raster
-        Also write the class raster (GeoTIFF) next to the GeoPackage.
+        Also write the class raster (Cloud Optimized GeoTIFF) next to the GeoPackage.
+    probabilities
+        Also write per-class probabilities (uint8 COG, ``value / 254``).
+    cog
+        Write rasters as Cloud Optimized GeoTIFFs (else plain tiled GeoTIFFs).
+    dst_crs
+        Reproject the vector layers to this CRS (``EPSG:xxxx``); rasters stay on the scene grid.
     overwrite
         Replace existing outputs.
     """
@@ -83,6 +89,9 @@ class RunConfig:
     min_area_m2: float = 0.0
     simplify_m: float = 0.0
     raster: bool = True
+    probabilities: bool = False
+    cog: bool = True
+    dst_crs: str | None = None
     overwrite: bool = False
 
     def __post_init__(self) -> None:
@@ -96,5 +105,15 @@ class RunConfig:
             raise ConfigError(f"block size {self.block} is too small; use at least 1024")
         if self.min_area_m2 < 0 or self.simplify_m < 0:
             raise ConfigError("--min-area and --simplify must be >= 0")
+        if self.dst_crs is not None:
+            from rasterio.crs import CRS
+            from rasterio.errors import CRSError
+
+            try:
+                CRS.from_user_input(self.dst_crs)
+            except CRSError as err:
+                raise ConfigError(
+                    f"--dst-crs {self.dst_crs!r} is not a CRS (e.g. EPSG:3857): {err}"
+                ) from err
         if self.bands is not None and len(self.models) > 1:
             raise ConfigError("--bands applies to a single model; give one --model with it")

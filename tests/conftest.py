@@ -34,10 +34,21 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real smp U-Net trained for a few seconds on synthetic water/roads scenes."""
-    path = tmp_path_factory.mktemp("model") / "synthetic.safetensors"
-    train_tiny_model(path, seconds=20)
+def tiny_model(request: pytest.FixtureRequest) -> Path:
+    """A real smp U-Net trained for a few seconds on synthetic water/roads scenes.
+
+    Cached in pytest's cache folder, keyed by the training code and the torch version, so
+    it is trained once per machine rather than once per session.
+    """
+    import hashlib
+
+    import torch
+
+    source = (Path(__file__).parent / "helpers.py").read_bytes()
+    key = hashlib.sha256(source + torch.__version__.encode()).hexdigest()[:16]
+    path = request.config.cache.mkdir("geoseg") / f"tiny-{key}.safetensors"
+    if not path.exists():
+        train_tiny_model(path)
     return path
 
 

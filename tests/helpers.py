@@ -78,10 +78,12 @@ def write_scene(
     return truth
 
 
-def train_tiny_model(path: Path, *, seconds: float = 20.0, seed: int = 0) -> ModelCard:
-    """Train a small real U-Net on synthetic scenes for about ``seconds``; save it."""
-    import time
+def train_tiny_model(path: Path, *, steps: int = 150, seed: int = 0) -> ModelCard:
+    """Train a small real U-Net on a synthetic scene for a fixed number of steps; save it.
 
+    A fixed step count (not a time budget) keeps the model, and so every test using it,
+    the same on a fast or a loaded machine.
+    """
     import torch
 
     torch.manual_seed(seed)
@@ -110,8 +112,7 @@ def train_tiny_model(path: Path, *, seconds: float = 20.0, seed: int = 0) -> Mod
     weights = torch.tensor([1.0, 1.0, 4.0])
     rng = np.random.default_rng(seed)
     net.train()
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds:
+    for _ in range(steps):
         rows = rng.integers(0, 512 - 96, size=8)
         cols = rng.integers(0, 512 - 96, size=8)
         xb = torch.stack([x_all[:, r : r + 96, c : c + 96] for r, c in zip(rows, cols)])

@@ -31,7 +31,7 @@ def test_blocked_run_agrees_with_whole_image_inference(
     tiny_model: Path, make_scene, tmp_path: Path
 ) -> None:
     scene, _ = make_scene(600, 700, seed=3)
-    config = _config(tiny_model, inference=FP32)
+    config = _config(tiny_model, inference=FP32, smooth="none")
     plan = plan_run(scene, config)
     assert len(plan.blocks) >= 6, (
         "the scene must span several blocks for this test to mean anything"
@@ -54,7 +54,8 @@ def test_gpkg_layers_crs_and_features(tiny_model: Path, make_scene, tmp_path: Pa
     scene, truth = make_scene(300, 320, seed=5)
     summary = run_scene(scene, tmp_path / "o.gpkg", _config(tiny_model))
     layers = dict(pyogrio.list_layers(summary.gpkg))
-    assert layers == {"water": "Polygon", "roads": "Polygon"}
+    assert {k: v for k, v in layers.items() if v} == {"water": "Polygon", "roads": "Polygon"}
+    assert set(layers) == {"water", "roads", "layer_styles", "geoseg_provenance"}
     with rasterio.open(scene) as src:
         scene_crs = src.crs
     for name, value in (("water", 1), ("roads", 2)):
@@ -264,3 +265,45 @@ def test_report_has_stages_devices_and_memory(tiny_model: Path, make_scene, tmp_
     assert body["peak_rss_mb"]["total"] > 50
     assert body["throughput_mpx_per_s"] > 0
     assert "peak memory" in result.output and "Mpx/s on cpu" in result.output
+
+
+@pytest.mark.parametrize("method", ["morph", "crf", "crf+morph"])
+def test_smoothing_is_seam_free_across_blocks(
+    tiny_model: Path, make_scene, tmp_path: Path, method: str
+) -> None:
+    """Block-wise smoothing on core + halo agrees with smoothing the scene as one block."""
+    scene, _ = make_scene(420, 440, seed=12)
+    noisy = ("min_object_area_m2=3000", "max_hole_area_m2=3000")
+    blocked_cfg = _config(tiny_model, block=128, smooth=method, smooth_params=noisy, inference=FP32)
+    whole_cfg = _config(tiny_model, block=4096, smooth=method, smooth_params=noisy, inference=FP32)
+    plan = plan_run(scene, blocked_cfg)
+    assert len(plan.blocks) >= 9
+    assert len(plan_run(scene, whole_cfg).blocks) == 1
+    a = run_scene(scene, tmp_path / "blocked.gpkg", blocked_cfg)
+    b = run_scene(scene, tmp_path / "whole.gpkg", whole_cfg)
+    unsmoothed = run_scene(
+        scene, tmp_path / "raw.gpkg", _config(tiny_model, block=4096, smooth="none", inference=FP32)
+    )
+    with (
+        rasterio.open(a.raster) as ra,
+        rasterio.open(b.raster) as rb,
+        rasterio.open(unsmoothed.raster) as rr,
+    ):
+        blocked, whole, raw = ra.read(1), rb.read(1), rr.read(1)
+    agreement = float((blocked == whole).mean())
+    assert agreement >= 0.999, f"{method}: block-wise vs whole-scene agreement {agreement:.5f}"
+    assert (whole != raw).sum() > 20, (
+        "smoothing changed something, so the agreement means something"
+    )
+
+
+def test_bad_smoothing_options_fail_before_any_work(
+    tiny_model: Path, make_scene, tmp_path: Path
+) -> None:
+    from geoseg.errors import ConfigError
+
+    scene, _ = make_scene(64, 64)
+    with pytest.raises(ConfigError, match="open_radius_m"):
+        plan_run(scene, _config(tiny_model, smooth="morph", smooth_params=("opening=3",)))
+    with pytest.raises(ConfigError, match="choose one of"):
+        plan_run(scene, _config(tiny_model, smooth="blur"))

@@ -7,21 +7,18 @@ A scene's bands are matched to those roles, in this order of trust:
 2. a sensor preset (``--sensor sentinel2``) mapping band codes or positions to roles;
 3. the scene's band descriptions (``"B4 NIR"``, ``"red"``; Sentinel-2 codes ``B02``) and
    colour interpretation (an RGB GeoTIFF's red/green/blue);
-4. the scene's band order when it has exactly as many bands as the model needs, or when the
-   model takes the first bands of a scene with more (logged, since it is a guess).
+4. the scene's band order when it has exactly as many bands as the model needs. A scene
+   with more, unnamed bands is an error: guessing would silently feed the wrong bands.
 """
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Mapping, Sequence
 
 from geoseg.errors import BandError, ConfigError
 
 __all__ = ["CANONICAL_BANDS", "SENSORS", "band_roles", "resolve_bands"]
-
-log = logging.getLogger(__name__)
 
 CANONICAL_BANDS: tuple[str, ...] = (
     "coastal",
@@ -179,10 +176,9 @@ def resolve_bands(
             f"needs {need} (missing: {', '.join(missing)}); map them with --bands"
         )
     if count > len(needed):
-        log.warning(
-            "scene bands are unnamed; feeding bands 1..%d to %s as %s",
-            len(needed),
-            model_name,
-            need,
+        raise BandError(
+            f"the scene's {count} bands are unnamed and {model_name} needs {len(needed)} "
+            f"({need}); say which with --bands (e.g. --bands "
+            f"{','.join(str(i) for i in range(1, len(needed) + 1))}) or --sensor"
         )
     return tuple(range(1, len(needed) + 1))

@@ -13,7 +13,6 @@ confidences work as for networks while ``argmax`` reproduces the threshold exact
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +24,7 @@ __all__ = [
     "METHODS",
     "SpectralMethod",
     "SpectralSegmenter",
+    "index_histogram",
     "is_spectral",
     "normalized_difference",
     "otsu_threshold",
@@ -161,13 +161,6 @@ def otsu_threshold(hist: np.ndarray) -> float:
     between[~np.isfinite(between)] = -1.0
     k = int(np.argmax(between))
     return float(centers[k] + 1.0 / len(hist))  # the upper edge of bin k
-
-
-def merge_histograms(parts: Iterable[np.ndarray]) -> np.ndarray:
-    total = np.zeros(HIST_BINS, dtype=np.int64)
-    for p in parts:
-        total += p
-    return total
 
 
 class SpectralSegmenter:

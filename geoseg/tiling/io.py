@@ -200,21 +200,56 @@ class RasterWriter:
         win = Window(window.col_off, window.row_off, window.width, window.height)
         self._dst.write(arr, window=win)
 
-    def commit(self) -> Path:
-        """Close and atomically move the file to its final name."""
+    def update_tags(self, **tags: str) -> None:
+        """Add dataset tags before committing (provenance known only at the end)."""
+        self._dst.update_tags(**tags)
+
+    def commit(self, *, cog: bool = False, overview_resampling: str = "nearest") -> Path:
+        """Close and atomically move the file to its final name.
+
+        With ``cog`` the file is rewritten as a Cloud Optimized GeoTIFF with overviews
+        (GDAL's COG driver streams it; memory stays bounded by the GDAL cache).
+        """
         self._dst.close()
-        self._env.__exit__(None, None, None)
         self._closed = True
-        os.replace(self.tmp_path, self.path)
+        try:
+            if cog:
+                from rasterio.shutil import copy as gdal_copy
+
+                cog_tmp = self.path.with_name(f".{self.path.name}.cog.partial")
+                try:
+                    gdal_copy(
+                        self.tmp_path,
+                        cog_tmp,
+                        driver="COG",
+                        COMPRESS="DEFLATE",
+                        BLOCKSIZE=512,
+                        OVERVIEWS="AUTO",
+                        OVERVIEW_RESAMPLING=overview_resampling.upper(),
+                        BIGTIFF="IF_SAFER",
+                        NUM_THREADS="ALL_CPUS",
+                    )
+                except (RasterioError, OSError) as err:
+                    cog_tmp.unlink(missing_ok=True)
+                    raise OutputWriteError(
+                        f"cannot write {self.path} as COG: {_first_line(err)}"
+                    ) from err
+                os.replace(cog_tmp, self.path)
+                self.tmp_path.unlink(missing_ok=True)
+            else:
+                os.replace(self.tmp_path, self.path)
+        finally:
+            self._env.__exit__(None, None, None)
         return self.path
 
     def abort(self) -> None:
-        """Close and delete the temporary file."""
+        """Close and delete the temporary files."""
         if not self._closed:
             self._dst.close()
             self._env.__exit__(None, None, None)
             self._closed = True
         self.tmp_path.unlink(missing_ok=True)
+        self.path.with_name(f".{self.path.name}.cog.partial").unlink(missing_ok=True)
 
 
 def write_array(

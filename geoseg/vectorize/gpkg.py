@@ -61,6 +61,50 @@ class GeoPackageWriter:
             raise OutputWriteError(f"cannot write layer {name!r} to {self.path}: {err}") from err
         self.layers.append(name)
 
+    def _write_table(self, name: str, columns: Mapping[str, list[Any]]) -> None:
+        import pandas as pd
+        import pyogrio
+
+        try:
+            pyogrio.write_dataframe(pd.DataFrame(dict(columns)), self.tmp_path, layer=name)
+        except Exception as err:
+            raise OutputWriteError(f"cannot write table {name!r} to {self.path}: {err}") from err
+
+    def write_styles(self, styles: Mapping[str, tuple[str, str]]) -> None:
+        """Store ``{layer: (qml, description)}`` as the layers' default QGIS styles.
+
+        Uses QGIS's ``layer_styles`` table convention; ``useAsDefault`` makes QGIS apply
+        the style when the layer is loaded.
+        """
+        import datetime as dt
+
+        now = dt.datetime.now(dt.UTC).replace(microsecond=0, tzinfo=None)
+        layers = [name for name in styles if name in self.layers]
+        self._write_table(
+            "layer_styles",
+            {
+                "f_table_catalog": [""] * len(layers),
+                "f_table_schema": [""] * len(layers),
+                "f_table_name": layers,
+                "f_geometry_column": ["geom"] * len(layers),
+                "styleName": [f"geoseg {name}" for name in layers],
+                "styleQML": [styles[name][0] for name in layers],
+                "styleSLD": [""] * len(layers),
+                "useAsDefault": [True] * len(layers),
+                "description": [styles[name][1] for name in layers],
+                "owner": ["geoseg"] * len(layers),
+                "ui": [""] * len(layers),
+                "update_time": [now] * len(layers),
+            },
+        )
+
+    def write_provenance(self, provenance: Mapping[str, str]) -> None:
+        """A ``geoseg_provenance`` key/value table: how this file was made."""
+        self._write_table(
+            "geoseg_provenance",
+            {"key": list(provenance), "value": [str(v) for v in provenance.values()]},
+        )
+
     def commit(self) -> Path:
         """Move the finished GeoPackage to its final name."""
         if not self.tmp_path.exists():

@@ -1,0 +1,250 @@
+"""The Dask task: one block from pixels to polygons.
+
+:func:`process_block` reads the block's window (core + halo), predicts with every model of
+the run, smooths on the halo, crops the core and polygonizes it. It returns small arrays
+and polygons: finished ones for the block's interior, raw pieces and border labels for
+those that touch an inner block border (merged by the client).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from geoseg.journal import decode_arrays, encode_arrays, polygons_from_arrays, polygons_to_arrays
+from geoseg.models.predictor import InferenceOptions, Segmenter, cached_segmenter
+from geoseg.models.spectral import SpectralSegmenter
+from geoseg.plan import NODATA_CLASS, ModelUse, RunPlan
+from geoseg.postprocess import colour_bands, smooth_block
+from geoseg.tiling.grid import Block
+from geoseg.tiling.io import read_window
+from geoseg.vectorize.geometry import geodesic_areas, pixels_to_crs
+from geoseg.vectorize.polygons import BlockPolygons, polygonize_block
+
+__all__ = [
+    "BlockResult",
+    "ClassPolygons",
+    "decode_result",
+    "encode_result",
+    "finish_polygons",
+    "process_block",
+]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ClassPolygons:
+    """Finished polygons of one class from one block, in the scene CRS."""
+
+    geometries: np.ndarray
+    area_m2: np.ndarray
+    confidence: np.ndarray
+    pixels: np.ndarray
+    keys: np.ndarray  # (n, 2): block index, component id -> deterministic order
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BlockResult:
+    """What a worker sends back for one block: small arrays and polygons."""
+
+    index: int
+    classes: np.ndarray
+    interior: Mapping[str, ClassPolygons]
+    seams: Mapping[str, BlockPolygons]
+    timings: Mapping[str, float]
+    device: str
+    precision: str = "fp32"
+    worker: str = ""
+    peak_rss_mb: float = 0.0
+    probabilities: np.ndarray | None = None
+
+
+def finish_polygons(
+    geoms_px: np.ndarray,
+    pixels: np.ndarray,
+    conf_sum: np.ndarray,
+    keys: np.ndarray,
+    *,
+    plan: RunPlan,
+) -> ClassPolygons:
+    """Pixel-space polygons -> CRS polygons with area, confidence, min-area filter."""
+    scene = plan.scene
+    geoms = pixels_to_crs(geoms_px, scene.transform)
+    area = geodesic_areas(geoms, crs=scene.crs)
+    keep = area >= plan.min_area_m2
+    if plan.simplify_px > 0 and keep.any():
+        import shapely
+
+        simple = shapely.simplify(geoms_px[keep], plan.simplify_px, preserve_topology=True)
+        geoms = geoms.copy()
+        geoms[keep] = pixels_to_crs(simple, scene.transform)
+    return ClassPolygons(
+        geometries=geoms[keep],
+        area_m2=area[keep],
+        confidence=(conf_sum / np.maximum(pixels, 1))[keep],
+        pixels=pixels[keep],
+        keys=keys[keep],
+    )
+
+
+def _segmenter(use: ModelUse, options: InferenceOptions) -> Segmenter:
+    if use.card.architecture == "spectral":
+        return SpectralSegmenter(use.card)
+    return cached_segmenter(use.source, options=options)
+
+
+def process_block(plan: RunPlan, block: Block) -> BlockResult:
+    """Read, predict, smooth, crop and polygonize one block (runs on a Dask worker)."""
+    timings = dict.fromkeys(("read", "predict", "smooth", "vectorize"), 0.0)
+    core = block.core_in_read
+    shape = (block.core.height, block.core.width)
+    classes = np.zeros(shape, dtype=np.uint8)
+    any_valid = np.zeros(shape, dtype=bool)
+    masks: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    images: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray]] = {}
+    device, precision = "cpu", "fp32"
+    for use in plan.models:
+        t0 = time.perf_counter()
+        if use.bands not in images:
+            images[use.bands] = read_window(plan.scene.path, block.read, bands=use.bands)
+        image, valid = images[use.bands]
+        t1 = time.perf_counter()
+        seg = _segmenter(use, plan.inference)
+        device = seg.device
+        precision = getattr(seg, "precision", "n/a")
+        probs = seg.predict(image, valid) if valid.any() else None
+        t2 = time.perf_counter()
+        valid_core = valid[core]
+        any_valid |= valid_core
+        if probs is not None:
+            if use.smooths:
+                labels, probs = smooth_block(
+                    probs,
+                    image=image,
+                    valid=valid,
+                    class_names=use.card.class_names,
+                    recipes=use.recipes,
+                    pixel_size_m=plan.pixel_size_m,
+                    image_scale=(np.asarray(use.card.mean), np.asarray(use.card.std)),
+                    rgb=colour_bands(use.card.bands),
+                    open_sides=block.open_sides,
+                    origin_px=(block.read.row_off, block.read.col_off),
+                )
+                labels = labels[core]
+            else:
+                labels = np.argmax(probs[(slice(None), *core)], axis=0)
+            for name, channel in use.outputs:
+                masks[name] = ((labels == channel) & valid_core, probs[channel][core])
+        t3 = time.perf_counter()
+        timings["read"] += t1 - t0
+        timings["predict"] += t2 - t1
+        timings["smooth"] += t3 - t2
+    t0 = time.perf_counter()
+    # Lower-priority classes first so the first requested class wins a disputed pixel.
+    for value, name in reversed(list(enumerate(plan.classes, start=1))):
+        if name in masks:
+            classes[masks[name][0]] = value
+    classes[~any_valid] = NODATA_CLASS
+    probabilities = None
+    if plan.probabilities:
+        probabilities = np.full((len(plan.classes), *shape), 255, dtype=np.uint8)
+        for i, name in enumerate(plan.classes):
+            if name in masks:
+                p = np.rint(np.nan_to_num(masks[name][1]) * 254.0).astype(np.uint8)
+                probabilities[i] = np.where(any_valid, p, 255)
+    interior: dict[str, ClassPolygons] = {}
+    seams: dict[str, BlockPolygons] = {}
+    for name in plan.classes:
+        if name not in masks:
+            continue
+        mask, conf = masks[name]
+        polys = polygonize_block(
+            mask,
+            confidence=conf,
+            row_off=block.core.row_off,
+            col_off=block.core.col_off,
+            open_sides=block.open_sides,
+        )
+        inner = polys.select(~polys.seam)
+        keys = np.column_stack([np.full(len(inner), block.index), inner.labels])
+        interior[name] = finish_polygons(
+            inner.geometries, inner.pixels, inner.conf_sum, keys.reshape(-1, 2), plan=plan
+        )
+        seams[name] = polys.select(polys.seam)
+    timings["vectorize"] = time.perf_counter() - t0
+    return BlockResult(
+        index=block.index,
+        classes=classes,
+        interior=interior,
+        seams=seams,
+        timings=timings,
+        device=device,
+        precision=precision,
+        worker=f"{socket.gethostname()}:{os.getpid()}",
+        peak_rss_mb=peak_rss_mb(),
+        probabilities=probabilities,
+    )
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, MB (Linux/macOS)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return 0.0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+def encode_result(result: BlockResult) -> bytes:
+    arrays: dict[str, np.ndarray] = {"classes": result.classes}
+    if result.probabilities is not None:
+        arrays["probabilities"] = result.probabilities
+    for name, cp in result.interior.items():
+        arrays[f"i.{name}.geometries"] = cp.geometries
+        arrays[f"i.{name}.area_m2"] = cp.area_m2
+        arrays[f"i.{name}.confidence"] = cp.confidence
+        arrays[f"i.{name}.pixels"] = cp.pixels
+        arrays[f"i.{name}.keys"] = cp.keys
+    for name, bp in result.seams.items():
+        arrays.update(polygons_to_arrays(f"s.{name}", bp))
+    meta = {"index": result.index, "device": result.device, "precision": result.precision}
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    return encode_arrays(arrays)
+
+
+def decode_result(data: bytes, classes: Sequence[str]) -> BlockResult:
+    arrays = decode_arrays(data)
+    meta = json.loads(arrays["meta"].tobytes())
+    interior = {
+        name: ClassPolygons(
+            geometries=arrays[f"i.{name}.geometries"],
+            area_m2=arrays[f"i.{name}.area_m2"],
+            confidence=arrays[f"i.{name}.confidence"],
+            pixels=arrays[f"i.{name}.pixels"],
+            keys=arrays[f"i.{name}.keys"],
+        )
+        for name in classes
+        if f"i.{name}.keys" in arrays
+    }
+    seams = {
+        name: polygons_from_arrays(f"s.{name}", arrays)
+        for name in classes
+        if f"s.{name}.labels" in arrays
+    }
+    return BlockResult(
+        index=int(meta["index"]),
+        classes=arrays["classes"],
+        interior=interior,
+        seams=seams,
+        timings={},
+        device=meta["device"],
+        precision=meta["precision"],
+        probabilities=arrays.get("probabilities"),
+    )

@@ -1,0 +1,224 @@
+"""The files a run writes, written by the client only, under temporary names.
+
+- ``<name>.gpkg``: one polygon layer per class (plus ``roads_centerlines`` when roads are
+  requested), QGIS default styles in ``layer_styles``, a ``geoseg_provenance`` table.
+- ``<name>_classes.tif``: the class raster as a Cloud Optimized GeoTIFF (overviews by mode,
+  colour table, nodata 255), provenance in its tags.
+- ``<name>_probabilities.tif`` (optional): per-class probability, uint8 ``p * 254``,
+  nodata 255, one band per requested class.
+
+Nothing appears under a final name until every output of the run is complete.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyproj
+import shapely
+from rasterio.crs import CRS
+
+from geoseg import __version__
+from geoseg.blocks import BlockResult, ClassPolygons, finish_polygons
+from geoseg.errors import ConfigError
+from geoseg.plan import NODATA_CLASS, RunPlan
+from geoseg.tiling.io import RasterWriter
+from geoseg.vectorize.gpkg import GeoPackageWriter
+from geoseg.vectorize.merge import SeamMerger
+from geoseg.vectorize.styles import fill_qml
+
+__all__ = ["OutputPaths", "RunOutputs", "output_paths"]
+
+PROB_NODATA = 255
+PROB_SCALE = 254.0
+
+
+class OutputPaths:
+    """Where a run's files go, derived from the ``-o`` GeoPackage path."""
+
+    def __init__(self, gpkg: Path, *, raster: bool, probabilities: bool) -> None:
+        self.gpkg = gpkg
+        self.raster = gpkg.with_name(f"{gpkg.stem}_classes.tif") if raster else None
+        self.probabilities = (
+            gpkg.with_name(f"{gpkg.stem}_probabilities.tif") if probabilities else None
+        )
+
+    def all(self) -> list[Path]:
+        return [p for p in (self.gpkg, self.raster, self.probabilities) if p is not None]
+
+
+def output_paths(
+    output: str | os.PathLike[str], *, raster: bool = True, probabilities: bool = False
+) -> OutputPaths:
+    """The output files for ``-o output`` (which must be a ``.gpkg``)."""
+    gpkg = Path(output)
+    if gpkg.suffix.lower() != ".gpkg":
+        raise ConfigError(f"output {str(gpkg)!r} must end in .gpkg, e.g. {gpkg.stem}.gpkg")
+    return OutputPaths(gpkg, raster=raster, probabilities=probabilities)
+
+
+def _dst_crs(text: str | None) -> CRS | None:
+    if text is None:
+        return None
+    try:
+        return CRS.from_user_input(text)
+    except Exception as err:  # rasterio raises CRSError, subclasses vary
+        raise ConfigError(f"--dst-crs {text!r} is not a CRS (e.g. EPSG:3857): {err}") from err
+
+
+def _geotiff_profile(plan: RunPlan, *, count: int) -> dict[str, Any]:
+    scene = plan.scene
+    tiled = scene.width >= 256 and scene.height >= 256
+    profile: dict[str, Any] = {
+        "driver": "GTiff",
+        "width": scene.width,
+        "height": scene.height,
+        "count": count,
+        "dtype": "uint8",
+        "crs": scene.crs,
+        "transform": scene.transform,
+        "compress": "deflate",
+        "tiled": tiled,
+        "BIGTIFF": "IF_SAFER",
+    }
+    if tiled:
+        profile.update(blockxsize=256, blockysize=256)
+    return profile
+
+
+class RunOutputs:
+    """Collects block results and writes the run's files.
+
+    Parameters
+    ----------
+    plan
+        The run being written.
+    paths
+        Output file names.
+    dst_crs
+        Reproject the vector layers to this CRS (rasters stay on the scene grid).
+    cog
+        Convert rasters to Cloud Optimized GeoTIFF when complete.
+    """
+
+    def __init__(
+        self, plan: RunPlan, paths: OutputPaths, *, dst_crs: str | None = None, cog: bool = True
+    ) -> None:
+        self.plan = plan
+        self.paths = paths
+        self.cog = cog
+        self.dst_crs = _dst_crs(dst_crs)
+        self.gpkg = GeoPackageWriter(paths.gpkg, crs=self.dst_crs or plan.scene.crs)
+        self.merger = SeamMerger()
+        self.interior: dict[str, list[ClassPolygons]] = {c: [] for c in plan.classes}
+        self.raster: RasterWriter | None = None
+        self.probabilities: RasterWriter | None = None
+        tags = {f"CLASS_{v}": name for v, name in enumerate(plan.classes, start=1)}
+        tags.update(CLASS_0="background", GEOSEG_VERSION=__version__)
+        if paths.raster is not None:
+            colormap: dict[int, tuple[int, int, int, int]] = {0: (0, 0, 0, 0)}
+            for value, color in enumerate(plan.colors, start=1):
+                c = color.lstrip("#")
+                colormap[value] = (int(c[0:2], 16), int(c[2:4], 16), int(c[4:6], 16), 255)
+            colormap[NODATA_CLASS] = (0, 0, 0, 0)
+            self.raster = RasterWriter(
+                paths.raster,
+                profile=_geotiff_profile(plan, count=1) | {"nodata": NODATA_CLASS},
+                colormap=colormap,
+                tags=tags,
+                band_descriptions=["class"],
+            )
+        if paths.probabilities is not None:
+            self.probabilities = RasterWriter(
+                paths.probabilities,
+                profile=_geotiff_profile(plan, count=len(plan.classes)) | {"nodata": PROB_NODATA},
+                tags=tags | {"SCALE": f"probability = value / {PROB_SCALE:g}"},
+                band_descriptions=list(plan.classes),
+            )
+
+    def add(self, result: BlockResult) -> None:
+        """Write one block's rasters and keep its polygons."""
+        block = self.plan.blocks[result.index]
+        if self.raster is not None:
+            self.raster.write(result.classes, block.core)
+        if self.probabilities is not None and result.probabilities is not None:
+            self.probabilities.write(result.probabilities, block.core)
+        for name, polys in result.seams.items():
+            self.merger.add(name, block=block.index, row=block.row, col=block.col, polygons=polys)
+        for name, finished in result.interior.items():
+            self.interior[name].append(finished)
+
+    def finish(self, provenance: Mapping[str, str]) -> dict[str, int]:
+        """Write the layers, styles and provenance; move every file to its final name."""
+        counts = self._write_layers(provenance)
+        styles = {
+            name: (fill_qml(color), f"geoseg default style: {name}")
+            for name, color in zip(self.plan.classes, self.plan.colors, strict=True)
+        }
+        self.gpkg.write_styles(styles)
+        self.gpkg.write_provenance(provenance)
+        tags = {f"GEOSEG_{k.upper()}": v for k, v in provenance.items()}
+        if self.raster is not None:
+            self.raster.update_tags(**tags)
+            self.raster.commit(cog=self.cog, overview_resampling="mode")
+        if self.probabilities is not None:
+            self.probabilities.update_tags(**tags)
+            self.probabilities.commit(cog=self.cog, overview_resampling="average")
+        self.gpkg.commit()
+        return counts
+
+    def abort(self) -> None:
+        """Remove every temporary file."""
+        self.gpkg.abort()
+        for writer in (self.raster, self.probabilities):
+            if writer is not None:
+                writer.abort()
+
+    def _to_dst(self, geoms: np.ndarray) -> np.ndarray:
+        if self.dst_crs is None or self.plan.scene.crs is None or len(geoms) == 0:
+            return geoms
+        tr = pyproj.Transformer.from_crs(
+            self.plan.scene.crs.to_wkt(), self.dst_crs.to_wkt(), always_xy=True
+        )
+
+        def fn(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return tr.transform(x, y)
+
+        return shapely.transform(geoms, fn, interleaved=False)
+
+    def _write_layers(self, provenance: Mapping[str, str]) -> dict[str, int]:
+        plan = self.plan
+        counts: dict[str, int] = {}
+        scene_name = Path(plan.scene.path).name
+        for name in plan.classes:
+            merged = self.merger.finish(name)
+            keys = np.array(merged.keys, dtype=np.int64).reshape(-1, 2)
+            seam = finish_polygons(
+                merged.geometries, merged.pixels, merged.conf_sum, keys, plan=plan
+            )
+            parts = [*self.interior[name], seam]
+            keys = np.concatenate([p.keys for p in parts]).reshape(-1, 2)
+            order = np.lexsort((keys[:, 1], keys[:, 0]))
+            n = len(order)
+            geoms = self._to_dst(np.concatenate([p.geometries for p in parts])[order])
+            self.gpkg.write_layer(
+                name,
+                geoms,
+                {
+                    "class": np.full(n, name, dtype=object),
+                    "area_m2": np.concatenate([p.area_m2 for p in parts])[order].astype(np.float64),
+                    "confidence": np.concatenate([p.confidence for p in parts])[order].astype(
+                        np.float64
+                    ),
+                    "pixels": np.concatenate([p.pixels for p in parts])[order].astype(np.int64),
+                    "block_id": keys[order, 0].astype(np.int64),
+                    "scene": np.full(n, scene_name, dtype=object),
+                },
+                metadata=provenance,
+            )
+            counts[name] = n
+        return counts

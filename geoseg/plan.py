@@ -1,0 +1,261 @@
+"""Planning a run: validate everything before any pixel is read, then cut the blocks.
+
+:func:`plan_run` reads only headers (scene, model cards) and fails with one clear line on
+a missing file, a non-raster, a class no model provides, too few bands or a bad option.
+:func:`prepare_spectral` makes the one streamed pass spectral methods need (Otsu
+threshold, band statistics) before blocks are processed.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import operator
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geoseg.config import RunConfig
+from geoseg.errors import ClassNotAvailableError, ConfigError, OutputExistsError
+from geoseg.models.bands import band_roles, resolve_bands
+from geoseg.models.card import ModelCard
+from geoseg.models.predictor import InferenceOptions
+from geoseg.models.spectral import (
+    index_histogram,
+    is_spectral,
+    normalized_difference,
+    otsu_threshold,
+    spectral_card,
+)
+from geoseg.postprocess import SmoothingRecipe, parse_overrides, recipe_for, smoothing_halo_px
+from geoseg.tiling.grid import Block, TilingSpec, plan_blocks
+from geoseg.tiling.io import SceneInfo, read_scene_info, read_window
+from geoseg.vectorize.geometry import pixel_size_m
+
+__all__ = [
+    "NODATA_CLASS",
+    "ModelUse",
+    "RunPlan",
+    "check_outputs",
+    "plan_run",
+    "prepare_spectral",
+]
+
+log = logging.getLogger(__name__)
+
+NODATA_CLASS = 255
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ModelUse:
+    """One model in a run: where it comes from, which scene bands feed it, what it gives.
+
+    ``outputs`` maps each requested class this model provides to its output channel.
+    """
+
+    source: str
+    card: ModelCard
+    bands: tuple[int, ...]
+    outputs: tuple[tuple[str, int], ...]
+    recipes: Mapping[str, SmoothingRecipe] = field(default_factory=dict)
+
+    @property
+    def smooths(self) -> bool:
+        return any(r.method != "none" for r in self.recipes.values())
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RunPlan:
+    """A validated run: everything a worker needs, and nothing that cannot be pickled."""
+
+    scene: SceneInfo
+    models: tuple[ModelUse, ...]
+    classes: tuple[str, ...]
+    colors: tuple[str, ...]
+    spec: TilingSpec
+    blocks: tuple[Block, ...]
+    inference: InferenceOptions
+    pixel_size_m: tuple[float, float]
+    min_area_m2: float = 0.0
+    simplify_px: float = 0.0
+    probabilities: bool = False
+
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        return (max(b.row for b in self.blocks) + 1, max(b.col for b in self.blocks) + 1)
+
+
+def check_outputs(paths: Sequence[Path], *, overwrite: bool) -> None:
+    """Fail before any work when an output folder is missing or a file would be replaced."""
+    for p in paths:
+        if not p.parent.is_dir():
+            raise ConfigError(f"output folder {str(p.parent)!r} does not exist")
+        if p.exists() and not overwrite:
+            raise OutputExistsError(f"{str(p)!r} exists; pass --overwrite to replace it")
+
+
+def _resolve_models(config: RunConfig) -> list[tuple[str, ModelCard]]:
+    from geoseg.models.card import read_card
+
+    if not config.models:
+        raise ConfigError("no model given; pass --model FILE or ndwi (see `geoseg models list`)")
+    out = []
+    for src in config.models:
+        if is_spectral(src):
+            out.append((src, spectral_card(src)))
+        else:
+            out.append((str(Path(src).resolve()), read_card(src)))
+    return out
+
+
+def plan_run(scene_path: str | os.PathLike[str], config: RunConfig) -> RunPlan:
+    """Validate a run and plan its blocks, reading only headers.
+
+    Raises
+    ------
+    SceneReadError, ModelCardError, BandError, ClassNotAvailableError, ConfigError
+        With one line saying what is wrong and how to fix it.
+    """
+    scene = read_scene_info(scene_path)
+    models = _resolve_models(config)
+    roles = band_roles(scene.descriptions, sensor=config.sensor)
+    overrides = parse_overrides(config.smooth_params)
+    recipes = {c: recipe_for(c, config.smooth, overrides) for c in config.classes}
+    remaining = list(config.classes)
+    uses: list[ModelUse] = []
+    for source, card in models:
+        outputs = tuple((c, card.class_index(c)) for c in remaining if c in card.class_names[1:])
+        if not outputs:
+            continue
+        remaining = [c for c in remaining if c not in dict(outputs)]
+        bands = resolve_bands(
+            card.bands,
+            count=scene.count,
+            roles=roles,
+            explicit=config.bands,
+            model_name=f"model {card.name!r}",
+        )
+        uses.append(
+            ModelUse(
+                source=source,
+                card=card,
+                bands=bands,
+                outputs=outputs,
+                recipes={c: recipes[c] for c, _ in outputs},
+            )
+        )
+    if remaining:
+        offered = sorted({c for _, card in models for c in card.class_names[1:]})
+        raise ClassNotAvailableError(
+            f"class {remaining[0]!r} is not produced by the selected model(s); "
+            f"available: {', '.join(offered)}"
+        )
+    colors = {c: u.card.classes[idx].color for u in uses for c, idx in u.outputs}
+    tile = config.inference.tile or max(u.card.tile_size for u in uses)
+    overlap = (
+        config.inference.overlap
+        if config.inference.overlap is not None
+        else max(u.card.overlap for u in uses)
+    )
+    # One pixel size for the whole scene (at its centre), so every block smooths alike.
+    dx, dy = pixel_size_m(scene.transform, crs=scene.crs, row=scene.height / 2, col=scene.width / 2)
+    halo = max(overlap, smoothing_halo_px(recipes.values(), pixel_size_m=(dx, dy)))
+    spec = TilingSpec(tile=tile, overlap=overlap, block=max(config.block, tile), halo=halo)
+    blocks = tuple(plan_blocks(scene.height, scene.width, spec=spec))
+    return RunPlan(
+        scene=scene,
+        models=tuple(uses),
+        classes=config.classes,
+        colors=tuple(colors[c] for c in config.classes),
+        spec=spec,
+        blocks=blocks,
+        inference=config.inference,
+        pixel_size_m=(dx, dy),
+        min_area_m2=config.min_area_m2,
+        simplify_px=config.simplify_m / ((dx + dy) / 2) if config.simplify_m else 0.0,
+        probabilities=config.probabilities,
+    )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BandStats:
+    """Streamed statistics of a spectral method's bands: index histogram and moments."""
+
+    hist: np.ndarray
+    sums: np.ndarray
+    sumsq: np.ndarray
+    count: int
+
+    def __add__(self, other: BandStats) -> BandStats:
+        return BandStats(
+            hist=self.hist + other.hist,
+            sums=self.sums + other.sums,
+            sumsq=self.sumsq + other.sumsq,
+            count=self.count + other.count,
+        )
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return tuple(float(v) for v in self.sums / max(self.count, 1))
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        m = self.sums / max(self.count, 1)
+        var = self.sumsq / max(self.count, 1) - m**2
+        return tuple(float(max(np.sqrt(max(v, 0.0)), 1e-6)) for v in var)
+
+
+def block_band_stats(path: str, block: Block, bands: tuple[int, int]) -> BandStats:
+    """Index histogram and band moments over one block core (a Dask task)."""
+    image, valid = read_window(path, block.core, bands=bands)
+    px = image[:, valid].astype(np.float64)
+    return BandStats(
+        hist=index_histogram(normalized_difference(image[0], image[1]), valid),
+        sums=px.sum(axis=1),
+        sumsq=(px**2).sum(axis=1),
+        count=int(valid.sum()),
+    )
+
+
+def _sum_stats(parts: Sequence[BandStats]) -> BandStats:
+    return functools.reduce(operator.add, parts)
+
+
+def prepare_spectral(plan: RunPlan, *, client: Any = None) -> RunPlan:
+    """Scene-wide statistics of spectral methods, in one streamed pass over block cores.
+
+    Fills in the Otsu threshold (``ndwi`` / ``ndwi:otsu``) and the band mean/std the CRF
+    colour term scales with. Each block contributes fixed-size sums, so memory does not
+    grow with the scene, and every block then uses the same values: no seams.
+    """
+    if not any(u.card.architecture == "spectral" for u in plan.models):
+        return plan
+    uses = []
+    for use in plan.models:
+        if use.card.architecture != "spectral":
+            uses.append(use)
+            continue
+        bands = (use.bands[0], use.bands[1])
+        if client is None:
+            stats = _sum_stats([block_band_stats(plan.scene.path, b, bands) for b in plan.blocks])
+        else:
+            futures = client.map(
+                block_band_stats,
+                [plan.scene.path] * len(plan.blocks),
+                plan.blocks,
+                [bands] * len(plan.blocks),
+                pure=False,
+            )
+            stats = client.submit(_sum_stats, futures).result()
+        threshold = use.card.params.get("threshold")
+        if threshold is None:
+            threshold = otsu_threshold(stats.hist)
+            log.info("%s: Otsu threshold %.4f over the scene", use.card.name, threshold)
+        card = spectral_card(use.source, threshold=float(threshold))
+        card = replace(card, mean=stats.mean, std=stats.std)
+        uses.append(replace(use, card=card))
+    return replace(plan, models=tuple(uses))
