@@ -1,0 +1,765 @@
+"""Batch workflow files: many scenes and how to segment them, validated before any work.
+
+:func:`load_workflow` reads a workflow YAML file and checks everything that can be checked
+before a pixel is read: keys and types, classes and their models (cards read, files hashed),
+smoothing, tiling and inference options, the inputs (glob patterns, explicit files, a folder
+of STAC item JSON files pointing at GeoTIFF assets) and where each scene's outputs go. Every
+problem is collected and reported at once as ``file:line: key: problem`` in one
+:class:`~geoseg.errors.WorkflowError`, and nothing is created. The result is a
+:class:`Workflow`: the scenes, one :class:`~geoseg.config.RunConfig` and the config hash that
+tells the manifest whether a done scene is still up to date.
+
+Running a workflow (:func:`run_workflow`) and its state (:func:`workflow_status`) live in
+:mod:`geoseg.manifest`. The schema is documented in ``workflows/README.md``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import glob
+import hashlib
+import json
+import os
+import re
+import string
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import yaml  # type: ignore[import-untyped, unused-ignore]
+
+from geoseg import __version__
+from geoseg.config import RunConfig, parse_class_list
+from geoseg.errors import ConfigError, GeosegError, WorkflowError
+from geoseg.manifest import (
+    BatchEvent,
+    BatchResult,
+    InputStamp,
+    Scene,
+    SceneStatus,
+    run_workflow,
+    workflow_status,
+)
+from geoseg.models.predictor import InferenceOptions
+from geoseg.outputs import output_paths
+
+__all__ = [
+    "DEFAULT_MODELS",
+    "TEMPLATE_FIELDS",
+    "BatchEvent",
+    "BatchResult",
+    "Scene",
+    "SceneStatus",
+    "Workflow",
+    "load_workflow",
+    "run_workflow",
+    "workflow_status",
+]
+
+DEFAULT_MODELS: Mapping[str, str] = MappingProxyType({})
+"""Class -> model used when a workflow's ``models`` leaves a class out (none shipped yet)."""
+
+TEMPLATE_FIELDS = ("stem", "name", "parent", "date", "id")
+_TOP_KEYS = (
+    "version", "name", "inputs", "classes", "models", "bands", "sensor", "smoothing", "tiling",
+    "inference", "output", "min_area_m2", "simplify_m", "scheduler", "workers", "threads",
+    "concurrency", "retries",
+)  # fmt: skip
+_SECTION_KEYS = {
+    "inputs": ("glob", "files", "stac", "stac_asset", "checksum"),
+    "smoothing": ("method", "params"),
+    "tiling": ("block", "tile", "overlap"),
+    "inference": ("device", "precision", "batch_size"),
+    "output": ("folder", "name", "overwrite", "raster", "probabilities", "cog", "crs"),
+}
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_REMOTE = {"http": "/vsicurl/", "https": "/vsicurl/", "s3": "/vsis3/", "gs": "/vsigs/"}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Workflow:
+    """A validated workflow file."""
+
+    path: Path
+    name: str
+    scenes: tuple[Scene, ...]
+    config: RunConfig
+    folder: Path
+    overwrite: bool
+    scheduler: str
+    workers: int | None
+    threads: int | None
+    concurrency: int
+    retries: int
+    config_hash: str
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def max_attempts(self) -> int:
+        return 1 + self.retries
+
+
+# --------------------------------------------------------------------------- validation
+
+
+@dataclass(frozen=True, slots=True)
+class _Field:
+    """A value in the file, its dotted key and the line of that key."""
+
+    key: str
+    node: yaml.Node
+    value: Any
+    at: int
+
+    @property
+    def line(self) -> int:
+        """The line of the value itself (a list item's, not its key's)."""
+        return int(self.node.start_mark.line) + 1
+
+
+@dataclass(frozen=True, slots=True)
+class _Input:
+    path: str
+    label: str
+    item: str | None = None
+    item_id: str | None = None
+    date: str | None = None
+    checksum: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _OutputSpec:
+    folder: Path | None
+    template: str
+    line: int
+    overwrite: bool
+    raster: bool
+    probabilities: bool
+    cog: bool
+    crs: str | None
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(
+        type(value), "a list" if isinstance(value, list) else "a mapping" if value else "empty"
+    )
+
+
+class _Parser:
+    """Turns the YAML node tree into a :class:`Workflow`, collecting every problem."""
+
+    def __init__(self, path: Path, text: str) -> None:
+        self.path = path
+        self.base = path.parent
+        self.problems: list[tuple[int, str, str]] = []
+        self.loader = yaml.SafeLoader(text)
+
+    def problem(self, line: int, key: str, message: str) -> None:
+        self.problems.append((line, key, message))
+
+    def bad(self, f: _Field, message: str) -> None:
+        self.problem(f.at, f.key, message)
+
+    def fail_if_any(self) -> None:
+        if not self.problems:
+            return
+        lines = [f"{self.path}:{ln}: {key}: {msg}" for ln, key, msg in sorted(set(self.problems))]
+        n = len(lines)
+        header = f"{self.path} is not a valid workflow ({n} problem{'s' if n > 1 else ''}):"
+        raise WorkflowError("\n".join([header, *lines]))
+
+    # ---- typed access to nodes
+
+    def _value(self, node: yaml.Node) -> Any:
+        return self.loader.construct_object(node, deep=True)
+
+    def fields(self, f: _Field | None, allowed: Sequence[str]) -> dict[str, _Field]:
+        """The keys of a mapping; unknown and repeated keys are problems."""
+        if f is None or f.value is None:
+            return {}
+        if not isinstance(f.node, yaml.MappingNode):
+            self.bad(f, f"must be a mapping, not {_type_name(f.value)}")
+            return {}
+        out: dict[str, _Field] = {}
+        for knode, vnode in f.node.value:
+            name = str(self._value(knode))
+            key, line = (f"{f.key}.{name}" if f.key else name), knode.start_mark.line + 1
+            if name not in allowed:
+                near = difflib.get_close_matches(name, allowed, n=1)
+                hint = f"did you mean {near[0]!r}?" if near else f"valid: {', '.join(allowed)}"
+                self.problem(line, key, f"unknown key; {hint}")
+            elif name in out:
+                self.problem(line, key, f"given twice (first on line {out[name].at})")
+            else:
+                out[name] = _Field(key, vnode, self._value(vnode), line)
+        return out
+
+    def typed(self, f: _Field | None, kinds: tuple[type, ...], what: str, default: Any) -> Any:
+        if f is None or f.value is None:
+            return default
+        if not isinstance(f.value, kinds) or (isinstance(f.value, bool) and bool not in kinds):
+            self.bad(f, f"must be {what}, not {_type_name(f.value)} ({f.value!r})")
+            return default
+        return f.value
+
+    def number(self, f: _Field | None, default: Any, *, minimum: float, whole: bool) -> Any:
+        kinds: tuple[type, ...] = (int,) if whole else (int, float)
+        value = self.typed(f, kinds, "a whole number" if whole else "a number", default)
+        if f is not None and value is not None and value < minimum:
+            self.bad(f, f"must be at least {minimum:g}, not {value}")
+            return default
+        return value
+
+    def paths(self, f: _Field | None) -> list[tuple[str, int]]:
+        """A string or a list of strings, each with its line."""
+        if f is None or f.value is None:
+            return []
+        nodes = f.node.value if isinstance(f.node, yaml.SequenceNode) else [f.node]
+        out = []
+        for i, node in enumerate(nodes):
+            value, line = self._value(node), node.start_mark.line + 1
+            if isinstance(value, str) and value.strip():
+                out.append((value, line))
+            else:
+                self.problem(line, f"{f.key}[{i}]", f"must be a path, not {_type_name(value)}")
+        return out
+
+    # ---- the document
+
+    def parse(self) -> Workflow | None:
+        try:
+            root = self.loader.get_single_node()
+            if root is None:
+                self.problem(1, "(file)", "empty; start from an example in workflows/")
+                return None
+            top = self.fields(_Field("", root, self._value(root), 1), _TOP_KEYS)
+            return self._build(top, root.start_mark.line + 1)
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            problem = getattr(err, "problem", None) or str(err)
+            self.problem(mark.line + 1 if mark else 1, "(file)", f"not valid YAML: {problem}")
+            return None
+        finally:
+            self.loader.dispose()
+
+    def _build(self, top: dict[str, _Field], first: int) -> Workflow | None:
+        for required in ("version", "inputs", "classes", "output"):
+            if required not in top:
+                self.problem(first, required, "missing (required)")
+            elif top[required].value in (None, "", [], {}):
+                self.bad(top[required], "is empty (required)")
+        version = self.typed(top.get("version"), (int,), "1", 1)
+        if version != 1:
+            self.bad(top["version"], f"{version} is not supported; use 1")
+        name = self.typed(top.get("name"), (str,), "a string", self.path.stem)
+        if not _NAME.match(name):
+            self.bad(top["name"], "may only hold letters, digits, '.', '_' and '-'")
+        classes = self._classes(top.get("classes"))
+        at = top["classes"].at if "classes" in top else first
+        models, model_hashes = self._models(top.get("models"), classes, at)
+        bands = self._bands(top.get("bands"))
+        sensor = self._sensor(top.get("sensor"))
+        smooth, smooth_params = self._smoothing(top.get("smoothing"))
+        block, tile, overlap = self._tiling(top.get("tiling"))
+        inference = self._inference(top.get("inference"), tile=tile, overlap=overlap)
+        out = self._output(top.get("output"))
+        min_area = float(self.number(top.get("min_area_m2"), 0.0, minimum=0, whole=False))
+        simplify = float(self.number(top.get("simplify_m"), 0.0, minimum=0, whole=False))
+        scheduler = self._scheduler(top.get("scheduler"))
+        workers = self.number(top.get("workers"), None, minimum=1, whole=True)
+        threads = self.number(top.get("threads"), None, minimum=1, whole=True)
+        concurrency = self.number(top.get("concurrency"), 2, minimum=1, whole=True)
+        retries = self.number(top.get("retries"), 2, minimum=0, whole=True)
+        inputs, checksum = self._inputs(top.get("inputs"), out.folder)
+        scenes = self._scenes(inputs, out, checksum=checksum)
+        config = None
+        try:
+            config = RunConfig(
+                classes=classes,
+                models=models,
+                bands=bands,
+                sensor=sensor,
+                block=block,
+                inference=inference,
+                smooth=smooth,
+                smooth_params=smooth_params,
+                min_area_m2=min_area,
+                simplify_m=simplify,
+                raster=out.raster,
+                probabilities=out.probabilities,
+                cog=out.cog,
+                dst_crs=out.crs,
+            )
+        except ConfigError as err:
+            if classes:  # no classes is reported at its key already
+                self.problem(first, "(settings)", str(err))
+        if config is None or out.folder is None or self.problems:
+            return None
+        settings = {
+            "geoseg_version": __version__,
+            "classes": list(classes),
+            "models": model_hashes,
+            "bands": list(bands) if bands else None,
+            "sensor": sensor,
+            "smoothing": {"method": smooth, "params": list(smooth_params)},
+            "tiling": {"block": block, "tile": tile, "overlap": overlap},
+            "precision": inference.precision,
+            "min_area_m2": min_area,
+            "simplify_m": simplify,
+            "outputs": {
+                "raster": out.raster,
+                "probabilities": out.probabilities,
+                "cog": out.cog,
+                "crs": out.crs,
+            },
+        }
+        return Workflow(
+            path=self.path,
+            name=name,
+            scenes=tuple(scenes),
+            config=config,
+            folder=out.folder,
+            overwrite=out.overwrite,
+            scheduler=scheduler,
+            workers=workers,
+            threads=threads,
+            concurrency=concurrency,
+            retries=retries,
+            config_hash=_hash(settings),
+            settings=settings,
+        )
+
+    # ---- what to run
+
+    def _classes(self, f: _Field | None) -> tuple[str, ...]:
+        if f is None or f.value in (None, [], ""):
+            return ()  # reported as missing
+        if not isinstance(f.value, list) or not all(isinstance(c, str) for c in f.value):
+            self.bad(f, "must be a list of class names, e.g. [water, roads]")
+            return ()
+        try:
+            return parse_class_list(",".join(f.value))
+        except ConfigError as err:
+            self.bad(f, str(err))
+            return ()
+
+    def _models(
+        self, f: _Field | None, classes: tuple[str, ...], first: int
+    ) -> tuple[tuple[str, ...], dict[str, str]]:
+        """The run's model tuple, ordered so that each class comes from the model named for it.
+
+        Returns the models and, for the config hash, each class's model identity (the file's
+        sha256, or the built-in method with its threshold).
+        """
+        from geoseg.models.card import ModelCard, read_card
+        from geoseg.models.spectral import is_spectral, spectral_card
+
+        if not classes:
+            return (), {}  # nothing to check models against
+        given = self.fields(f, classes)
+        chosen: dict[str, tuple[str, ModelCard]] = {}
+        hashes: dict[str, str] = {}
+        for cls in classes:
+            g = given.get(cls)
+            line, key = (g.line, g.key) if g else (f.at if f else first, "models")
+            source = g.value if g else DEFAULT_MODELS.get(cls)
+            if source is None:
+                hint = f"models: {{{cls}: FILE.safetensors}}"
+                self.problem(line, key, f"no model for class {cls!r} (no default yet); add {hint}")
+                continue
+            if not isinstance(source, str) or not source.strip():
+                self.problem(line, key, "must be a model file or a built-in method (e.g. ndwi)")
+                continue
+            try:
+                if is_spectral(source):
+                    card, digest = spectral_card(source), source.lower()
+                else:
+                    path = (self.base / source).resolve()
+                    card, source = read_card(path), str(path)
+                    digest = f"sha256:{_sha256(path)}"
+            except GeosegError as err:
+                self.problem(line, key, str(err))
+                continue
+            if cls not in card.class_names[1:]:
+                gives = ", ".join(card.class_names[1:])
+                self.problem(line, key, f"model {card.name!r} gives {gives}, not {cls!r}")
+                continue
+            chosen[cls], hashes[cls] = (source, card), digest
+        # plan_run gives each model, in order, every remaining class it produces: a model goes
+        # after any model named for a class it also produces.
+        remaining = list(dict.fromkeys(src for src, _ in chosen.values()))
+        cards = {src: card for src, card in chosen.values()}
+        ordered: list[str] = []
+        while remaining:
+            free = [
+                s
+                for s in remaining
+                if not any(
+                    other != s and other in remaining and c in cards[s].class_names
+                    for c, (other, _) in chosen.items()
+                )
+            ]
+            if not free:
+                msg = "each model produces a class named for another; use one model for both"
+                self.problem(f.at if f else first, "models", msg)
+                break
+            ordered.append(free[0])
+            remaining.remove(free[0])
+        return tuple(ordered), hashes
+
+    def _bands(self, f: _Field | None) -> tuple[int, ...] | None:
+        if f is None or f.value is None:
+            return None
+        values = f.value if isinstance(f.value, list) else []
+        if not values or not all(type(b) is int and b >= 1 for b in values):
+            self.bad(f, "must be a list of 1-based band numbers, e.g. [2, 4]")
+            return None
+        return tuple(values)
+
+    def _sensor(self, f: _Field | None) -> str | None:
+        from geoseg.models.bands import band_roles
+
+        sensor = self.typed(f, (str,), "a sensor name", None)
+        if f is not None and sensor is not None:
+            try:
+                band_roles([], sensor=sensor)
+            except ConfigError as err:
+                self.bad(f, str(err))
+        return sensor
+
+    def _smoothing(self, f: _Field | None) -> tuple[str | None, tuple[str, ...]]:
+        fields = self.fields(f, _SECTION_KEYS["smoothing"])
+        if not fields:
+            return None, ()
+        from geoseg.postprocess.recipes import METHODS, parse_overrides
+
+        method = self.typed(fields.get("method"), (str,), "a method name", None)
+        if method is not None and method not in METHODS:
+            self.bad(
+                fields["method"], f"{method!r} is not known; choose one of {', '.join(METHODS)}"
+            )
+        p = fields.get("params")
+        items: list[str] = []
+        if p is not None and isinstance(p.value, dict):
+            items = [f"{k}={v}" for k, v in p.value.items()]
+        elif p is not None and p.value is not None:
+            self.bad(p, "must be a mapping, e.g. {min_object_area_m2: 500, crf.iterations: 5}")
+        if p is not None and items:
+            try:
+                parse_overrides(items)
+            except ConfigError as err:
+                self.bad(p, str(err))
+        return method, tuple(items)
+
+    def _tiling(self, f: _Field | None) -> tuple[int, int | None, int | None]:
+        fields = self.fields(f, _SECTION_KEYS["tiling"])
+        block = self.number(fields.get("block"), 2048, minimum=64, whole=True)
+        tile = self.number(fields.get("tile"), None, minimum=32, whole=True)
+        overlap = self.number(fields.get("overlap"), None, minimum=0, whole=True)
+        if tile is not None:
+            from geoseg.tiling.grid import TilingSpec
+
+            try:
+                TilingSpec(tile=tile, overlap=overlap or 0, block=max(block, tile))
+            except ConfigError as err:
+                self.bad(fields["tile"], str(err))
+        return block, tile, overlap
+
+    def _inference(
+        self, f: _Field | None, *, tile: int | None, overlap: int | None
+    ) -> InferenceOptions:
+        fields = self.fields(f, _SECTION_KEYS["inference"])
+        options = {
+            "device": self.typed(fields.get("device"), (str,), "auto, cpu or cuda", "auto"),
+            "precision": self.typed(fields.get("precision"), (str,), "a precision", "auto"),
+            "batch_size": self.number(fields.get("batch_size"), 0, minimum=0, whole=True),
+        }
+        for key in ("device", "precision"):
+            try:
+                InferenceOptions(**{key: options[key]})
+            except ConfigError as err:
+                self.bad(fields[key], str(err))
+                options[key] = "auto"
+        return InferenceOptions(**options, tile=tile, overlap=overlap)
+
+    def _output(self, f: _Field | None) -> _OutputSpec:
+        fields = self.fields(f, _SECTION_KEYS["output"])
+        if fields and "folder" not in fields:
+            self.problem(f.at if f else 1, "output.folder", "missing (required)")
+        text = self.typed(fields.get("folder"), (str,), "a folder path", None)
+        folder = (self.base / text).resolve() if text else None
+        if folder is not None and folder.exists() and not folder.is_dir():
+            self.bad(fields["folder"], f"{str(folder)!r} is a file, not a folder")
+        name = fields.get("name")
+        template = self.typed(name, (str,), "a file name template", "{stem}.gpkg")
+        try:
+            used = {n for _, n, _, _ in string.Formatter().parse(template) if n is not None}
+        except ValueError as err:
+            used = {f"bad template: {err}"}
+        unknown = sorted(used - set(TEMPLATE_FIELDS))
+        if name is not None and unknown:
+            allowed = ", ".join(f"{{{n}}}" for n in TEMPLATE_FIELDS)
+            self.bad(name, f"{template!r}: unknown field {unknown[0]!r}; use {allowed}")
+            template = "{stem}.gpkg"
+        elif name is not None and not template.lower().endswith(".gpkg"):
+            self.bad(name, f"{template!r} must end in .gpkg")
+            template = "{stem}.gpkg"
+        return _OutputSpec(
+            folder=folder,
+            template=template,
+            line=name.line if name else f.at if f else 1,
+            overwrite=self.typed(fields.get("overwrite"), (bool,), "true or false", False),
+            raster=self.typed(fields.get("raster"), (bool,), "true or false", True),
+            probabilities=self.typed(fields.get("probabilities"), (bool,), "true or false", False),
+            cog=self.typed(fields.get("cog"), (bool,), "true or false", True),
+            crs=self._crs(fields.get("crs")),
+        )
+
+    def _crs(self, f: _Field | None) -> str | None:
+        text = self.typed(f, (str,), "a CRS such as EPSG:3857", None)
+        if f is not None and text is not None:
+            from rasterio.crs import CRS
+            from rasterio.errors import CRSError
+
+            try:
+                CRS.from_user_input(text)
+            except CRSError as err:
+                self.bad(f, f"{text!r} is not a CRS (e.g. EPSG:3857): {err}")
+        return text
+
+    def _scheduler(self, f: _Field | None) -> str:
+        value = self.typed(f, (str,), "local, sync or a scheduler address", "local")
+        if f is not None and not (
+            value in ("local", "sync") or "://" in value or re.match(r"^[\w.\-]+:\d+$", value)
+        ):
+            self.bad(f, f"{value!r} is not local, sync or a scheduler address (tcp://host:8786)")
+        return str(value)
+
+    # ---- which scenes
+
+    def _inputs(self, f: _Field | None, folder: Path | None) -> tuple[list[_Input], bool]:
+        fields = self.fields(f, _SECTION_KEYS["inputs"])
+        found: dict[str, _Input] = {}
+        for pattern, line in self.paths(fields.get("glob")):
+            matches = [
+                Path(m).resolve()
+                for m in sorted(glob.glob(str(self.base / pattern), recursive=True))
+                if os.path.isfile(m)
+            ]
+            # A glob over a tree that holds the output folder must not pick up class rasters.
+            matches = [m for m in matches if folder is None or not m.is_relative_to(folder)]
+            if not matches:
+                self.problem(line, "inputs.glob", f"{pattern!r} matches no file")
+            for m in matches:
+                found.setdefault(str(m), _Input(path=str(m), label=self._label(m)))
+        for name, line in self.paths(fields.get("files")):
+            if _is_remote(name):
+                found.setdefault(name, _Input(path=name, label=name))
+                continue
+            path = (self.base / name).resolve()
+            if not path.is_file():
+                self.problem(line, "inputs.files", f"{name!r} does not exist")
+            elif folder is not None and path.is_relative_to(folder):
+                self.problem(line, "inputs.files", f"{name!r} lies inside output.folder")
+            else:
+                found.setdefault(str(path), _Input(path=str(path), label=self._label(path)))
+        asset = self.typed(fields.get("stac_asset"), (str,), "an asset key", None)
+        for name, line in self.paths(fields.get("stac")):
+            for item in self._stac(name, line, asset):
+                found.setdefault(item.path, item)
+        if fields and not fields.keys() & {"glob", "files", "stac"}:
+            self.problem(f.at if f else 1, "inputs", "lists no scene; give glob, files or stac")
+        checksum = self.typed(fields.get("checksum"), (bool,), "true or false", False)
+        return list(found.values()), checksum
+
+    def _label(self, path: Path) -> str:
+        return os.path.relpath(path, self.base)
+
+    def _stac(self, name: str, line: int, asset_key: str | None) -> list[_Input]:
+        where = (self.base / name).resolve()
+        files = sorted(where.glob("*.json")) if where.is_dir() else [where]
+        if not where.exists() or not files:
+            what = "does not exist" if not where.exists() else "holds no STAC item .json files"
+            self.problem(line, "inputs.stac", f"{name!r} {what}")
+            return []
+        out = []
+        for file in files:
+            label = self._label(file)
+            try:
+                doc = json.loads(file.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, ValueError) as err:
+                self.problem(line, "inputs.stac", f"{label}: not a JSON file: {err}")
+                continue
+            try:
+                inp = _stac_input(doc, file, asset_key)
+            except ValueError as err:
+                self.problem(line, "inputs.stac", f"{label}: {err}")
+                continue
+            if inp is not None:
+                label = inp.label if _is_remote(inp.path) else self._label(Path(inp.path))
+                out.append(replace(inp, label=label))
+        return out
+
+    def _scenes(self, inputs: list[_Input], out: _OutputSpec, *, checksum: bool) -> list[Scene]:
+        if out.folder is None:
+            return []
+        scenes: list[Scene] = []
+        seen: dict[Path, str] = {}
+        for inp in inputs:
+            stamp, mtime = _stamp(inp, checksum=checksum)
+            pure = PurePosixPath(inp.path)
+            values = {
+                "stem": pure.stem,
+                "name": pure.name,
+                "parent": pure.parent.name,
+                "date": inp.date or (_utc_date(mtime) if mtime is not None else "undated"),
+                "id": inp.item_id or pure.stem,
+            }
+            try:
+                rel = out.template.format(**values)
+            except (ValueError, KeyError, IndexError) as err:
+                self.problem(out.line, "output.name", f"{out.template!r}: {err}")
+                break
+            gpkg = Path(os.path.normpath(out.folder / rel))
+            if not gpkg.is_relative_to(out.folder):
+                msg = f"{rel!r} (for {inp.label}) lies outside output.folder {str(out.folder)!r}"
+                self.problem(out.line, "output.name", msg)
+                break
+            if gpkg in seen:
+                msg = f"{seen[gpkg]} and {inp.label} would both write {rel!r}; add {{parent}}, "
+                self.problem(out.line, "output.name", msg + "{date} or {id}")
+                break
+            seen[gpkg] = inp.label
+            paths = output_paths(gpkg, raster=out.raster, probabilities=out.probabilities)
+            scenes.append(
+                Scene(
+                    input=inp.path,
+                    label=inp.label,
+                    gpkg=gpkg,
+                    outputs=tuple(paths.all()),
+                    stamp=stamp,
+                    item=inp.item,
+                )
+            )
+        return scenes
+
+
+def _stac_input(doc: Any, file: Path, asset_key: str | None) -> _Input | None:
+    """The scene a STAC item points at (None for catalogs and collections).
+
+    Raises
+    ------
+    ValueError
+        Saying what is wrong with the item.
+    """
+    kind = doc.get("type") if isinstance(doc, dict) else None
+    if kind in ("Catalog", "Collection"):
+        return None
+    assets = doc.get("assets") if isinstance(doc, dict) else None
+    if kind != "Feature" or not isinstance(assets, dict):
+        raise ValueError("not a STAC item (a Feature with assets)")
+    if asset_key is not None:
+        if asset_key not in assets:
+            raise ValueError(f"has no asset {asset_key!r}; it has {', '.join(assets)}")
+        key = asset_key
+    else:
+        tiffs = [k for k, a in assets.items() if isinstance(a, dict) and _is_geotiff(a)]
+        data = [k for k in tiffs if "data" in (assets[k].get("roles") or [])]
+        if len(tiffs) != 1 and len(data) != 1:
+            found = ", ".join(tiffs) or "none"
+            raise ValueError(f"needs one GeoTIFF asset (found: {found}); pick with stac_asset")
+        key = tiffs[0] if len(tiffs) == 1 else data[0]
+    asset = assets[key]
+    href = asset.get("href") if isinstance(asset, dict) else None
+    path = _href_path(href, file.parent) if isinstance(href, str) and href else None
+    if path is None:
+        raise ValueError(f"asset {key!r} has no usable href ({href!r})")
+    if not _is_remote(path) and not os.path.isfile(path):
+        raise ValueError(f"asset {key!r}: {href!r} does not exist")
+    props = doc.get("properties") or {}
+    when = props.get("datetime") or props.get("start_datetime")
+    version = asset.get("file:checksum") or props.get("updated")
+    return _Input(
+        path=path,
+        label=path,
+        item=str(file),
+        item_id=str(doc.get("id") or file.stem),
+        date=str(when)[:10] if when else None,
+        checksum=f"stac:{version}" if version and _is_remote(path) else None,
+    )
+
+
+def _is_remote(path: str) -> bool:
+    return path.startswith("/vsi") or "://" in path
+
+
+def _is_geotiff(asset: Mapping[str, Any]) -> bool:
+    media = str(asset.get("type", "")).lower()
+    href = str(asset.get("href", "")).lower().split("?")[0]
+    return "geotiff" in media or media.startswith("image/tiff") or href.endswith((".tif", ".tiff"))
+
+
+def _href_path(href: str, item_dir: Path) -> str | None:
+    """A STAC asset href as a path GDAL opens: relative hrefs resolve against the item."""
+    parsed = urlparse(href)
+    if parsed.scheme in _REMOTE:
+        if parsed.scheme in ("http", "https"):
+            return _REMOTE[parsed.scheme] + href
+        return f"{_REMOTE[parsed.scheme]}{parsed.netloc}{parsed.path}"
+    if parsed.scheme == "file":
+        return str(Path(unquote(parsed.path)).resolve())
+    if parsed.scheme == "" or len(parsed.scheme) == 1:  # relative, absolute, or C:\...
+        return str((item_dir / href).resolve())
+    return None
+
+
+def _stamp(inp: _Input, *, checksum: bool) -> tuple[InputStamp, float | None]:
+    if _is_remote(inp.path):
+        return InputStamp(checksum=inp.checksum), None
+    st = os.stat(inp.path)
+    digest = f"sha256:{_sha256(Path(inp.path))}" if checksum else None
+    return InputStamp(size=st.st_size, mtime_ns=st.st_mtime_ns, checksum=digest), st.st_mtime
+
+
+def _utc_date(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).date().isoformat()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _hash(settings: Mapping[str, Any]) -> str:
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def load_workflow(path: str | os.PathLike[str]) -> Workflow:
+    """Read and validate a workflow file; creates nothing.
+
+    Relative paths in the file (inputs, models, output folder) resolve against its folder.
+
+    Raises
+    ------
+    WorkflowError
+        Listing every problem, one per line: ``file:line: key: problem``.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise WorkflowError(f"cannot read workflow {str(p)!r}: {err}") from err
+    parser = _Parser(p, text)
+    workflow = parser.parse()
+    parser.fail_if_any()
+    if workflow is None:  # pragma: no cover - parse() returns None only with problems
+        raise WorkflowError(f"{p} is not a valid workflow")
+    return workflow

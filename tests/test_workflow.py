@@ -1,0 +1,294 @@
+"""Workflow files: every problem listed with its line, nothing created; STAC folders; hashes."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from geoseg.cli import main
+from geoseg.errors import WorkflowError
+from geoseg.workflow import load_workflow, run_workflow
+from tests.helpers import write_scene
+
+GOOD = """\
+version: 1
+inputs:
+  glob: scenes/*.tif
+classes: [water]
+models: {water: ndwi}
+bands: [2, 4]
+output: {folder: out}
+scheduler: sync
+"""
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    """Two tiny scenes in ``scenes/``."""
+    (tmp_path / "scenes").mkdir()
+    for i in range(2):
+        write_scene(tmp_path / "scenes" / f"s{i}.tif", 32, 32, seed=i)
+    return tmp_path
+
+
+def _write(folder: Path, text: str, name: str = "wf.yaml") -> Path:
+    path = folder / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_relative_paths_resolve_against_the_workflow_file(folder: Path) -> None:
+    wf = load_workflow(_write(folder, GOOD))
+    assert [Path(s.input).name for s in wf.scenes] == ["s0.tif", "s1.tif"]
+    assert wf.folder == folder / "out"
+    assert [s.gpkg for s in wf.scenes] == [folder / "out" / "s0.gpkg", folder / "out" / "s1.gpkg"]
+    assert wf.scenes[0].outputs == (folder / "out" / "s0.gpkg", folder / "out" / "s0_classes.tif")
+    more = load_workflow(
+        _write(
+            folder,
+            GOOD.replace("{folder: out}", "{folder: out, raster: false, probabilities: true}"),
+        )
+    )
+    assert [p.name for p in more.scenes[1].outputs] == ["s1.gpkg", "s1_probabilities.tif"]
+    assert (more.config.raster, more.config.probabilities) == (False, True)
+    assert wf.config.models == ("ndwi",) and wf.config.bands == (2, 4)
+    assert (wf.concurrency, wf.retries, wf.max_attempts) == (2, 2, 3)
+    assert not (folder / "out").exists()
+
+
+# (workflow text, expected lines after "wf.yaml:"); each case also must create nothing.
+BAD_CASES = {
+    "unknown key": (
+        GOOD.replace("classes:", "clases:"),
+        ["4: clases: unknown key; did you mean 'classes'?", "1: classes: missing (required)"],
+    ),
+    "wrong type": (
+        GOOD + "concurrency: two\nretries: 1.5\n",
+        [
+            "9: concurrency: must be a whole number, not a string ('two')",
+            "10: retries: must be a whole number, not a number (1.5)",
+        ],
+    ),
+    "missing inputs": (
+        GOOD.replace("glob: scenes/*.tif", "glob: [scenes/*.tif, nowhere/*.tif]\n  files: [x.tif]"),
+        [
+            "3: inputs.glob: 'nowhere/*.tif' matches no file",
+            "4: inputs.files: 'x.tif' does not exist",
+        ],
+    ),
+    "output outside the folder": (
+        GOOD.replace("{folder: out}", '{folder: out, name: "../{stem}.gpkg"}'),
+        ["7: output.name: '../s0.gpkg' (for scenes/s0.tif) lies outside output.folder"],
+    ),
+    "template field": (
+        GOOD.replace("{folder: out}", '{folder: out, name: "{scene}.gpkg"}'),
+        ["7: output.name: '{scene}.gpkg': unknown field 'scene'; use {stem}, {name}"],
+    ),
+    "two scenes, one output": (
+        GOOD.replace("{folder: out}", '{folder: out, name: "{parent}.gpkg"}'),
+        ["7: output.name: scenes/s0.tif and scenes/s1.tif would both write 'scenes.gpkg'"],
+    ),
+    "no model for a class": (
+        GOOD.replace("[water]", "[water, roads]"),
+        ["5: models: no model for class 'roads' (no default yet); add models: {roads: "],
+    ),
+    "model lacks the class": (
+        GOOD.replace("{water: ndwi}", "{water: ndvi}"),
+        ["5: models.water: model 'ndvi-otsu' gives vegetation, not 'water'"],
+    ),
+    "missing model file": (
+        GOOD.replace("{water: ndwi}", "{water: models/w.safetensors}"),
+        ["5: models.water: model file '"],
+    ),
+    "options checked by their owners": (
+        GOOD.replace("scheduler: sync", "scheduler: tcp//x")
+        + "smoothing: {method: blur, params: {radius: 2}}\n"
+        + "tiling: {tile: 100}\ninference: {precision: fp8}\nclasses: [roads]\n",
+        [
+            "8: scheduler: 'tcp//x' is not local, sync or a scheduler address",
+            "9: smoothing.method: 'blur' is not known; choose one of none, morph, crf",
+            "9: smoothing.params: unknown smoothing parameter 'radius'",
+            "10: tiling.tile: tile size 100 is not a positive multiple of 32; try 96",
+            "11: inference.precision: precision 'fp8' is not one of auto, fp32",
+            "12: classes: given twice (first on line 4)",
+        ],
+    ),
+    "not YAML": ("version: 1\ninputs: [a\n", ["3: (file): not valid YAML: expected ',' or ']'"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CASES))
+def test_invalid_workflow_lists_each_problem_exits_2_and_creates_nothing(
+    folder: Path, case: str
+) -> None:
+    text, expected = BAD_CASES[case]
+    path = _write(folder, text)
+    before = sorted(folder.rglob("*"))
+    for args in (["batch", str(path)], ["batch", "run", str(path)], ["batch", "status", str(path)]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2, result.output
+        assert "is not a valid workflow" in result.stderr
+        for line in expected:
+            assert f"{path}:{line}" in result.stderr, result.stderr
+    assert sorted(folder.rglob("*")) == before  # not even the output folder or the manifest
+
+
+def test_all_problems_come_in_one_error(folder: Path) -> None:
+    text = GOOD.replace("version: 1", "version: 2").replace("[water]", "[]") + "workers: 0\n"
+    with pytest.raises(WorkflowError) as err:
+        load_workflow(_write(folder, text))
+    lines = str(err.value).splitlines()
+    assert lines[0].endswith("is not a valid workflow (3 problems):")
+    assert [ln.split(": ", 1)[0].rsplit(":", 1)[1] for ln in lines[1:]] == ["1", "4", "9"]
+
+
+def _item(folder: Path, name: str, href: str, when: str, **assets: dict) -> None:
+    doc = {
+        "type": "Feature",
+        "stac_version": "1.0.0",
+        "id": name,
+        "properties": {"datetime": when},
+        "assets": {"image": {"href": href, "type": "image/tiff; application=geotiff"}, **assets},
+    }
+    (folder / f"{name}.json").write_text(json.dumps(doc))
+
+
+def test_stac_folder_expands_to_its_geotiff_assets(folder: Path) -> None:
+    items = folder / "items"
+    items.mkdir()
+    thumb = {"thumbnail": {"href": "t.png", "type": "image/png"}}
+    _item(items, "S2A_0001", "../scenes/s0.tif", "2026-07-01T10:00:00Z", **thumb)
+    _item(items, "S2A_0002", "../scenes/s1.tif", "2026-07-11T10:00:00Z")
+    (items / "collection.json").write_text(json.dumps({"type": "Collection", "id": "c"}))
+    text = GOOD.replace("glob: scenes/*.tif", "stac: items/").replace(
+        "{folder: out}", '{folder: out, name: "{date}/{id}.gpkg"}'
+    )
+    text += "smoothing: {method: none}\n"
+    wf = load_workflow(_write(folder, text))
+    assert [s.input for s in wf.scenes] == [str(folder / "scenes" / f"s{i}.tif") for i in (0, 1)]
+    assert [s.gpkg.relative_to(folder / "out").as_posix() for s in wf.scenes] == [
+        "2026-07-01/S2A_0001.gpkg",
+        "2026-07-11/S2A_0002.gpkg",
+    ]
+    assert [Path(s.item or "").name for s in wf.scenes] == ["S2A_0001.json", "S2A_0002.json"]
+    result = run_workflow(wf)
+    assert result.exit_code == 0 and result.count("done") == 2
+    assert (folder / "out" / "2026-07-11" / "S2A_0002.gpkg").is_file()
+
+
+def test_stac_problems_name_the_item(folder: Path) -> None:
+    items = folder / "items"
+    items.mkdir()
+    _item(items, "a", "../scenes/gone.tif", "2026-07-01T00:00:00Z")
+    _item(items, "b", "../scenes/s0.tif", "2026-07-01T00:00:00Z", other={"href": "x.tif"})
+    (items / "c.json").write_text("{not json")
+    text = GOOD.replace("glob: scenes/*.tif", "stac: items/")
+    with pytest.raises(WorkflowError) as err:
+        load_workflow(_write(folder, text))
+    message = str(err.value)
+    assert "wf.yaml:3: inputs.stac: items/a.json: asset 'image': '../scenes/gone.tif' does not" in (
+        message
+    )
+    assert "items/b.json: needs one GeoTIFF asset (found: image, other); pick with stac_asset" in (
+        message
+    )
+    assert "items/c.json: not a JSON file" in message
+    chosen = text.replace("stac: items/", "stac: items/b.json\n  stac_asset: image")
+    ok = load_workflow(_write(folder, chosen))
+    assert len(ok.scenes) == 1
+
+
+def _model_file(path: Path, value: float) -> None:
+    from safetensors.numpy import save_file
+
+    from geoseg.models.card import CARD_KEY, card_to_json
+    from geoseg.models.spectral import spectral_card
+
+    card = card_to_json(spectral_card("ndwi"))
+    save_file({"w": np.full(4, value, dtype=np.float32)}, str(path), metadata={CARD_KEY: card})
+
+
+def test_config_hash_follows_the_results_not_the_machinery(folder: Path) -> None:
+    base = load_workflow(_write(folder, GOOD)).config_hash
+    assert load_workflow(_write(folder, GOOD)).config_hash == base
+    how = GOOD.replace("scheduler: sync", "scheduler: local\nconcurrency: 4\nretries: 0")
+    assert load_workflow(_write(folder, how)).config_hash == base
+    for change in ("min_area_m2: 100\n", "tiling: {block: 1024}\n", "bands: [2, 3]\n"):
+        text = GOOD.replace("bands: [2, 4]\n", "") + change
+        if "bands" not in change:
+            text += "bands: [2, 4]\n"
+        assert load_workflow(_write(folder, text)).config_hash != base, change
+    # A model file is hashed by content: same path, new weights -> new hash.
+    model = folder / "water.safetensors"
+    _model_file(model, 0.0)
+    text = GOOD.replace("{water: ndwi}", "{water: water.safetensors}")
+    first = load_workflow(_write(folder, text)).config_hash
+    _model_file(model, 1.0)
+    assert load_workflow(_write(folder, text)).config_hash not in (first, base)
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_examples_are_valid() -> None:
+    water = load_workflow(REPO / "workflows" / "water-monitoring.yaml")
+    assert [Path(s.input).name for s in water.scenes] == ["beaufort_s2.tif"]
+    assert water.config.smooth == "crf+morph" and water.config.min_area_m2 == 500
+    # roads needs weights nobody ships yet (and the shared data): only those may be missing
+    with pytest.raises(WorkflowError) as err:
+        load_workflow(REPO / "workflows" / "roads.yaml")
+    problems = str(err.value).splitlines()[1:]
+    assert problems and all(
+        "models.roads: model file" in p or "inputs.glob" in p for p in problems
+    ), problems
+
+
+def test_airflow_dag_runs_the_cli_for_each_workflow(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The DAG file imports against Airflow's API (stubbed here: Airflow is not a dependency)."""
+    import importlib.util
+    import sys
+    import types
+
+    made: list[dict] = []
+
+    class DAG:
+        def __init__(self, **kw: object) -> None:
+            self.dag_id, self.kw = kw["dag_id"], kw
+
+        def __enter__(self) -> DAG:
+            made.append({"dag": self.kw, "tasks": []})
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+    class BashOperator:
+        def __init__(self, **kw: object) -> None:
+            made[-1]["tasks"].append(kw)
+
+        def __rshift__(self, other: object) -> object:
+            return other
+
+    airflow = types.ModuleType("airflow")
+    airflow.DAG = DAG  # type: ignore[attr-defined]
+    bash = types.ModuleType("airflow.operators.bash")
+    bash.BashOperator = BashOperator  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "airflow", airflow)
+    monkeypatch.setitem(sys.modules, "airflow.operators", types.ModuleType("airflow.operators"))
+    monkeypatch.setitem(sys.modules, "airflow.operators.bash", bash)
+    spec = importlib.util.spec_from_file_location(
+        "dag", REPO / "workflows" / "airflow_geoseg_dag.py"
+    )
+    assert spec is not None and spec.loader is not None
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    commands = {d["dag"]["dag_id"]: [t["bash_command"] for t in d["tasks"]] for d in made}
+    assert set(commands) == {"geoseg_water_monitoring", "geoseg_roads"}
+    run, status = commands["geoseg_water_monitoring"]
+    assert run.endswith("geoseg batch run /opt/geoseg/workflows/water-monitoring.yaml -q")
+    assert "geoseg batch status /opt/geoseg/workflows/water-monitoring.yaml" in status
+    assert all((REPO / "workflows" / f"{n}.yaml").is_file() for n in ("water-monitoring", "roads"))
