@@ -29,7 +29,7 @@ from geoseg.plan import NODATA_CLASS, RunPlan
 from geoseg.tiling.io import RasterWriter
 from geoseg.vectorize.gpkg import GeoPackageWriter
 from geoseg.vectorize.merge import SeamMerger
-from geoseg.vectorize.styles import fill_qml
+from geoseg.vectorize.styles import fill_qml, paletted_qml
 
 __all__ = ["OutputPaths", "RunOutputs", "output_paths"]
 
@@ -43,12 +43,15 @@ class OutputPaths:
     def __init__(self, gpkg: Path, *, raster: bool, probabilities: bool) -> None:
         self.gpkg = gpkg
         self.raster = gpkg.with_name(f"{gpkg.stem}_classes.tif") if raster else None
+        # QGIS applies <raster name>.qml next to a raster as its default style.
+        self.raster_style = self.raster.with_suffix(".qml") if self.raster else None
         self.probabilities = (
             gpkg.with_name(f"{gpkg.stem}_probabilities.tif") if probabilities else None
         )
 
     def all(self) -> list[Path]:
-        return [p for p in (self.gpkg, self.raster, self.probabilities) if p is not None]
+        paths = (self.gpkg, self.raster, self.raster_style, self.probabilities)
+        return [p for p in paths if p is not None]
 
 
 def output_paths(
@@ -164,12 +167,28 @@ class RunOutputs:
         tags = {f"GEOSEG_{k.upper()}": v for k, v in provenance.items()}
         if self.raster is not None:
             self.raster.update_tags(**tags)
+            self._write_raster_style()
             self.raster.commit(cog=self.cog, overview_resampling="mode")
         if self.probabilities is not None:
             self.probabilities.update_tags(**tags)
             self.probabilities.commit(cog=self.cog, overview_resampling="average")
         self.gpkg.commit()
         return counts
+
+    def _write_raster_style(self) -> None:
+        style = self.paths.raster_style
+        if style is None:
+            return
+        entries = [(0, "#000000", 0, "background")]
+        entries += [
+            (v, color, 255, name)
+            for v, (name, color) in enumerate(
+                zip(self.plan.classes, self.plan.colors, strict=True), start=1
+            )
+        ]
+        tmp = style.with_name(f".{style.name}.partial")
+        tmp.write_text(paletted_qml(entries), encoding="utf-8")
+        os.replace(tmp, style)
 
     def abort(self) -> None:
         """Remove every temporary file."""

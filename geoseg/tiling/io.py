@@ -181,8 +181,6 @@ class RasterWriter:
         self.path = Path(path)
         self.tmp_path = self.path.with_name(f".{self.path.name}.partial")
         try:
-            self._env = rasterio.Env(**GDAL_ENV)
-            self._env.__enter__()
             self._dst = rasterio.open(self.tmp_path, "w", **profile)
         except (RasterioError, OSError) as err:
             raise OutputWriteError(f"cannot create {self.path}: {_first_line(err)}") from err
@@ -212,12 +210,12 @@ class RasterWriter:
         """
         self._dst.close()
         self._closed = True
-        try:
-            if cog:
-                from rasterio.shutil import copy as gdal_copy
+        if cog:
+            from rasterio.shutil import copy as gdal_copy
 
-                cog_tmp = self.path.with_name(f".{self.path.name}.cog.partial")
-                try:
+            cog_tmp = self.path.with_name(f".{self.path.name}.cog.partial")
+            try:
+                with rasterio.Env(**GDAL_ENV):
                     gdal_copy(
                         self.tmp_path,
                         cog_tmp,
@@ -229,24 +227,21 @@ class RasterWriter:
                         BIGTIFF="IF_SAFER",
                         NUM_THREADS="ALL_CPUS",
                     )
-                except (RasterioError, OSError) as err:
-                    cog_tmp.unlink(missing_ok=True)
-                    raise OutputWriteError(
-                        f"cannot write {self.path} as COG: {_first_line(err)}"
-                    ) from err
-                os.replace(cog_tmp, self.path)
-                self.tmp_path.unlink(missing_ok=True)
-            else:
-                os.replace(self.tmp_path, self.path)
-        finally:
-            self._env.__exit__(None, None, None)
+            except (RasterioError, OSError) as err:
+                cog_tmp.unlink(missing_ok=True)
+                raise OutputWriteError(
+                    f"cannot write {self.path} as COG: {_first_line(err)}"
+                ) from err
+            os.replace(cog_tmp, self.path)
+            self.tmp_path.unlink(missing_ok=True)
+        else:
+            os.replace(self.tmp_path, self.path)
         return self.path
 
     def abort(self) -> None:
         """Close and delete the temporary files."""
         if not self._closed:
             self._dst.close()
-            self._env.__exit__(None, None, None)
             self._closed = True
         self.tmp_path.unlink(missing_ok=True)
         self.path.with_name(f".{self.path.name}.cog.partial").unlink(missing_ok=True)

@@ -56,6 +56,8 @@ class GeoPackageWriter:
                 driver="GPKG",
                 geometry_type=geometry_type,
                 layer_metadata=dict(metadata) if metadata else None,
+                # GeoPackage 1.2: readable by the GDAL of older QGIS 3 releases too.
+                dataset_options={"VERSION": "1.2"} if not self.layers else None,
             )
         except Exception as err:  # pyogrio raises DataSourceError, DataLayerError, OSError ...
             raise OutputWriteError(f"cannot write layer {name!r} to {self.path}: {err}") from err

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from xml.sax.saxutils import quoteattr
 
-__all__ = ["fill_qml", "line_qml", "rgba"]
+__all__ = ["fill_qml", "line_qml", "paletted_qml", "rgba"]
 
 
 def rgba(color: str, alpha: int) -> str:
@@ -76,3 +76,30 @@ def line_qml(color: str, *, width_mm: float = 0.6) -> str:
         "joinstyle": "round",
     }
     return _document("line", "SimpleLine", props, "1")
+
+
+def paletted_qml(entries: list[tuple[int, str, int, str]]) -> str:
+    """A paletted raster style: ``(value, "#rrggbb", alpha, label)`` per class.
+
+    Written next to a raster as ``<name>.qml``, QGIS applies it when the file is added.
+    GeoTIFF colour tables carry no alpha, so this is how the background stays transparent.
+    """
+    rows = "".join(
+        f'<paletteEntry value="{v}" color="{c}" alpha="{a}" label={quoteattr(label)}/>'
+        for v, c, a, label in entries
+    )
+    return (
+        "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
+        '<qgis version="3.22.0" styleCategories="Symbology">\n'
+        " <pipe>\n"
+        '  <rasterrenderer type="paletted" band="1" opacity="1" alphaBand="-1" nodataColor="">\n'
+        "   <rasterTransparency/>\n"
+        f"   <colorPalette>{rows}</colorPalette>\n"
+        "  </rasterrenderer>\n"
+        '  <brightnesscontrast brightness="0" contrast="0" gamma="1"/>\n'
+        '  <huesaturation saturation="0" grayscaleMode="0" colorizeOn="0"/>\n'
+        '  <rasterresampler maxOversampling="2"/>\n'
+        " </pipe>\n"
+        " <blendMode>0</blendMode>\n"
+        "</qgis>\n"
+    )

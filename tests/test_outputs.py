@@ -1,0 +1,177 @@
+"""QGIS-ready outputs: COGs, styles, provenance, metric areas, reprojection."""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pyogrio
+import pytest
+import rasterio
+import shapely
+from affine import Affine
+from rio_cogeo.cogeo import cog_validate
+
+from geoseg.config import RunConfig
+from geoseg.pipeline import run_scene
+from geoseg.provenance import file_sha256
+from geoseg.tiling.io import write_array
+
+# Water (dark nir, bright green) inside rows 40..139, cols 30..149 of a 4-band image.
+ROWS, COLS = slice(40, 140), slice(30, 150)
+
+
+def _square_scene(path: Path, *, crs: str, transform: Affine, size: int = 200) -> Path:
+    img = np.full((4, size, size), 1000, dtype=np.uint16)
+    img[3] = 3000  # land: nir > green -> NDWI < 0
+    img[1, ROWS, COLS] = 1500  # water: green > nir -> NDWI > 0
+    img[3, ROWS, COLS] = 300
+    write_array(path, img, crs=crs, transform=transform)
+    return path
+
+
+def _config(**kw: object) -> RunConfig:
+    base: dict[str, object] = {
+        "classes": ("water",),
+        "models": ("ndwi:0.0",),
+        "bands": (2, 4),
+        "smooth": "none",
+        "block": 128,
+    }
+    base.update(kw)
+    return RunConfig(**base)  # type: ignore[arg-type]
+
+
+def _authalic_rectangle_area(lon0: float, lon1: float, lat0: float, lat1: float) -> float:
+    """Area of a lon/lat rectangle on the WGS84 authalic sphere (hand formula)."""
+    r = 6371007.181
+    return (
+        r
+        * r
+        * math.radians(lon1 - lon0)
+        * abs(math.sin(math.radians(lat1)) - math.sin(math.radians(lat0)))
+    )
+
+
+def test_areas_match_hand_computed_values_in_utm_and_wgs84(tmp_path: Path) -> None:
+    utm = _square_scene(
+        tmp_path / "utm.tif", crs="EPSG:32617", transform=Affine(10, 0, 500000, 0, -10, 4000000)
+    )
+    s = run_scene(utm, tmp_path / "utm.gpkg", _config())
+    df = pyogrio.read_dataframe(s.gpkg, layer="water")
+    assert len(df) == 1
+    # 100 x 120 pixels of 10 m on the UTM grid; at the central meridian the scale factor 0.9996
+    # makes the true area 0.08 % smaller than the grid area.
+    assert df.area_m2[0] == pytest.approx(100 * 120 * 100.0 * 0.9996**2, rel=0.005)
+
+    d = 9e-5
+    geo = _square_scene(
+        tmp_path / "geo.tif", crs="EPSG:4326", transform=Affine(d, 0, -76.7, 0, -d, 34.7)
+    )
+    s = run_scene(geo, tmp_path / "geo.gpkg", _config())
+    df = pyogrio.read_dataframe(s.gpkg, layer="water")
+    assert len(df) == 1
+    expected = _authalic_rectangle_area(
+        -76.7 + 30 * d, -76.7 + 150 * d, 34.7 - 140 * d, 34.7 - 40 * d
+    )
+    assert df.area_m2[0] == pytest.approx(expected, rel=0.005)
+    assert df.geometry[0].equals(
+        shapely.box(-76.7 + 30 * d, 34.7 - 140 * d, -76.7 + 150 * d, 34.7 - 40 * d)
+    )
+
+
+def test_rasters_are_valid_cogs_with_colour_table_overviews_and_nodata(
+    tiny_model: Path, make_scene, tmp_path: Path
+) -> None:
+    scene, _ = make_scene(700, 600, seed=2)
+    cfg = RunConfig(
+        classes=("water", "roads"), models=(str(tiny_model),), block=256, probabilities=True
+    )
+    s = run_scene(scene, tmp_path / "c.gpkg", cfg)
+    for path in (s.raster, s.probabilities):
+        assert path is not None
+        valid, errors, _ = cog_validate(path)
+        assert valid, errors
+        with rasterio.open(path) as src:
+            assert src.overviews(1), f"{path.name} has overviews"
+            assert src.nodata == 255
+            assert src.crs == rasterio.open(scene).crs
+    with rasterio.open(s.raster) as src:
+        cmap = src.colormap(1)
+        assert cmap[1][:3] == (0x1F, 0x78, 0xB4) and cmap[2][:3] == (0xE3, 0x1A, 0x1C)
+        assert src.tags()["CLASS_1"] == "water" and src.tags()["GEOSEG_GEOSEG_VERSION"]
+        classes = src.read(1)
+    with rasterio.open(s.probabilities) as src:
+        assert src.descriptions == ("water", "roads")
+        probs = src.read()
+    # the class raster says water where the water probability is high
+    assert (probs[0][classes == 1] > 127).mean() > 0.95
+    qml = s.raster.with_suffix(".qml").read_text()
+    assert (
+        'value="0" color="#000000" alpha="0"' in qml
+        and 'color="#1f78b4" alpha="255" label="water"' in qml
+    )
+
+
+def test_styles_and_provenance_are_stored_in_the_gpkg(
+    tiny_model: Path, make_scene, tmp_path: Path
+) -> None:
+    scene, _ = make_scene(300, 300, seed=4)
+    cfg = RunConfig(
+        classes=("water", "roads"), models=(str(tiny_model),), block=128, simplify_m=5.0
+    )
+    s = run_scene(scene, tmp_path / "p.gpkg", cfg)
+    with sqlite3.connect(s.gpkg) as db:
+        styles = dict(
+            db.execute("SELECT f_table_name, styleQML FROM layer_styles WHERE useAsDefault")
+        )
+        prov = dict(db.execute("SELECT key, value FROM geoseg_provenance"))
+        contents = {r[0] for r in db.execute("SELECT table_name FROM gpkg_contents")}
+        rtree = {
+            r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE name LIKE 'rtree_%'")
+        }
+        fields = {r[1]: r[2] for r in db.execute("PRAGMA table_info(water)")}
+    assert set(styles) == {"water", "roads"}
+    assert (
+        'value="31,120,180,110"' in styles["water"] and 'value="227,26,28,255"' in styles["roads"]
+    )
+    assert {"water", "roads", "layer_styles", "geoseg_provenance"} <= contents
+    assert {"rtree_water_geom", "rtree_roads_geom"} <= rtree, "spatial index per layer"
+    assert (
+        fields["area_m2"] == "REAL" and fields["confidence"] == "REAL" and fields["class"] == "TEXT"
+    )
+    assert fields["block_id"] in ("INTEGER", "MEDIUMINT", "BIGINT")
+    assert prov["input_sha256"] == file_sha256(scene)
+    models = json.loads(prov["models"])
+    assert models[0]["sha256"] == file_sha256(tiny_model) and models[0]["name"] == "synthetic-unet"
+    assert prov["classes"] == "water,roads" and prov["simplify_m"] == "5"
+    tiling = json.loads(prov["tiling"])
+    assert tiling["tile"] == 128 and tiling["overlap"] == 32 and tiling["blocks"] >= 4
+    assert set(json.loads(prov["smoothing"])) == {"water", "roads"}
+    assert float(prov["run_seconds"]) > 0 and prov["created_utc"].startswith("20")
+    for layer in ("water", "roads"):
+        df = pyogrio.read_dataframe(s.gpkg, layer=layer)
+        assert shapely.is_valid(df.geometry.values).all()
+        assert df.confidence.between(0, 1).all()
+    with rasterio.open(s.raster) as src:
+        assert src.tags()["GEOSEG_INPUT_SHA256"] == prov["input_sha256"]
+
+
+def test_dst_crs_reprojects_polygons_and_keeps_metric_areas(tmp_path: Path) -> None:
+    scene = _square_scene(
+        tmp_path / "utm.tif", crs="EPSG:32617", transform=Affine(10, 0, 500000, 0, -10, 4000000)
+    )
+    native = pyogrio.read_dataframe(
+        run_scene(scene, tmp_path / "n.gpkg", _config()).gpkg, layer="water"
+    )
+    s = run_scene(scene, tmp_path / "m.gpkg", _config(dst_crs="EPSG:3857"))
+    info = pyogrio.read_info(s.gpkg, layer="water")
+    assert info["crs"] == "EPSG:3857"
+    merc = pyogrio.read_dataframe(s.gpkg, layer="water")
+    assert merc.area_m2[0] == pytest.approx(native.area_m2[0], rel=1e-9)
+    assert merc.to_crs("EPSG:32617").geometry[0].symmetric_difference(native.geometry[0]).area < 1.0
+    with rasterio.open(s.raster) as src:
+        assert src.crs.to_epsg() == 32617, "rasters stay on the scene grid"
