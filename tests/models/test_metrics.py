@@ -1,0 +1,87 @@
+"""Confusion matrix and per-class scores against hand-computed values."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from geoseg.errors import ConfigError
+from geoseg.models.metrics import SegmentationMetrics, compute_metrics, confusion_matrix
+
+NAMES = ("background", "water", "roads")
+
+
+def test_confusion_matrix_counts_true_rows_predicted_columns_and_skips_ignore():
+    target = np.array([[0, 0, 1], [1, 255, 2]])
+    pred = np.array([[0, 1, 1], [0, 2, 2]])
+    cm = confusion_matrix(target, pred, n_classes=3)
+    assert cm.tolist() == [[1, 1, 0], [1, 1, 0], [0, 0, 1]]
+    assert cm.sum() == 5  # the ignored pixel is not counted
+
+
+def test_valid_mask_excludes_pixels():
+    target = np.array([0, 1, 1])
+    pred = np.array([0, 0, 1])
+    cm = confusion_matrix(target, pred, n_classes=2, valid=np.array([True, False, True]))
+    assert cm.tolist() == [[1, 0], [0, 1]]
+
+
+def test_accumulating_windows_equals_the_whole():
+    rng = np.random.default_rng(1)
+    target = rng.integers(0, 3, (20, 20))
+    target[rng.random((20, 20)) < 0.1] = 255
+    pred = rng.integers(0, 3, (20, 20))
+    whole = confusion_matrix(target, pred, n_classes=3)
+    parts = sum(
+        confusion_matrix(target[r : r + 7], pred[r : r + 7], n_classes=3) for r in range(0, 20, 7)
+    )
+    np.testing.assert_array_equal(whole, parts)
+
+
+def test_scores_match_hand_computation():
+    cm = np.array([[5, 1, 0], [2, 3, 0], [0, 0, 0]])
+    m = compute_metrics(cm, NAMES)
+    bg, water, roads = m.classes
+    assert bg.iou == pytest.approx(5 / 8)  # tp 5, fp 2, fn 1
+    assert bg.precision == pytest.approx(5 / 7)
+    assert bg.recall == pytest.approx(5 / 6)
+    assert bg.f1 == pytest.approx(10 / 13)
+    assert water.iou == pytest.approx(3 / 6)  # tp 3, fp 1, fn 2
+    assert water.f1 == pytest.approx(6 / 9)
+    assert (water.support, water.predicted) == (5, 4)
+    assert math.isnan(roads.iou) and math.isnan(roads.precision) and math.isnan(roads.recall)
+    assert m.mean_iou == pytest.approx((5 / 8 + 1 / 2) / 2)  # undefined classes skipped
+    assert m.mean_iou_foreground == pytest.approx(1 / 2)
+    assert m.pixel_accuracy == pytest.approx(8 / 11)
+    assert m["water"] is water
+
+
+def test_a_class_predicted_but_absent_scores_zero_iou():
+    cm = np.array([[3, 1], [0, 0]])
+    m = compute_metrics(cm, ("background", "water"))
+    assert m["water"].iou == 0.0
+    assert m["water"].precision == 0.0
+    assert math.isnan(m["water"].recall)
+    assert m.mean_iou_foreground == 0.0
+
+
+def test_to_dict_is_strict_json_and_round_trips():
+    m = compute_metrics(np.array([[5, 1, 0], [2, 3, 0], [0, 0, 0]]), NAMES)
+    d = m.to_dict()
+    text = json.dumps(d, allow_nan=False)  # undefined values are null, not NaN
+    assert d["classes"]["roads"]["iou"] is None
+    back = SegmentationMetrics.from_dict(json.loads(text))
+    assert back["water"].iou == pytest.approx(m["water"].iou)
+    assert math.isnan(back["roads"].iou)
+
+
+def test_bad_inputs_raise():
+    with pytest.raises(ConfigError, match="holds class 3 but there are only 3 classes"):
+        confusion_matrix(np.array([3]), np.array([0]), n_classes=3)
+    with pytest.raises(ConfigError, match="shape"):
+        confusion_matrix(np.zeros(3), np.zeros(4), n_classes=2)
+    with pytest.raises(ConfigError, match="2x2"):
+        compute_metrics(np.zeros((3, 3)), ("a", "b"))
