@@ -167,6 +167,19 @@ def _floats(text: str | None, what: str) -> tuple[float, ...]:
     "--cog/--no-cog", default=True, show_default=True, help="Rasters as Cloud Optimized GeoTIFF."
 )
 @click.option("--dst-crs", help="Reproject the polygons to this CRS, e.g. EPSG:3857.")
+@click.option(
+    "--centerlines/--no-centerlines",
+    default=True,
+    show_default=True,
+    help="Also write road centrelines (roads_centerlines layer).",
+)
+@click.option(
+    "--prune",
+    type=float,
+    default=20.0,
+    show_default=True,
+    help="Centreline spur length to drop (m).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option("--dashboard", is_flag=True, help="Serve the Dask dashboard (local cluster).")
 @click.option(
@@ -203,6 +216,8 @@ def run(
     probabilities: bool,
     cog: bool,
     dst_crs: str | None,
+    centerlines: bool,
+    prune: float,
     overwrite: bool,
     dashboard: bool,
     resume: bool,
@@ -240,6 +255,8 @@ def run(
         probabilities=probabilities,
         cog=cog,
         dst_crs=dst_crs,
+        centerlines=centerlines,
+        prune_m=prune,
         overwrite=overwrite,
     )
     # Validate before starting a cluster: bad input fails in a fraction of a second.

@@ -74,6 +74,10 @@ class RunConfig:
         Write rasters as Cloud Optimized GeoTIFFs (else plain tiled GeoTIFFs).
     dst_crs
         Reproject the vector layers to this CRS (``EPSG:xxxx``); rasters stay on the scene grid.
+    centerlines
+        Also write a ``roads_centerlines`` line layer when roads are extracted.
+    prune_m
+        Centreline spurs (dead-end branches) shorter than this are removed.
     overwrite
         Replace existing outputs.
     """
@@ -92,6 +96,8 @@ class RunConfig:
     probabilities: bool = False
     cog: bool = True
     dst_crs: str | None = None
+    centerlines: bool = True
+    prune_m: float = 20.0
     overwrite: bool = False
 
     def __post_init__(self) -> None:
@@ -103,8 +109,8 @@ class RunConfig:
             raise ConfigError(f"{len(self.classes)} classes do not fit a uint8 raster (max 254)")
         if self.block < 64:
             raise ConfigError(f"block size {self.block} is too small; use at least 1024")
-        if self.min_area_m2 < 0 or self.simplify_m < 0:
-            raise ConfigError("--min-area and --simplify must be >= 0")
+        if self.min_area_m2 < 0 or self.simplify_m < 0 or self.prune_m < 0:
+            raise ConfigError("--min-area, --simplify and --prune must be >= 0")
         if self.dst_crs is not None:
             from rasterio.crs import CRS
             from rasterio.errors import CRSError

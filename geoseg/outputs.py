@@ -27,9 +27,11 @@ from geoseg.blocks import BlockResult, ClassPolygons, finish_polygons
 from geoseg.errors import ConfigError
 from geoseg.plan import NODATA_CLASS, RunPlan
 from geoseg.tiling.io import RasterWriter
+from geoseg.vectorize.centerlines import BlockLines, line_lengths_m, merge_centerlines
+from geoseg.vectorize.geometry import pixels_to_crs
 from geoseg.vectorize.gpkg import GeoPackageWriter
 from geoseg.vectorize.merge import SeamMerger
-from geoseg.vectorize.styles import fill_qml, paletted_qml
+from geoseg.vectorize.styles import fill_qml, line_qml, paletted_qml
 
 __all__ = ["OutputPaths", "RunOutputs", "output_paths"]
 
@@ -118,6 +120,7 @@ class RunOutputs:
         self.gpkg = GeoPackageWriter(paths.gpkg, crs=self.dst_crs or plan.scene.crs)
         self.merger = SeamMerger()
         self.interior: dict[str, list[ClassPolygons]] = {c: [] for c in plan.classes}
+        self.lines: dict[str, list[BlockLines]] = {c: [] for c in plan.centerlines}
         self.raster: RasterWriter | None = None
         self.probabilities: RasterWriter | None = None
         tags = {f"CLASS_{v}": name for v, name in enumerate(plan.classes, start=1)}
@@ -154,14 +157,24 @@ class RunOutputs:
             self.merger.add(name, block=block.index, row=block.row, col=block.col, polygons=polys)
         for name, finished in result.interior.items():
             self.interior[name].append(finished)
+        for name, pieces in result.lines.items():
+            self.lines[name].append(pieces)
 
     def finish(self, provenance: Mapping[str, str]) -> dict[str, int]:
         """Write the layers, styles and provenance; move every file to its final name."""
         counts = self._write_layers(provenance)
+        counts.update(self._write_centerlines(provenance))
+        colors = dict(zip(self.plan.classes, self.plan.colors, strict=True))
         styles = {
             name: (fill_qml(color), f"geoseg default style: {name}")
-            for name, color in zip(self.plan.classes, self.plan.colors, strict=True)
+            for name, color in colors.items()
         }
+        styles.update(
+            {
+                f"{name}_centerlines": (line_qml(colors[name]), f"geoseg: {name} centrelines")
+                for name in self.plan.centerlines
+            }
+        )
         self.gpkg.write_styles(styles)
         self.gpkg.write_provenance(provenance)
         tags = {f"GEOSEG_{k.upper()}": v for k, v in provenance.items()}
@@ -208,6 +221,29 @@ class RunOutputs:
             return tr.transform(x, y)
 
         return shapely.transform(geoms, fn, interleaved=False)
+
+    def _write_centerlines(self, provenance: Mapping[str, str]) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        scene = self.plan.scene
+        for name, pieces in self.lines.items():
+            lines_px = merge_centerlines(pieces) if pieces else np.empty(0, dtype=object)
+            lines = pixels_to_crs(lines_px, scene.transform)
+            length = line_lengths_m(lines, crs=scene.crs)
+            n = len(lines)
+            layer = f"{name}_centerlines"
+            self.gpkg.write_layer(
+                layer,
+                self._to_dst(lines),
+                {
+                    "class": np.full(n, name, dtype=object),
+                    "length_m": np.asarray(length, dtype=np.float64),
+                    "scene": np.full(n, Path(scene.path).name, dtype=object),
+                },
+                geometry_type="LineString",
+                metadata=provenance,
+            )
+            counts[layer] = n
+        return counts
 
     def _write_layers(self, provenance: Mapping[str, str]) -> dict[str, int]:
         plan = self.plan

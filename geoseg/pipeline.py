@@ -129,6 +129,8 @@ def _plan_fingerprint(plan: RunPlan, config: RunConfig) -> str:
                 config.probabilities,
                 config.cog,
                 config.dst_crs,
+                plan.centerlines,
+                plan.prune_m,
             ],
         }
     )

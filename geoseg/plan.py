@@ -34,6 +34,7 @@ from geoseg.models.spectral import (
 from geoseg.postprocess import SmoothingRecipe, parse_overrides, recipe_for, smoothing_halo_px
 from geoseg.tiling.grid import Block, TilingSpec, plan_blocks
 from geoseg.tiling.io import SceneInfo, read_scene_info, read_window
+from geoseg.vectorize.centerlines import centerline_halo_px
 from geoseg.vectorize.geometry import pixel_size_m
 
 __all__ = [
@@ -48,6 +49,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 NODATA_CLASS = 255
+# Classes whose centrelines are written as a ``<class>_centerlines`` line layer.
+LINE_CLASSES = frozenset({"roads"})
+MAX_ROAD_WIDTH_M = 30.0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -83,6 +87,8 @@ class RunPlan:
     min_area_m2: float = 0.0
     simplify_px: float = 0.0
     probabilities: bool = False
+    centerlines: tuple[str, ...] = ()
+    prune_m: float = 20.0
 
     @property
     def grid_shape(self) -> tuple[int, int]:
@@ -164,6 +170,12 @@ def plan_run(scene_path: str | os.PathLike[str], config: RunConfig) -> RunPlan:
     # One pixel size for the whole scene (at its centre), so every block smooths alike.
     dx, dy = pixel_size_m(scene.transform, crs=scene.crs, row=scene.height / 2, col=scene.width / 2)
     halo = max(overlap, smoothing_halo_px(recipes.values(), pixel_size_m=(dx, dy)))
+    lines = tuple(c for c in config.classes if c in LINE_CLASSES) if config.centerlines else ()
+    if lines:
+        # The road mask must be final over core + centreline halo before skeletonizing.
+        halo += centerline_halo_px(
+            prune_m=config.prune_m, pixel_size_m=(dx, dy), max_road_width_m=MAX_ROAD_WIDTH_M
+        )
     spec = TilingSpec(tile=tile, overlap=overlap, block=max(config.block, tile), halo=halo)
     blocks = tuple(plan_blocks(scene.height, scene.width, spec=spec))
     return RunPlan(
@@ -178,6 +190,8 @@ def plan_run(scene_path: str | os.PathLike[str], config: RunConfig) -> RunPlan:
         min_area_m2=config.min_area_m2,
         simplify_px=config.simplify_m / ((dx + dy) / 2) if config.simplify_m else 0.0,
         probabilities=config.probabilities,
+        centerlines=lines,
+        prune_m=config.prune_m,
     )
 
 

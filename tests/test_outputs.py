@@ -134,12 +134,13 @@ def test_styles_and_provenance_are_stored_in_the_gpkg(
             r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE name LIKE 'rtree_%'")
         }
         fields = {r[1]: r[2] for r in db.execute("PRAGMA table_info(water)")}
-    assert set(styles) == {"water", "roads"}
+    assert set(styles) == {"water", "roads", "roads_centerlines"}
+    assert 'class="SimpleLine"' in styles["roads_centerlines"]
     assert (
         'value="31,120,180,110"' in styles["water"] and 'value="227,26,28,255"' in styles["roads"]
     )
     assert {"water", "roads", "layer_styles", "geoseg_provenance"} <= contents
-    assert {"rtree_water_geom", "rtree_roads_geom"} <= rtree, "spatial index per layer"
+    assert {"rtree_water_geom", "rtree_roads_geom", "rtree_roads_centerlines_geom"} <= rtree
     assert (
         fields["area_m2"] == "REAL" and fields["confidence"] == "REAL" and fields["class"] == "TEXT"
     )

@@ -54,8 +54,18 @@ def test_gpkg_layers_crs_and_features(tiny_model: Path, make_scene, tmp_path: Pa
     scene, truth = make_scene(300, 320, seed=5)
     summary = run_scene(scene, tmp_path / "o.gpkg", _config(tiny_model))
     layers = dict(pyogrio.list_layers(summary.gpkg))
-    assert {k: v for k, v in layers.items() if v} == {"water": "Polygon", "roads": "Polygon"}
-    assert set(layers) == {"water", "roads", "layer_styles", "geoseg_provenance"}
+    assert {k: v for k, v in layers.items() if v} == {
+        "water": "Polygon",
+        "roads": "Polygon",
+        "roads_centerlines": "LineString",
+    }
+    assert set(layers) == {
+        "water",
+        "roads",
+        "roads_centerlines",
+        "layer_styles",
+        "geoseg_provenance",
+    }
     with rasterio.open(scene) as src:
         scene_crs = src.crs
     for name, value in (("water", 1), ("roads", 2)):
@@ -307,3 +317,30 @@ def test_bad_smoothing_options_fail_before_any_work(
         plan_run(scene, _config(tiny_model, smooth="morph", smooth_params=("opening=3",)))
     with pytest.raises(ConfigError, match="choose one of"):
         plan_run(scene, _config(tiny_model, smooth="blur"))
+
+
+def test_road_centerlines_are_continuous_across_blocks(tiny_model: Path, tmp_path: Path) -> None:
+    """A road cross spanning many blocks: the same connected centrelines as one block."""
+    h = w = 480
+    truth = np.zeros((h, w), dtype=np.uint8)
+    truth[236:243, 20:460] = 2  # 7 px (70 m) wide roads at 10 m, crossing near the centre
+    truth[20:460, 236:243] = 2
+    scene = tmp_path / "cross.tif"
+    write_array(
+        scene,
+        synthetic_image(truth, seed=5),
+        crs="EPSG:32617",
+        transform=Affine(10, 0, 500000, 0, -10, 4000000),
+    )
+    cfg = {"classes": ("roads",), "smooth": "none", "prune_m": 60.0}
+    blocked = run_scene(scene, tmp_path / "b.gpkg", _config(tiny_model, block=128, **cfg))
+    whole = run_scene(scene, tmp_path / "w.gpkg", _config(tiny_model, block=4096, **cfg))
+    assert blocked.blocks >= 9 and whole.blocks == 1
+    a = pyogrio.read_dataframe(blocked.gpkg, layer="roads_centerlines")
+    b = pyogrio.read_dataframe(whole.gpkg, layer="roads_centerlines")
+    assert len(a) == len(b) and all(a.geometry.geom_equals_exact(b.geometry, 1e-6))
+    network = shapely.line_merge(shapely.union_all(a.geometry.values))
+    assert shapely.get_num_geometries(network) <= 4, (
+        "one cross: at most four arms from one junction"
+    )
+    assert a.length_m.sum() == pytest.approx(2 * 440 * 10.0, rel=0.05)

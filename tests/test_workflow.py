@@ -47,7 +47,11 @@ def test_relative_paths_resolve_against_the_workflow_file(folder: Path) -> None:
     assert [Path(s.input).name for s in wf.scenes] == ["s0.tif", "s1.tif"]
     assert wf.folder == folder / "out"
     assert [s.gpkg for s in wf.scenes] == [folder / "out" / "s0.gpkg", folder / "out" / "s1.gpkg"]
-    assert wf.scenes[0].outputs == (folder / "out" / "s0.gpkg", folder / "out" / "s0_classes.tif")
+    assert wf.scenes[0].outputs == (
+        folder / "out" / "s0.gpkg",
+        folder / "out" / "s0_classes.tif",
+        folder / "out" / "s0_classes.qml",
+    )
     more = load_workflow(
         _write(
             folder,
