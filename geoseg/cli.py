@@ -354,9 +354,8 @@ def train(
     import yaml
 
     from geoseg.errors import OutputExistsError
-    from geoseg.models.training import TrainProgress
+    from geoseg.models.training import TrainConfig, TrainProgress
     from geoseg.models.training import train as run_training
-    from geoseg.models.training_config import TrainConfig
 
     path = Path(config_file)
     try:
