@@ -29,8 +29,8 @@ from geoseg.plan import NODATA_CLASS, RunPlan
 from geoseg.tiling.io import RasterWriter
 from geoseg.vectorize.centerlines import BlockLines, line_lengths_m, merge_centerlines
 from geoseg.vectorize.geometry import pixels_to_crs
-from geoseg.vectorize.gpkg import GeoPackageWriter
-from geoseg.vectorize.merge import SeamMerger
+from geoseg.vectorize.gpkg import GeoPackageWriter, PolygonStore
+from geoseg.vectorize.merge import MergedPolygons, SeamMerger
 from geoseg.vectorize.styles import fill_qml, line_qml, paletted_qml
 
 __all__ = ["OutputPaths", "RunOutputs", "output_paths"]
@@ -118,8 +118,12 @@ class RunOutputs:
         self.cog = cog
         self.dst_crs = _dst_crs(dst_crs)
         self.gpkg = GeoPackageWriter(paths.gpkg, crs=self.dst_crs or plan.scene.crs)
-        self.merger = SeamMerger()
-        self.interior: dict[str, list[ClassPolygons]] = {c: [] for c in plan.classes}
+        self.merger = SeamMerger(plan.grid_shape)
+        self.store = PolygonStore(
+            paths.gpkg.with_name(f".{paths.gpkg.name}.staging.gpkg"),
+            crs=self.dst_crs or plan.scene.crs,
+        )
+        self.scene_name = Path(plan.scene.path).name
         self.lines: dict[str, list[BlockLines]] = {c: [] for c in plan.centerlines}
         self.raster: RasterWriter | None = None
         self.probabilities: RasterWriter | None = None
@@ -156,7 +160,10 @@ class RunOutputs:
         for name, polys in result.seams.items():
             self.merger.add(name, block=block.index, row=block.row, col=block.col, polygons=polys)
         for name, finished in result.interior.items():
-            self.interior[name].append(finished)
+            self._store(name, finished)
+        self.merger.block_done(block.row, block.col)
+        for name, merged in self.merger.pop_finished().items():
+            self._store_merged(name, merged)
         for name, pieces in result.lines.items():
             self.lines[name].append(pieces)
 
@@ -206,6 +213,7 @@ class RunOutputs:
     def abort(self) -> None:
         """Remove every temporary file."""
         self.gpkg.abort()
+        self.store.discard()
         for writer in (self.raster, self.probabilities):
             if writer is not None:
                 writer.abort()
@@ -245,35 +253,53 @@ class RunOutputs:
             counts[layer] = n
         return counts
 
-    def _write_layers(self, provenance: Mapping[str, str]) -> dict[str, int]:
-        plan = self.plan
-        counts: dict[str, int] = {}
-        scene_name = Path(plan.scene.path).name
-        for name in plan.classes:
-            merged = self.merger.finish(name)
-            keys = np.array(merged.keys, dtype=np.int64).reshape(-1, 2)
-            seam = finish_polygons(
-                merged.geometries, merged.pixels, merged.conf_sum, keys, plan=plan
-            )
-            parts = [*self.interior[name], seam]
-            keys = np.concatenate([p.keys for p in parts]).reshape(-1, 2)
-            order = np.lexsort((keys[:, 1], keys[:, 0]))
-            n = len(order)
-            geoms = self._to_dst(np.concatenate([p.geometries for p in parts])[order])
-            self.gpkg.write_layer(
+    def _store(self, name: str, polys: ClassPolygons) -> None:
+        n = len(polys.keys)
+        keys = polys.keys.reshape(-1, 2).astype(np.int64)
+        self.store.add(
+            name,
+            self._to_dst(polys.geometries),
+            {
+                "key": (keys[:, 0] << 32) + keys[:, 1],
+                "class": np.full(n, name, dtype=object),
+                "area_m2": np.asarray(polys.area_m2, dtype=np.float64),
+                "confidence": np.asarray(polys.confidence, dtype=np.float64),
+                "pixels": np.asarray(polys.pixels, dtype=np.int64),
+                "block_id": keys[:, 0],
+                "scene": np.full(n, self.scene_name, dtype=object),
+            },
+        )
+
+    def _store_merged(self, name: str, merged: MergedPolygons) -> None:
+        if len(merged):
+            self._store(
                 name,
-                geoms,
-                {
-                    "class": np.full(n, name, dtype=object),
-                    "area_m2": np.concatenate([p.area_m2 for p in parts])[order].astype(np.float64),
-                    "confidence": np.concatenate([p.confidence for p in parts])[order].astype(
-                        np.float64
-                    ),
-                    "pixels": np.concatenate([p.pixels for p in parts])[order].astype(np.int64),
-                    "block_id": keys[order, 0].astype(np.int64),
-                    "scene": np.full(n, scene_name, dtype=object),
-                },
-                metadata=provenance,
+                finish_polygons(
+                    merged.geometries, merged.pixels, merged.conf_sum, merged.keys, plan=self.plan
+                ),
             )
+
+    def _write_layers(self, provenance: Mapping[str, str]) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for name in self.plan.classes:
+            self._store_merged(name, self.merger.finish(name))
+            n = self.store.copy_sorted(name, self.gpkg, metadata=provenance)
+            if n < 0:  # no feature at all: still an (empty) layer
+                empty = np.empty(0, dtype=object)
+                self.gpkg.write_layer(
+                    name,
+                    empty,
+                    {
+                        "class": empty,
+                        "area_m2": np.empty(0, np.float64),
+                        "confidence": np.empty(0, np.float64),
+                        "pixels": np.empty(0, np.int64),
+                        "block_id": np.empty(0, np.int64),
+                        "scene": empty,
+                    },
+                    metadata=provenance,
+                )
+                n = 0
             counts[name] = n
+        self.store.discard()
         return counts

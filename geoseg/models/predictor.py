@@ -209,12 +209,21 @@ class TorchSegmenter:
         return probs.cpu().numpy()
 
     def _batches(
-        self, origins: list[tuple[int, int]], x: np.ndarray
+        self, origins: list[tuple[int, int]], image: np.ndarray, valid: np.ndarray
     ) -> Iterator[tuple[list[tuple[int, int]], np.ndarray]]:
+        """Normalised tile batches; normalising per tile keeps no float copy of the block."""
         t = self.tile
         for i in range(0, len(origins), self.batch_size):
             chunk = origins[i : i + self.batch_size]
-            yield chunk, np.stack([x[:, r : r + t, c : c + t] for r, c in chunk])
+            yield (
+                chunk,
+                np.stack(
+                    [
+                        self.normalise(image[:, r : r + t, c : c + t], valid[r : r + t, c : c + t])
+                        for r, c in chunk
+                    ]
+                ),
+            )
 
     def predict(self, image: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """Blended probabilities ``(C, H, W)`` over a block of raw pixels ``(B, H, W)``.
@@ -227,13 +236,12 @@ class TorchSegmenter:
         if ph or pw:  # smaller than one tile (whole-image inference on a tiny scene)
             image = np.pad(image, ((0, 0), (0, ph), (0, pw)), mode="reflect")
             valid = np.pad(valid, ((0, ph), (0, pw)), mode="constant", constant_values=False)
-        x = self.normalise(image, valid)
         stride = t - self.overlap
-        rows = tile_origins(x.shape[1], tile=t, stride=stride)
-        cols = tile_origins(x.shape[2], tile=t, stride=stride)
+        rows = tile_origins(valid.shape[0], tile=t, stride=stride)
+        cols = tile_origins(valid.shape[1], tile=t, stride=stride)
         origins = [(r, c) for r in rows for c in cols if valid[r : r + t, c : c + t].any()]
         acc = BlendAccumulator(len(self.card.classes), valid.shape, tile=t, overlap=self.overlap)
-        for chunk, batch in self._batches(origins, x):
+        for chunk, batch in self._batches(origins, image, valid):
             probs = self.forward(batch)
             for (r, c), p in zip(chunk, probs, strict=True):
                 acc.add(p, row=r, col=c, valid=valid[r : r + t, c : c + t])

@@ -17,7 +17,7 @@ from rasterio.crs import CRS
 
 from geoseg.errors import OutputWriteError
 
-__all__ = ["GeoPackageWriter"]
+__all__ = ["GeoPackageWriter", "PolygonStore"]
 
 
 class GeoPackageWriter:
@@ -38,8 +38,9 @@ class GeoPackageWriter:
         *,
         geometry_type: str = "Polygon",
         metadata: Mapping[str, str] | None = None,
+        append: bool = False,
     ) -> None:
-        """Write one layer (an empty layer when ``geometries`` is empty)."""
+        """Write one layer (an empty layer when ``geometries`` is empty), or append to it."""
         import geopandas as gpd
         import pyogrio
 
@@ -55,13 +56,15 @@ class GeoPackageWriter:
                 layer=name,
                 driver="GPKG",
                 geometry_type=geometry_type,
-                layer_metadata=dict(metadata) if metadata else None,
+                layer_metadata=dict(metadata) if metadata and not append else None,
                 # GeoPackage 1.2: readable by the GDAL of older QGIS 3 releases too.
                 dataset_options={"VERSION": "1.2"} if not self.layers else None,
+                append=append,
             )
         except Exception as err:  # pyogrio raises DataSourceError, DataLayerError, OSError ...
             raise OutputWriteError(f"cannot write layer {name!r} to {self.path}: {err}") from err
-        self.layers.append(name)
+        if name not in self.layers:
+            self.layers.append(name)
 
     def _write_table(self, name: str, columns: Mapping[str, list[Any]]) -> None:
         import pandas as pd
@@ -118,3 +121,103 @@ class GeoPackageWriter:
         """Delete the temporary file (and SQLite side files)."""
         for suffix in ("", "-wal", "-shm", "-journal"):
             Path(f"{self.tmp_path}{suffix}").unlink(missing_ok=True)
+
+
+class PolygonStore:
+    """Finished features per layer, spilled to a staging GeoPackage as they come.
+
+    Blocks complete in any order; features are appended to a hidden staging file in
+    batches (memory stays bounded by the batch, never by the scene) with an integer sort
+    ``key``. :meth:`copy_sorted` then streams each layer into the output in key order, so
+    the output is the same whatever order the blocks completed in.
+    """
+
+    BATCH = 20_000
+
+    def __init__(self, path: Path, *, crs: CRS | None) -> None:
+        self.path = path
+        self.crs = crs
+        self._buffers: dict[str, list[tuple[np.ndarray, dict[str, np.ndarray]]]] = {}
+        self._buffered: dict[str, int] = {}
+        self._written: set[str] = set()
+        self.discard()
+
+    def add(self, layer: str, geometries: np.ndarray, columns: Mapping[str, np.ndarray]) -> None:
+        """Queue features; ``columns`` must hold an int64 ``key``."""
+        if len(geometries) == 0:
+            return
+        self._buffers.setdefault(layer, []).append((geometries, dict(columns)))
+        self._buffered[layer] = self._buffered.get(layer, 0) + len(geometries)
+        if self._buffered[layer] >= self.BATCH:
+            self._flush(layer)
+
+    def _flush(self, layer: str) -> None:
+        import geopandas as gpd
+        import pyogrio
+
+        parts = self._buffers.pop(layer, [])
+        self._buffered[layer] = 0
+        if not parts:
+            return
+        geoms = np.concatenate([g for g, _ in parts])
+        cols = {k: np.concatenate([c[k] for _, c in parts]) for k in parts[0][1]}
+        crs: Any = self.crs.to_wkt() if self.crs is not None else None
+        frame = gpd.GeoDataFrame(cols, geometry=gpd.GeoSeries(list(geoms), crs=crs))
+        try:
+            pyogrio.write_dataframe(
+                frame,
+                self.path,
+                layer=layer,
+                driver="GPKG",
+                geometry_type="Unknown",
+                append=layer in self._written,
+                layer_options={"SPATIAL_INDEX": "NO"},
+            )
+        except Exception as err:
+            raise OutputWriteError(f"cannot stage layer {layer!r} in {self.path}: {err}") from err
+        self._written.add(layer)
+
+    def copy_sorted(
+        self,
+        layer: str,
+        out: GeoPackageWriter,
+        *,
+        geometry_type: str = "Polygon",
+        metadata: Mapping[str, str] | None = None,
+    ) -> int:
+        """Write ``layer`` into ``out`` in ``key`` order, in batches; returns the count."""
+        import sqlite3
+
+        import pyogrio
+
+        self._flush(layer)
+        if layer not in self._written:
+            return -1
+        with sqlite3.connect(self.path) as db:
+            db.execute(f'CREATE INDEX IF NOT EXISTS "{layer}_key" ON "{layer}"(key)')
+        last, count = -1, 0
+        while True:
+            frame = pyogrio.read_dataframe(
+                self.path,
+                sql=f'SELECT * FROM "{layer}" WHERE key > {last} ORDER BY key LIMIT {self.BATCH}',
+                sql_dialect="SQLITE",
+            )
+            if len(frame) == 0:
+                return count
+            last = int(frame["key"].iloc[-1])
+            columns = {
+                c: frame[c].to_numpy() for c in frame.columns if c not in ("key", "geometry")
+            }
+            out.write_layer(
+                layer,
+                frame.geometry.to_numpy(),
+                columns,
+                geometry_type=geometry_type,
+                metadata=metadata,
+                append=count > 0,
+            )
+            count += len(frame)
+
+    def discard(self) -> None:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            Path(f"{self.path}{suffix}").unlink(missing_ok=True)

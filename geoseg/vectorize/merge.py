@@ -1,10 +1,16 @@
-"""Merging polygons cut by block borders into one polygon each.
+"""Merging polygons cut by block borders into one polygon each, as blocks complete.
 
 Blocks report, for every inner side of their core, the component id of each pixel along
 the border. Two components in neighbouring blocks belong to one object when they hold the
 same class on the two sides of a shared border pixel edge (4-connectivity, the rule used
 inside blocks). A union-find over ``(block, component)`` finds the objects; their pieces
 are unioned in exact integer pixel coordinates, so shared edges cancel exactly.
+
+Memory stays bounded on any scene size: an object can only grow through the border of a
+member block with an unprocessed neighbour, so once every member block is *closed* (it and
+its four neighbours are done) the object is final and :meth:`SeamMerger.pop_finished`
+hands it out and forgets it. With blocks processed roughly row by row, only objects
+touching the last two rows of blocks are held.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from geoseg.vectorize.polygons import BlockPolygons
 __all__ = ["MergedPolygons", "SeamMerger"]
 
 Node = tuple[int, int]  # (block index, component id)
+Borders = tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None, np.ndarray | None]
+_SIDES = (((-1, 0), 0, 1), ((1, 0), 1, 0), ((0, -1), 2, 3), ((0, 1), 3, 2))
 
 
 @dataclass(slots=True)
@@ -26,30 +34,42 @@ class _Piece:
     geometry: shapely.Geometry
     pixels: int
     conf_sum: float
+    cell: tuple[int, int]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class MergedPolygons:
-    """Final seam polygons of one class in pixel coordinates, in deterministic order."""
+    """Final seam polygons of one class in pixel coordinates, sorted by ``keys``.
+
+    ``keys[i]`` is the smallest ``(block, component)`` of polygon ``i``: a deterministic
+    identity whatever order blocks completed in.
+    """
 
     geometries: np.ndarray
     pixels: np.ndarray
     conf_sum: np.ndarray
-    keys: list[Node]
-    block: np.ndarray
+    keys: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def _empty() -> MergedPolygons:
+    return MergedPolygons(
+        geometries=np.empty(0, dtype=object),
+        pixels=np.empty(0, dtype=np.int64),
+        conf_sum=np.empty(0, dtype=np.float64),
+        keys=np.empty((0, 2), dtype=np.int64),
+    )
 
 
 @dataclass(slots=True)
 class _ClassState:
     parent: dict[Node, Node] = field(default_factory=dict)
+    members: dict[Node, list[Node]] = field(default_factory=dict)  # root -> nodes
     pieces: dict[Node, _Piece] = field(default_factory=dict)
-    # (block row, block col) -> (block index, borders)
-    borders: dict[
-        tuple[int, int],
-        tuple[
-            int, tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None, np.ndarray | None]
-        ],
-    ] = field(default_factory=dict)
+    borders: dict[tuple[int, int], tuple[int, Borders]] = field(default_factory=dict)
+    by_cell: dict[tuple[int, int], list[Node]] = field(default_factory=dict)
 
     def find(self, n: Node) -> Node:
         root = n
@@ -64,32 +84,42 @@ class _ClassState:
         if ra != rb:
             lo, hi = (ra, rb) if ra < rb else (rb, ra)
             self.parent[hi] = lo
+            self.members[lo].extend(self.members.pop(hi))
 
 
 class SeamMerger:
-    """Collects the seam polygons of every block and merges connected ones."""
+    """Collects the seam polygons of blocks and merges the pieces of each object.
 
-    def __init__(self) -> None:
+    Parameters
+    ----------
+    grid_shape
+        ``(rows, cols)`` of the block grid, to know when a block's neighbours are done.
+    """
+
+    def __init__(self, grid_shape: tuple[int, int]) -> None:
+        self.grid_shape = grid_shape
         self._state: dict[str, _ClassState] = {}
+        self._done: set[tuple[int, int]] = set()
+        self._closed: set[tuple[int, int]] = set()
+        self._newly_closed: list[tuple[int, int]] = []
 
     def add(self, name: str, *, block: int, row: int, col: int, polygons: BlockPolygons) -> None:
         """Register a block's seam polygons of class ``name`` (``polygons.seam`` all True)."""
         st = self._state.setdefault(name, _ClassState())
+        cell = (row, col)
+        nodes = st.by_cell.setdefault(cell, [])
         for geom, lab, px, cs in zip(
             polygons.geometries, polygons.labels, polygons.pixels, polygons.conf_sum, strict=True
         ):
             node = (block, int(lab))
             st.parent[node] = node
-            st.pieces[node] = _Piece(geometry=geom, pixels=int(px), conf_sum=float(cs))
-        st.borders[(row, col)] = (block, polygons.borders)
-        top, bottom, left, right = polygons.borders
+            st.members[node] = [node]
+            st.pieces[node] = _Piece(geometry=geom, pixels=int(px), conf_sum=float(cs), cell=cell)
+            nodes.append(node)
+        st.borders[cell] = (block, polygons.borders)
         # Pair this block's sides with the opposite sides of neighbours already seen.
-        for (dr, dc), mine, theirs_side in (
-            ((-1, 0), top, 1),
-            ((1, 0), bottom, 0),
-            ((0, -1), left, 3),
-            ((0, 1), right, 2),
-        ):
+        for (dr, dc), mine_side, theirs_side in _SIDES:
+            mine = polygons.borders[mine_side]
             other = st.borders.get((row + dr, col + dc))
             if mine is None or other is None:
                 continue
@@ -104,27 +134,55 @@ class SeamMerger:
             for a, b in pairs:
                 st.union((block, int(a)), (other_block, int(b)))
 
+    def block_done(self, row: int, col: int) -> None:
+        """Mark a block complete (call once per block, after :meth:`add` for its classes)."""
+        self._done.add((row, col))
+        for r, c in ((row, col), (row - 1, col), (row + 1, col), (row, col - 1), (row, col + 1)):
+            if (r, c) in self._done and (r, c) not in self._closed and self._is_closed(r, c):
+                self._closed.add((r, c))
+                self._newly_closed.append((r, c))
+
+    def _is_closed(self, row: int, col: int) -> bool:
+        rows, cols = self.grid_shape
+        for r, c in ((row - 1, col), (row + 1, col), (row, col - 1), (row, col + 1)):
+            if 0 <= r < rows and 0 <= c < cols and (r, c) not in self._done:
+                return False
+        return True
+
+    def pop_finished(self) -> dict[str, MergedPolygons]:
+        """Objects that can no longer grow, per class; they are forgotten here."""
+        cells, self._newly_closed = self._newly_closed, []
+        out: dict[str, MergedPolygons] = {}
+        for name, st in self._state.items():
+            roots = {st.find(n) for cell in cells for n in st.by_cell.get(cell, ())}
+            final = [
+                r for r in roots if all(st.pieces[m].cell in self._closed for m in st.members[r])
+            ]
+            out[name] = self._pop(st, sorted(final))
+            for cell in cells:  # closed: no neighbour will pair with these borders again
+                st.borders.pop(cell, None)
+                st.by_cell.pop(cell, None)
+        return out
+
     def finish(self, name: str) -> MergedPolygons:
-        """Merged polygons of class ``name``, sorted by their first piece."""
+        """Every object of class ``name`` still held (all blocks must be done)."""
         st = self._state.get(name)
-        if st is None or not st.pieces:
-            return MergedPolygons(
-                geometries=np.empty(0, dtype=object),
-                pixels=np.empty(0, dtype=np.int64),
-                conf_sum=np.empty(0, dtype=np.float64),
-                keys=[],
-                block=np.empty(0, dtype=np.int64),
-            )
-        groups: dict[Node, list[Node]] = {}
-        for node in st.pieces:
-            groups.setdefault(st.find(node), []).append(node)
-        keys = sorted(groups)
-        geoms = np.empty(len(keys), dtype=object)
-        pixels = np.zeros(len(keys), dtype=np.int64)
-        conf = np.zeros(len(keys), dtype=np.float64)
-        for i, root in enumerate(keys):
-            members = groups[root]
-            pieces = [st.pieces[m] for m in members]
+        if st is None:
+            return _empty()
+        return self._pop(st, sorted(st.members))
+
+    @staticmethod
+    def _pop(st: _ClassState, roots: list[Node]) -> MergedPolygons:
+        if not roots:
+            return _empty()
+        geoms = np.empty(len(roots), dtype=object)
+        pixels = np.zeros(len(roots), dtype=np.int64)
+        conf = np.zeros(len(roots), dtype=np.float64)
+        for i, root in enumerate(roots):
+            nodes = st.members.pop(root)
+            pieces = [st.pieces.pop(n) for n in nodes]
+            for n in nodes:
+                del st.parent[n]
             if len(pieces) == 1:
                 geoms[i] = pieces[0].geometry
             else:
@@ -135,6 +193,5 @@ class SeamMerger:
             geometries=geoms,
             pixels=pixels,
             conf_sum=conf,
-            keys=keys,
-            block=np.array([k[0] for k in keys], dtype=np.int64),
+            keys=np.array(roots, dtype=np.int64).reshape(-1, 2),
         )

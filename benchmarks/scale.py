@@ -1,0 +1,97 @@
+"""Scale: throughput and peak memory against scene size, and the model's share (issue #5).
+
+Scenes of 4096^2, 16384^2 and 32768^2 pixels (4 bands uint8) mirror-tiled from the real
+Sentinel-2 scene; U-Net ResNet-34, tile 512, overlap 64; `geoseg run` end to end on the
+default local cluster with `--smooth none --no-centerlines` (the model path; smoothing costs
+are measured by smoothing.py). Peak RSS is summed over the client and every worker process.
+The bare model's rate is measured in the same run on the pipeline's own tile plan (forward
+passes only, same batch size, precision and threads).
+
+Goals: RSS <= 2 GB and flat; time per Mpx within 10 % across sizes; end-to-end / bare >= 0.85.
+
+Usage: python benchmarks/scale.py [--sizes 4096,16384,32768] [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import SHARED, geoseg_cmd, mirror_scene, run_measured, table, unet_r34
+from throughput import bare_model
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--sizes", default="4096,16384,32768")
+    ap.add_argument("--precision", default="auto")
+    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "geoseg-bench")
+    args = ap.parse_args()
+    if not SHARED.is_dir():
+        sys.exit(f"shared data not found at {SHARED}")
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    model = unet_r34(args.workdir / "unet_r34.safetensors")
+    sizes = [int(s) for s in args.sizes.split(",")]
+    small = mirror_scene(args.workdir / f"s2_mirror_{sizes[0]}.tif", sizes[0])
+    bare_s, bare_tiles = bare_model(small, model, precision=args.precision, block=2048)
+    bare_rate = sizes[0] ** 2 / 1e6 / bare_s  # scene Mpx per second over the pipeline's tiles
+    rows = []
+    base = None
+    for size in sizes:
+        scene = mirror_scene(args.workdir / f"s2_mirror_{size}.tif", size)
+        report = args.workdir / f"scale_{size}.json"
+        m = run_measured(
+            geoseg_cmd(
+                "run",
+                str(scene),
+                "--classes",
+                "water",
+                "-m",
+                str(model),
+                "--smooth",
+                "none",
+                "--no-centerlines",
+                "-o",
+                str(args.workdir / f"scale_{size}.gpkg"),
+                "--overwrite",
+                "--precision",
+                args.precision,
+                "--report",
+                str(report),
+                "-q",
+            )
+        )
+        if m.returncode != 0:
+            sys.exit(f"geoseg failed at {size}:\n{m.stderr}")
+        body = json.loads(report.read_text())
+        mpx = size * size / 1e6
+        s_per_mpx = m.seconds / mpx
+        base = base or s_per_mpx
+        rows.append(
+            {
+                "scene": f"{size}^2",
+                "Mpx": mpx,
+                "blocks": body["blocks"],
+                "wall s": m.seconds,
+                "Mpx/s": mpx / m.seconds,
+                "s/Mpx vs smallest": s_per_mpx / base,
+                "peak RSS MB (all procs)": m.peak_rss_mb,
+                "e2e / bare model": (mpx / m.seconds) / bare_rate,
+                "device": ",".join(body["devices"]) + "/" + ",".join(body["precisions"]),
+            }
+        )
+    print(
+        f"bare model: {bare_tiles} tiles of the {sizes[0]}^2 plan in {bare_s:.1f} s "
+        f"= {bare_rate:.3f} scene Mpx/s\n"
+    )
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""geoseg against geoai-py's `semantic_segmentation`, same weights, scene and tile plan (#5).
+
+geoai-py lives in its own virtual environment, never in geoseg's dependencies:
+
+    python3 -m venv /tmp/geoai/venv
+    /tmp/geoai/venv/bin/pip install torch==2.14.1 torchvision==0.29.1 geoai-py
+
+The same U-Net ResNet-34 weights (a plain smp state dict, 4 input bands, 2 classes) are given
+to geoai as a .pth file and to geoseg through `geoseg models import` with mean 0 / std 255,
+which is geoai's `x / 255` normalisation. Tile 512, overlap 64, batch 4, CPU, for both. Each
+tool runs as its own process; wall time and peak RSS (process tree) are measured alike.
+geoseg runs twice: fp32 (geoai's precision) and its default (bf16 autocast on this CPU).
+
+Usage: python benchmarks/vs_geoai.py [--sizes 4096,8192] [--geoai-python /tmp/geoai/venv/bin/python]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import SHARED, geoseg_cmd, mirror_scene, run_measured, table
+
+GEOAI_SCRIPT = """
+import sys, torch
+torch.set_num_threads({threads})
+from geoai.train import semantic_segmentation
+semantic_segmentation(sys.argv[1], sys.argv[2], sys.argv[3], architecture="unet",
+    encoder_name="resnet34", num_channels=4, num_classes=2, window_size=512, overlap=64,
+    batch_size=4, device=torch.device("cpu"), quiet=True)
+"""
+
+
+def make_weights(workdir: Path) -> tuple[Path, Path]:
+    """A plain smp state dict (.pth) and the geoseg model file imported from it."""
+    import os
+
+    import segmentation_models_pytorch as smp
+    import torch
+
+    pth = workdir / "unet_r34_plain.pth"
+    torch.manual_seed(0)
+    net = smp.Unet("resnet34", encoder_weights=None, in_channels=4, classes=2)
+    torch.save(net.state_dict(), pth)
+    model = workdir / "unet_r34_imported.safetensors"
+    m = run_measured(
+        geoseg_cmd(
+            "models",
+            "import",
+            str(pth),
+            "--arch",
+            "unet",
+            "--encoder",
+            "resnet34",
+            "--bands",
+            "blue,green,red,nir",
+            "--classes",
+            "background,water",
+            "--mean",
+            "0,0,0,0",
+            "--std",
+            "255,255,255,255",
+            "--tile",
+            "512",
+            "--overlap",
+            "64",
+            "-o",
+            str(model),
+            "-q",
+        )
+    )
+    if m.returncode != 0:
+        sys.exit(f"geoseg models import failed:\n{m.stderr}")
+    os.sync()
+    return pth, model
+
+
+def main() -> None:
+    import os
+
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--sizes", default="4096,8192")
+    ap.add_argument("--geoai-python", default="/tmp/geoai/venv/bin/python")
+    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "geoseg-bench")
+    args = ap.parse_args()
+    if not SHARED.is_dir():
+        sys.exit(f"shared data not found at {SHARED}")
+    if not Path(args.geoai_python).exists():
+        sys.exit(f"no geoai environment at {args.geoai_python}; see this script's docstring")
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    pth, model = make_weights(args.workdir)
+    threads = os.cpu_count() or 1
+    rows = []
+    for size in (int(s) for s in args.sizes.split(",")):
+        scene = mirror_scene(args.workdir / f"s2_mirror_{size}.tif", size)
+        mpx = size * size / 1e6
+        runs = {
+            "geoai-py semantic_segmentation (fp32)": [
+                args.geoai_python,
+                "-c",
+                GEOAI_SCRIPT.format(threads=threads),
+                str(scene),
+                str(args.workdir / f"geoai_{size}.tif"),
+                str(pth),
+            ],
+        }
+        for precision in ("fp32", "auto"):
+            runs[f"geoseg run ({precision})"] = geoseg_cmd(
+                "run",
+                str(scene),
+                "--classes",
+                "water",
+                "-m",
+                str(model),
+                "--smooth",
+                "none",
+                "--no-centerlines",
+                "--batch-size",
+                "4",
+                "--precision",
+                precision,
+                "-o",
+                str(args.workdir / f"vs_{size}_{precision}.gpkg"),
+                "--overwrite",
+                "-q",
+            )
+        measured = {name: run_measured(cmd) for name, cmd in runs.items()}
+        for name, m in measured.items():
+            if m.returncode != 0:
+                sys.exit(f"{name} failed at {size}:\n{m.stderr[-3000:]}")
+        geoai = measured["geoai-py semantic_segmentation (fp32)"]
+        for name, m in measured.items():
+            rows.append(
+                {
+                    "scene": f"{size}^2 x4 uint8",
+                    "tool": name,
+                    "wall s": m.seconds,
+                    "Mpx/s": mpx / m.seconds,
+                    "peak RSS MB": m.peak_rss_mb,
+                    "speed-up vs geoai": geoai.seconds / m.seconds,
+                }
+            )
+    print(table(rows))
+    print("\ngeoai writes a class raster only; geoseg also writes the GeoPackage of polygons.")
+
+
+if __name__ == "__main__":
+    main()
