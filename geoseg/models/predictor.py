@@ -162,6 +162,9 @@ class TorchSegmenter:
         self.batch_size = options.batch_size or _default_batch(self._device, self.tile)
         if options.threads and not self._device.startswith("cuda"):
             torch.set_num_threads(options.threads)
+        if self._device.startswith("cuda"):
+            # Fixed tile shapes: let cuDNN pick the fastest convolution algorithms once.
+            torch.backends.cudnn.benchmark = True
         net = network.to(self._device).eval()
         self.network = net.to(memory_format=torch.channels_last)
         self._mean = np.asarray(card.mean, dtype=np.float32)[:, None, None]
