@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -149,3 +151,43 @@ def table(rows: list[dict[str, object]]) -> str:
 
 def _fmt(v: object) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def parse_args(doc: str | None, **options: dict[str, object]) -> argparse.Namespace:
+    """The benchmarks' command line: ``--workdir`` plus ``options`` (name -> argparse kwargs).
+
+    Exits when ../shared/data is missing; creates the work folder.
+    """
+    ap = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    for name, kwargs in options.items():
+        ap.add_argument(f"--{name.replace('_', '-')}", **kwargs)  # type: ignore[arg-type]
+    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "geoseg-bench")
+    args = ap.parse_args()
+    if not SHARED.is_dir():
+        sys.exit(f"shared data not found at {SHARED}")
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    return args
+
+
+def run_geoseg(scene: Path, model: Path, out: Path, *extra: str) -> Measured:
+    """`geoseg run SCENE --classes water -m MODEL -o OUT --overwrite -q EXTRA...`, measured."""
+    m = run_measured(
+        geoseg_cmd(
+            "run",
+            str(scene),
+            "--classes",
+            "water",
+            "-m",
+            str(model),
+            "-o",
+            str(out),
+            "--overwrite",
+            "-q",
+            *extra,
+        )
+    )
+    if m.returncode != 0:
+        sys.exit(f"geoseg failed ({' '.join(extra)}):\n{m.stderr[-3000:]}")
+    return m

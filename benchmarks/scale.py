@@ -14,28 +14,21 @@ Usage: python benchmarks/scale.py [--sizes 4096,16384,32768] [--workdir DIR]
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED, geoseg_cmd, mirror_scene, run_measured, table, unet_r34
+from common import mirror_scene, parse_args, run_geoseg, table, unet_r34
 from throughput import bare_model
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    args = parse_args(
+        __doc__,
+        sizes={"default": "4096,16384,32768"},
+        precision={"default": "auto"},
     )
-    ap.add_argument("--sizes", default="4096,16384,32768")
-    ap.add_argument("--precision", default="auto")
-    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "geoseg-bench")
-    args = ap.parse_args()
-    if not SHARED.is_dir():
-        sys.exit(f"shared data not found at {SHARED}")
-    args.workdir.mkdir(parents=True, exist_ok=True)
     model = unet_r34(args.workdir / "unet_r34.safetensors")
     sizes = [int(s) for s in args.sizes.split(",")]
     small = mirror_scene(args.workdir / f"s2_mirror_{sizes[0]}.tif", sizes[0])
@@ -46,29 +39,18 @@ def main() -> None:
     for size in sizes:
         scene = mirror_scene(args.workdir / f"s2_mirror_{size}.tif", size)
         report = args.workdir / f"scale_{size}.json"
-        m = run_measured(
-            geoseg_cmd(
-                "run",
-                str(scene),
-                "--classes",
-                "water",
-                "-m",
-                str(model),
-                "--smooth",
-                "none",
-                "--no-centerlines",
-                "-o",
-                str(args.workdir / f"scale_{size}.gpkg"),
-                "--overwrite",
-                "--precision",
-                args.precision,
-                "--report",
-                str(report),
-                "-q",
-            )
+        m = run_geoseg(
+            scene,
+            model,
+            args.workdir / f"scale_{size}.gpkg",
+            "--smooth",
+            "none",
+            "--no-centerlines",
+            "--precision",
+            args.precision,
+            "--report",
+            str(report),
         )
-        if m.returncode != 0:
-            sys.exit(f"geoseg failed at {size}:\n{m.stderr}")
         body = json.loads(report.read_text())
         mpx = size * size / 1e6
         s_per_mpx = m.seconds / mpx

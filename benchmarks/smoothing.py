@@ -11,53 +11,25 @@ Usage: python benchmarks/smoothing.py [--size 4096] [--workdir DIR]
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED, geoseg_cmd, mirror_scene, run_measured, table, unet_r34
+from common import mirror_scene, parse_args, run_geoseg, table, unet_r34
 
 GOALS = {"none": None, "morph": 0.1, "crf": 1.0, "crf+morph": 1.1}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--size", type=int, default=4096)
-    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "geoseg-bench")
-    args = ap.parse_args()
-    if not SHARED.is_dir():
-        sys.exit(f"shared data not found at {SHARED}")
-    args.workdir.mkdir(parents=True, exist_ok=True)
+    args = parse_args(__doc__, size={"type": int, "default": 4096})
     scene = mirror_scene(args.workdir / f"s2_mirror_{args.size}.tif", args.size)
     model = unet_r34(args.workdir / "unet_r34.safetensors")
     rows = []
     for mode, goal in GOALS.items():
         report = args.workdir / f"smooth_{mode}.json"
-        m = run_measured(
-            geoseg_cmd(
-                "run",
-                str(scene),
-                "--classes",
-                "water",
-                "-m",
-                str(model),
-                "--smooth",
-                mode,
-                "-o",
-                str(args.workdir / f"smooth_{mode.replace('+', '_')}.gpkg"),
-                "--overwrite",
-                "--report",
-                str(report),
-                "-q",
-            )
-        )
-        if m.returncode != 0:
-            sys.exit(f"geoseg failed ({mode}):\n{m.stderr}")
+        out = args.workdir / f"smooth_{mode.replace('+', '_')}.gpkg"
+        m = run_geoseg(scene, model, out, "--smooth", mode, "--report", str(report))
         stages = json.loads(report.read_text())["stage_seconds"]
         ratio = stages["smooth"] / stages["predict"]
         rows.append(

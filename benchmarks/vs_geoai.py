@@ -16,13 +16,11 @@ Usage: python benchmarks/vs_geoai.py [--sizes 4096,8192] [--geoai-python /tmp/ge
 
 from __future__ import annotations
 
-import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED, geoseg_cmd, mirror_scene, run_measured, table
+from common import geoseg_cmd, mirror_scene, parse_args, run_measured, table
 
 GEOAI_SCRIPT = """
 import sys, torch
@@ -81,18 +79,13 @@ def make_weights(workdir: Path) -> tuple[Path, Path]:
 def main() -> None:
     import os
 
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    args = parse_args(
+        __doc__,
+        sizes={"default": "4096,8192"},
+        geoai_python={"default": "/tmp/geoai/venv/bin/python"},
     )
-    ap.add_argument("--sizes", default="4096,8192")
-    ap.add_argument("--geoai-python", default="/tmp/geoai/venv/bin/python")
-    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "geoseg-bench")
-    args = ap.parse_args()
-    if not SHARED.is_dir():
-        sys.exit(f"shared data not found at {SHARED}")
     if not Path(args.geoai_python).exists():
         sys.exit(f"no geoai environment at {args.geoai_python}; see this script's docstring")
-    args.workdir.mkdir(parents=True, exist_ok=True)
     pth, model = make_weights(args.workdir)
     threads = os.cpu_count() or 1
     rows = []
