@@ -82,6 +82,10 @@ def save_model(
     tmp = p.with_name(f".{p.name}.partial")
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     save_file(tensors, str(tmp), metadata={CARD_KEY: card_to_json(card)})
+    # Model files are shared artefacts: readable like any file the user creates (umask).
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, p)
     return p
 
