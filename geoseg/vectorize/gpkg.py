@@ -8,6 +8,7 @@ finished.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -50,17 +51,19 @@ class GeoPackageWriter:
             geometry=gpd.GeoSeries(list(geometries), crs=crs),
         )
         try:
-            pyogrio.write_dataframe(
-                frame,
-                self.tmp_path,
-                layer=name,
-                driver="GPKG",
-                geometry_type=geometry_type,
-                layer_metadata=dict(metadata) if metadata and not append else None,
-                # GeoPackage 1.2: readable by the GDAL of older QGIS 3 releases too.
-                dataset_options={"VERSION": "1.2"} if not self.layers else None,
-                append=append,
-            )
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="'crs' was not provided")
+                pyogrio.write_dataframe(
+                    frame,
+                    self.tmp_path,
+                    layer=name,
+                    driver="GPKG",
+                    geometry_type=geometry_type,
+                    layer_metadata=dict(metadata) if metadata and not append else None,
+                    # GeoPackage 1.2: readable by the GDAL of older QGIS 3 releases too.
+                    dataset_options={"VERSION": "1.2"} if not self.layers else None,
+                    append=append,
+                )
         except Exception as err:  # pyogrio raises DataSourceError, DataLayerError, OSError ...
             raise OutputWriteError(f"cannot write layer {name!r} to {self.path}: {err}") from err
         if name not in self.layers:
@@ -164,15 +167,17 @@ class PolygonStore:
         crs: Any = self.crs.to_wkt() if self.crs is not None else None
         frame = gpd.GeoDataFrame(cols, geometry=gpd.GeoSeries(list(geoms), crs=crs))
         try:
-            pyogrio.write_dataframe(
-                frame,
-                self.path,
-                layer=layer,
-                driver="GPKG",
-                geometry_type="Unknown",
-                append=layer in self._written,
-                layer_options={"SPATIAL_INDEX": "NO"},
-            )
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="'crs' was not provided")
+                pyogrio.write_dataframe(
+                    frame,
+                    self.path,
+                    layer=layer,
+                    driver="GPKG",
+                    geometry_type="Unknown",
+                    append=layer in self._written,
+                    layer_options={"SPATIAL_INDEX": "NO"},
+                )
         except Exception as err:
             raise OutputWriteError(f"cannot stage layer {layer!r} in {self.path}: {err}") from err
         self._written.add(layer)
