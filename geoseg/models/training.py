@@ -12,7 +12,8 @@
    (:class:`~geoseg.models.predictor.TorchSegmenter`, blocks and blending as in
    ``geoseg run``) and score them: per-class IoU, F1, precision, recall;
 5. keep the best epoch (mean IoU of the non-background classes), stop early when it has not
-   improved for ``patience`` validations, and write the model file with its card.
+   improved for ``patience`` validations, and write the model file with its card; or, with
+   ``keep="last"``, keep the last epoch, so the validation scores choose nothing.
 
 With a ``checkpoint_dir`` every epoch ends with a checkpoint (model, optimizer, schedule,
 epoch, RNG state, history); calling :func:`train` again with the same configuration resumes
@@ -23,38 +24,42 @@ seeded with ``(seed, e)``, so a resumed run draws the same chips as an uninterru
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from geoseg.errors import ConfigError
-from geoseg.models.bands import CANONICAL_BANDS, band_roles, resolve_bands
-from geoseg.models.card import ClassInfo, ModelCard
+from geoseg.models.bands import band_roles, resolve_bands
+from geoseg.models.card import ModelCard
 from geoseg.models.chips import (
-    Augment,
     ChipLoader,
     ChipSampler,
     RunningStats,
     SceneScan,
     SplitPlan,
     TrainScene,
-    ValidationSplit,
     plan_split,
     scan_scene,
 )
-from geoseg.models.labels import IGNORE_INDEX, ClassMap, LabelReader, LabelSource
-from geoseg.models.losses import build_loss, parse_loss_spec
+from geoseg.models.labels import IGNORE_INDEX, LabelReader
+from geoseg.models.losses import build_loss
 from geoseg.models.metrics import SegmentationMetrics, compute_metrics, confusion_matrix
-from geoseg.models.registry import ARCHITECTURES
+from geoseg.models.training_config import (
+    RESUMABLE_CHANGES,
+    SCHEDULES,
+    STORE_DTYPES,
+    TRAIN_PRECISIONS,
+    TrainConfig,
+    TrainingInput,
+)
 from geoseg.tiling.grid import PixelWindow
 from geoseg.tiling.io import SceneInfo, read_scene_info, read_window
 
@@ -63,6 +68,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SCHEDULES",
+    "STORE_DTYPES",
+    "TRAIN_PRECISIONS",
     "EpochRecord",
     "TrainConfig",
     "TrainProgress",
@@ -71,299 +78,9 @@ __all__ = [
     "train",
 ]
 
-SCHEDULES = ("onecycle", "cosine", "constant")
-TRAIN_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-STORE_DTYPES = ("fp32", "fp16", "bf16")
 CHECKPOINT_FORMAT = "geoseg-checkpoint/1"
 LAST = "last.pt"
 BEST = "best.safetensors"
-
-# Config fields that may change between an interrupted run and its resumption.
-_RESUMABLE_CHANGES = frozenset(
-    {
-        "epochs",
-        "patience",
-        "output",
-        "checkpoint_dir",
-        "resume",
-        "device",
-        "precision",
-        "threads",
-        "validate_every",
-        "store_dtype",
-        "command",
-        "name",
-        "description",
-    }
-)
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class TrainingInput:
-    """One image and its labels (a class raster on its grid, or a vector file)."""
-
-    image: str
-    labels: LabelSource
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "image", os.fspath(self.image))
-        if isinstance(self.labels, str | os.PathLike):
-            object.__setattr__(self, "labels", LabelSource(path=os.fspath(self.labels)))
-        if not isinstance(self.labels, LabelSource):
-            raise ConfigError(f"labels of {self.image!r} must be a path or a LabelSource")
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class TrainConfig:
-    """Everything a training run needs; serialisable with :meth:`to_dict` / :meth:`from_dict`.
-
-    Parameters
-    ----------
-    inputs
-        Image/label pairs.
-    class_map
-        Classes (background first, with colours) and how label values map to them.
-    bands
-        Input band roles in model input order (``("red", "green", "blue")``).
-    output
-        Path of the model file to write.
-    band_numbers
-        Explicit 1-based band numbers (same for every input); ``None`` resolves ``bands``
-        from each image's band descriptions / ``sensor`` / band order.
-    architecture, encoder, params
-        Registry architecture, smp encoder and extra smp keyword arguments
-        (e.g. ``{"decoder_channels": [128, 64, 32, 16, 16]}``).
-    chip_size, batch_size, epochs, steps_per_epoch
-        Chips are ``chip_size`` square; an epoch is ``steps_per_epoch`` batches.
-    lr, weight_decay, schedule
-        AdamW peak learning rate and weight decay; ``onecycle`` (warm-up then cosine
-        annealing), ``cosine`` (cosine decay to 1 % of ``lr``) or ``constant``.
-    loss, class_weights
-        Loss spec for :func:`~geoseg.models.losses.build_loss` and optional per-class weights.
-    balance, min_labelled, augment
-        Fraction of class-balanced chips; minimum labelled fraction of a chip; augmentations.
-    validation, validate_every, patience
-        Held-out split; validate every n epochs; stop after ``patience`` validations without
-        improvement (``None``: never stop early).
-    seed
-        Seeds network initialisation, chip draws and augmentation.
-    device, precision, threads
-        ``auto``/``cpu``/``cuda[:N]``; ``auto`` (bf16 on capable CPUs, fp16 on CUDA),
-        ``fp32``, ``bf16``, ``fp16``; torch CPU threads (0: torch's default).
-    tile_size, overlap
-        The tile plan written to the card and used for validation.
-    resolution_m
-        Ground sampling distance for the card; ``None`` reads it from the first image.
-    mean, std
-        Fixed normalisation; ``None`` computes it from the training pixels.
-    checkpoint_dir, resume
-        Where per-epoch checkpoints go; whether to resume from one found there.
-    store_dtype
-        Floating-point type of the weights in the model file (``fp16`` halves its size).
-    command
-        How the run was started (recorded in the card for reproducibility).
-    """
-
-    inputs: tuple[TrainingInput, ...]
-    class_map: ClassMap
-    bands: tuple[str, ...]
-    output: str
-    name: str = "model"
-    description: str = ""
-    band_numbers: tuple[int, ...] | None = None
-    sensor: str | None = None
-    architecture: str = "unet"
-    encoder: str = "resnet18"
-    params: Mapping[str, Any] = field(default_factory=dict)
-    chip_size: int = 256
-    batch_size: int = 8
-    epochs: int = 20
-    steps_per_epoch: int = 100
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    schedule: str = "onecycle"
-    loss: str = "ce+dice"
-    class_weights: tuple[float, ...] | None = None
-    balance: float = 0.5
-    min_labelled: float = 0.05
-    augment: Augment | None = field(default_factory=Augment)
-    validation: ValidationSplit = field(default_factory=ValidationSplit)
-    validate_every: int = 1
-    patience: int | None = None
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"
-    threads: int = 0
-    tile_size: int = 512
-    overlap: int = 64
-    resolution_m: float | None = None
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    checkpoint_dir: str | None = None
-    resume: bool = True
-    store_dtype: str = "fp32"
-    command: str | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "inputs", tuple(self.inputs))
-        object.__setattr__(self, "bands", tuple(self.bands))
-        object.__setattr__(self, "output", os.fspath(self.output))
-        if self.checkpoint_dir is not None:
-            object.__setattr__(self, "checkpoint_dir", os.fspath(self.checkpoint_dir))
-        if not self.inputs:
-            raise ConfigError("no training inputs; give at least one (image, labels) pair")
-        if not self.bands:
-            raise ConfigError("no input bands; give band roles, e.g. red,green,blue")
-        unknown = [b for b in self.bands if b not in CANONICAL_BANDS]
-        if unknown:
-            raise ConfigError(
-                f"unknown band role {unknown[0]!r}; valid: {', '.join(CANONICAL_BANDS)}"
-            )
-        if self.band_numbers is not None:
-            object.__setattr__(self, "band_numbers", tuple(self.band_numbers))
-            if len(self.band_numbers) != len(self.bands) or min(self.band_numbers) < 1:
-                raise ConfigError(
-                    f"band numbers {list(self.band_numbers)} must be {len(self.bands)} "
-                    f"1-based numbers, one per band role ({', '.join(self.bands)})"
-                )
-        if self.architecture not in ARCHITECTURES:
-            raise ConfigError(
-                f"unknown architecture {self.architecture!r}; valid: {', '.join(ARCHITECTURES)}"
-            )
-        for what, size in (("chip size", self.chip_size), ("tile size", self.tile_size)):
-            if size < 32 or size % 32:
-                raise ConfigError(
-                    f"{what} {size} is not a positive multiple of 32; "
-                    f"try {max(32, round(size / 32) * 32)}"
-                )
-        if not 0 <= self.overlap <= self.tile_size // 2:
-            raise ConfigError(f"overlap {self.overlap} must be in [0, {self.tile_size // 2}]")
-        if self.batch_size < 2:
-            raise ConfigError(f"batch size {self.batch_size} < 2; batch norm needs at least 2")
-        for what, n in (
-            ("epochs", self.epochs),
-            ("steps per epoch", self.steps_per_epoch),
-            ("validate_every", self.validate_every),
-        ):
-            if n < 1:
-                raise ConfigError(f"{what} must be >= 1, got {n}")
-        if self.patience is not None and self.patience < 1:
-            raise ConfigError(f"patience {self.patience} must be >= 1 (or None: no early stop)")
-        if not self.lr > 0 or not self.weight_decay >= 0:
-            raise ConfigError(f"lr {self.lr} must be > 0 and weight decay >= 0")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}")
-        parse_loss_spec(self.loss)
-        n = self.class_map.n_classes
-        if self.class_weights is not None:
-            object.__setattr__(self, "class_weights", tuple(float(w) for w in self.class_weights))
-            if len(self.class_weights) != n:
-                raise ConfigError(
-                    f"{len(self.class_weights)} class weights for {n} classes; "
-                    f"give one per class, background first"
-                )
-        if self.precision not in TRAIN_PRECISIONS:
-            raise ConfigError(f"precision {self.precision!r}; valid: {', '.join(TRAIN_PRECISIONS)}")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ConfigError(f"device {self.device!r}; use auto, cpu, cuda or cuda:N")
-        if self.store_dtype not in STORE_DTYPES:
-            raise ConfigError(f"store dtype {self.store_dtype!r}; valid: {', '.join(STORE_DTYPES)}")
-        if (self.mean is None) != (self.std is None):
-            raise ConfigError("give both mean and std, or neither (computed from the data)")
-        if self.mean is not None and self.std is not None:
-            object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
-            object.__setattr__(self, "std", tuple(float(v) for v in self.std))
-            if len(self.mean) != len(self.bands) or len(self.std) != len(self.bands):
-                raise ConfigError(f"give one mean and one std per band ({len(self.bands)})")
-            if min(self.std) <= 0:
-                raise ConfigError(f"every std must be positive: {list(self.std)}")
-        if self.threads < 0:
-            raise ConfigError(f"threads {self.threads} must be >= 0 (0: torch's default)")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form; :meth:`from_dict` reads it back."""
-        out: dict[str, Any] = {}
-        for name in self.__dataclass_fields__:
-            value = getattr(self, name)
-            if name == "inputs":
-                value = [{"image": i.image, "labels": i.labels.to_dict()} for i in value]
-            elif name == "class_map":
-                value = value.to_dict()
-            elif name == "augment":
-                value = None if value is None else _fields(value)
-            elif name == "validation":
-                value = value.to_dict()
-            elif isinstance(value, tuple):
-                value = list(value)
-            elif isinstance(value, Mapping):
-                value = json.loads(json.dumps(dict(value)))
-            out[name] = value
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
-        """Build from a mapping (a parsed YAML/JSON file).
-
-        ``inputs`` is a list of ``{image, labels}`` where ``labels`` is a path or a mapping
-        of :class:`~geoseg.models.labels.LabelSource` fields; ``class_map`` holds
-        ``classes`` (``[{name, color}]``), ``values`` and ``unmapped``; ``validation``
-        holds :class:`~geoseg.models.chips.ValidationSplit` fields with ``region`` as
-        ``[row, col, height, width]``.
-
-        Raises
-        ------
-        ConfigError
-            On unknown or malformed fields.
-        """
-        raw = dict(data)
-        unknown = sorted(set(raw) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ConfigError(
-                f"unknown training option {unknown[0]!r}; valid: "
-                f"{', '.join(cls.__dataclass_fields__)}"
-            )
-        try:
-            raw["inputs"] = tuple(
-                TrainingInput(
-                    image=i["image"],
-                    labels=LabelSource(**i["labels"])
-                    if isinstance(i["labels"], Mapping)
-                    else LabelSource(path=i["labels"]),
-                )
-                for i in raw["inputs"]
-            )
-            cm = dict(raw["class_map"])
-            raw["class_map"] = ClassMap(
-                classes=tuple(ClassInfo(**c) for c in cm.pop("classes")), **cm
-            )
-            if raw.get("augment") is not None:
-                raw["augment"] = Augment(**raw["augment"])
-            if "validation" in raw:
-                val = dict(raw["validation"])
-                if val.get("region") is not None:
-                    r, c, h, w = val["region"]
-                    val["region"] = PixelWindow(row_off=r, col_off=c, height=h, width=w)
-                val["tiles"] = tuple(val.get("tiles", ()))
-                raw["validation"] = ValidationSplit(**val)
-            for key in ("bands", "band_numbers", "class_weights", "mean", "std"):
-                if raw.get(key) is not None:
-                    raw[key] = tuple(raw[key])
-            return cls(**raw)
-        except KeyError as err:
-            raise ConfigError(f"training config lacks {err.args[0]!r}") from err
-        except (TypeError, ValueError) as err:
-            if isinstance(err, ConfigError):
-                raise
-            raise ConfigError(f"malformed training config: {err}") from err
-
-    def fingerprint(self) -> str:
-        """Hash of the options a resumed run must share with the run it continues."""
-        body = {k: v for k, v in self.to_dict().items() if k not in _RESUMABLE_CHANGES}
-        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _fields(obj: Any) -> dict[str, Any]:
-    return {name: getattr(obj, name) for name in obj.__dataclass_fields__}
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -672,7 +389,7 @@ def _load_checkpoint(path: Path, config: TrainConfig) -> dict[str, Any]:
     if ckpt.get("fingerprint") != config.fingerprint():
         old = json.loads(ckpt.get("config", "{}"))
         new = config.to_dict()
-        changed = sorted(k for k in new if k not in _RESUMABLE_CHANGES and old.get(k) != new.get(k))
+        changed = sorted(k for k in new if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
         raise ConfigError(
             f"checkpoint {str(path)!r} was written by a run with different options "
             f"({', '.join(changed) or 'unknown'}); use another checkpoint directory or "
@@ -869,8 +586,10 @@ def train(
         )
         history.append(record)
         score = record.score
-        improved = (not plan.validation) or (
-            score is not None and (best_score is None or score > best_score)
+        improved = (
+            config.keep == "last"
+            or not plan.validation
+            or (score is not None and (best_score is None or score > best_score))
         )
         if improved:
             best_epoch, best_score = epoch, score
@@ -997,6 +716,7 @@ def _summary(
         "loss": config.loss,
         "final_loss": round(history[-1].loss, 6) if history else None,
         "best_epoch": best_epoch,
+        "kept": config.keep,
         "stopped_early": stopped,
         "validation": None
         if best is None or best.validation is None

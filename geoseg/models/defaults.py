@@ -1,0 +1,194 @@
+"""Default models: which model ``geoseg run --classes ...`` uses when none is given.
+
+Each class maps to candidate sources in order of preference: a model file shipped in
+:data:`WEIGHTS_DIR` (trained by ``python -m geoseg.models.train_defaults``; its card holds
+the training data and scores) or a built-in spectral method (``"ndwi:0.35"``). For a scene,
+a class gets the first candidate whose input bands the scene provides, so water falls back
+to NDWI on any scene with green and near-infrared bands.
+
+=======  ====================================================================================
+class    candidates
+=======  ====================================================================================
+roads    ``roads-unet-r18.safetensors`` (RGB aerial, 1 m)
+water    ``landsat7-water-crops.safetensors`` (Landsat 7 B1-B5, 28.5 m), then ``ndwi:0.35``
+=======  ====================================================================================
+
+Water: on the held-out region of the Landsat 7 scene, run as ``geoseg run`` runs by default
+(with the water smoothing recipe), the trained model's water IoU beat NDWI and MNDWI with
+thresholds chosen on the training area and with Otsu's threshold (the card's
+``training.comparison`` holds the numbers). NDWI > 0.35 was the best NDWI method there;
+Otsu's threshold fails on scenes with little water (it splits vegetation instead).
+
+Crops have no default: the Landsat model's crops output does not validate (the 1996
+agriculture labels are spectrally indistinguishable from grassland in the 2000 image).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import MappingProxyType
+
+from geoseg.errors import BandError, ClassNotAvailableError, ModelCardError
+from geoseg.models.card import ModelCard, read_card
+from geoseg.models.spectral import is_spectral, spectral_card
+
+__all__ = [
+    "DEFAULT_MODELS",
+    "RESOLUTION_TOLERANCE",
+    "WEIGHTS_DIR",
+    "default_model_cards",
+    "default_sources",
+]
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+DEFAULT_MODELS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "roads": ("roads-unet-r18.safetensors",),
+        "water": ("landsat7-water-crops.safetensors", "ndwi:0.35"),
+    }
+)
+
+RESOLUTION_TOLERANCE = 2.0
+"""A trained default is used on scenes whose pixels are at most this factor finer or coarser
+than its training data (when the caller passes the scene's pixel size)."""
+
+
+def _card(source: str) -> ModelCard:
+    if is_spectral(source):
+        return spectral_card(source)
+    return read_card(WEIGHTS_DIR / source)
+
+
+def _resolved(source: str) -> str:
+    return source if is_spectral(source) else str(WEIGHTS_DIR / source)
+
+
+def _provides(card: ModelCard, roles: Sequence[str | None], count: int) -> bool:
+    if all(r is None for r in roles):
+        return count == len(card.bands)  # unnamed bands in the model's order
+    return all(b in roles for b in card.bands)
+
+
+def _resolution_fits(card: ModelCard, resolution_m: float | None) -> bool:
+    if resolution_m is None or card.resolution_m is None or resolution_m <= 0:
+        return True
+    ratio = resolution_m / card.resolution_m
+    return 1 / RESOLUTION_TOLERANCE <= ratio <= RESOLUTION_TOLERANCE
+
+
+def _describe_scene(roles: Sequence[str | None], count: int) -> str:
+    if all(r is None for r in roles):
+        return f"{count} unnamed band{'s' if count != 1 else ''}"
+    return f"bands {', '.join(r or '?' for r in roles)}"
+
+
+def default_sources(
+    classes: Sequence[str],
+    *,
+    roles: Sequence[str | None],
+    count: int,
+    resolution_m: float | None = None,
+) -> tuple[str, ...]:
+    """The default model source of each class for a scene, de-duplicated, in class order.
+
+    Parameters
+    ----------
+    classes
+        Requested classes (``("water", "roads")``).
+    roles
+        The scene's band roles (:func:`geoseg.models.bands.band_roles`), ``None`` where
+        unknown. All ``None`` with ``count`` equal to a model's band count counts as
+        providing that model's bands in its order.
+    count
+        The scene's band count.
+    resolution_m
+        The scene's pixel size in metres; when given, trained models whose training
+        resolution differs by more than :data:`RESOLUTION_TOLERANCE` times are passed over
+        (a 1 m roads model sees nothing useful in 10 m pixels).
+
+    Returns
+    -------
+    tuple of str
+        Absolute model file paths and built-in method names (``"ndwi"``), each once.
+
+    Raises
+    ------
+    ClassNotAvailableError
+        If a class has no default model (the message lists those that have one).
+    BandError
+        If no candidate of a class fits the scene: names the class, what each candidate
+        needs, what the scene has, and how to fix it.
+    ModelCardError
+        If every candidate of a class is a shipped file that is missing or unreadable.
+    """
+    out: list[str] = []
+    for name in classes:
+        candidates = DEFAULT_MODELS.get(name)
+        if candidates is None:
+            raise ClassNotAvailableError(
+                f"no default model for class {name!r}; classes with a default: "
+                f"{', '.join(DEFAULT_MODELS)}; for other classes pass --model FILE"
+            )
+        needs: list[str] = []
+        broken: list[str] = []
+        band_misfit = False
+        chosen = None
+        for source in candidates:
+            try:
+                card = _card(source)
+            except ModelCardError as err:
+                # A missing or broken shipped file: use the next candidate, but say so.
+                log.warning("default model %s for %s is unusable: %s", source, name, err)
+                broken.append(f"{source}: {err}")
+                continue
+            if not _provides(card, roles, count):
+                needs.append(f"{source} needs {', '.join(card.bands)}")
+                band_misfit = True
+            elif not _resolution_fits(card, resolution_m):
+                needs.append(
+                    f"{source} is trained for {card.resolution_m:.3g} m pixels, "
+                    f"the scene's are {resolution_m:.3g} m"
+                )
+            else:
+                chosen = _resolved(source)
+                break
+        if chosen is None and not needs:
+            raise ModelCardError(
+                f"the default model for class {name!r} is unusable ({'; '.join(broken)}); "
+                f"reinstall geoseg or retrain it with python -m geoseg.models.train_defaults"
+            )
+        if chosen is None:
+            fix = (
+                "name the scene's bands with --bands or --sensor, or pass a model with --model"
+                if band_misfit
+                else "pass a model made for this imagery with --model"
+            )
+            raise BandError(
+                f"no default model for class {name!r} fits this scene "
+                f"({_describe_scene(roles, count)}): {'; '.join(needs)}; {fix}"
+            )
+        if chosen not in out:
+            out.append(chosen)
+    return tuple(out)
+
+
+def default_model_cards() -> dict[str, ModelCard]:
+    """Cards of the default sources and of every shipped model file, for listings.
+
+    Keys are file names in :data:`WEIGHTS_DIR` and method names (``"ndwi"``). Shipped files
+    that are missing or unreadable are left out (and logged).
+    """
+    sources = dict.fromkeys(s for candidates in DEFAULT_MODELS.values() for s in candidates)
+    sources.update(dict.fromkeys(sorted(p.name for p in WEIGHTS_DIR.glob("*.safetensors"))))
+    cards: dict[str, ModelCard] = {}
+    for source in sources:
+        try:
+            cards[source] = _card(source)
+        except ModelCardError as err:
+            log.warning("default model %s is unusable: %s", source, err)
+    return cards

@@ -1,0 +1,251 @@
+"""The default models shipped in the package: files, cards, selection per scene, accuracy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+
+from geoseg.errors import BandError, ClassNotAvailableError, ModelCardError
+from geoseg.models.bands import band_roles
+from geoseg.models.card import ModelCard
+from geoseg.models.defaults import (
+    DEFAULT_MODELS,
+    WEIGHTS_DIR,
+    default_model_cards,
+    default_sources,
+)
+from geoseg.models.registry import load_network
+from geoseg.models.spectral import is_spectral
+from geoseg.models.train_defaults import (
+    LANDSAT_FILE,
+    LANDSAT_REGION,
+    ROADS_FILE,
+    ROADS_HELD_OUT,
+    landsat_class_map,
+    roads_class_map,
+)
+
+SHIPPED = sorted({s for c in DEFAULT_MODELS.values() for s in c if not is_spectral(s)})
+WATER_FALLBACK = DEFAULT_MODELS["water"][-1]  # the NDWI method
+MAX_BYTES = 30 * 1024 * 1024
+MIN_DEFAULT_IOU = 0.2  # a class gets a default model only if it validates at least this well
+
+RGB = ["red", "green", "blue"]
+LANDSAT7 = band_roles(["B1 blue", "B2 green", "B3 red", "B4 NIR", "B5 SWIR1", "B7 SWIR2"])
+
+
+@pytest.fixture(scope="module")
+def cards() -> dict[str, ModelCard]:
+    return default_model_cards()
+
+
+# --- the files -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_model_is_a_small_self_describing_safetensors_file(name, cards):
+    path = WEIGHTS_DIR / name
+    assert path.is_file(), f"{name} is missing; run python -m geoseg.models.train_defaults"
+    assert path.stat().st_size < MAX_BYTES
+    # safetensors: a JSON header and raw tensors; nothing is unpickled to load it.
+    with safe_open(str(path), framework="pt") as f:
+        assert "geoseg.card" in (f.metadata() or {})
+    card, net = load_network(path)
+    assert not net.training
+    assert card == cards[name]
+    # Every class the mapping sends to this file is one of its outputs.
+    claimed = {cls for cls, sources in DEFAULT_MODELS.items() if name in sources}
+    assert claimed <= set(card.class_names[1:])
+    # The card says what it was trained on, for how long, and how well it did.
+    t = card.training
+    assert t["epochs"] >= 1 and t["steps"] >= 100 and t["wall_time_s"] > 0
+    assert any("validation" in d["use"] or "held_out" in d for d in t["data"])
+    for cls in claimed:
+        assert t["validation"]["classes"][cls]["iou"] >= MIN_DEFAULT_IOU
+    assert t["reproducibility"]["command"].startswith("python -m geoseg.models.train_defaults")
+    assert card.training["weights_dtype"] == "fp16"
+
+
+def test_cards_list_every_default_and_every_shipped_file(cards):
+    shipped = {p.name for p in WEIGHTS_DIR.glob("*.safetensors")}
+    assert shipped == {ROADS_FILE, LANDSAT_FILE}
+    assert set(cards) == {s for c in DEFAULT_MODELS.values() for s in c} | shipped
+    assert cards[WATER_FALLBACK].bands == ("green", "nir")
+    assert cards[ROADS_FILE].bands == ("red", "green", "blue")
+    assert cards[LANDSAT_FILE].bands == ("blue", "green", "red", "nir", "swir1")
+    assert cards[LANDSAT_FILE].class_names == ("background", "water", "crops")
+
+
+def test_the_water_default_is_what_validated_best(cards):
+    comparison = cards[LANDSAT_FILE].training["comparison"]
+    results = comparison["results"]
+    # Decided on what `geoseg run` gives by default: each class's smoothing recipe.
+    best = max(results.values(), key=lambda r: r["water"]["default"]["iou"] or 0.0)
+    assert comparison["best"] == best["source"]
+    assert DEFAULT_MODELS["water"][0] == best["source"]
+    # The NDWI fallback is the best NDWI method of the comparison (threshold chosen on
+    # the training area), for scenes without the first candidate's bands.
+    ndwi = [r for k, r in results.items() if k.startswith("ndwi:")]
+    assert max(ndwi, key=lambda r: r["water"]["default"]["iou"])["source"] == WATER_FALLBACK
+    # Every spectral contender was scored on the same held-out region.
+    assert {"ndwi:otsu", "mndwi:otsu"} <= set(results)
+    assert sum(k.startswith("ndwi:") for k in results) == 2
+    assert sum(k.startswith("mndwi:") for k in results) == 2
+    assert comparison["region"] == [
+        LANDSAT_REGION.row_off,
+        LANDSAT_REGION.col_off,
+        LANDSAT_REGION.height,
+        LANDSAT_REGION.width,
+    ]
+
+
+# --- choosing the model for a scene ---------------------------------------------------------
+
+
+def test_roads_on_an_rgb_scene_named_or_not():
+    roads = str(WEIGHTS_DIR / ROADS_FILE)
+    assert default_sources(["roads"], roles=RGB, count=3) == (roads,)
+    # The Massachusetts tiles: three bands without descriptions, in R, G, B order.
+    assert default_sources(["roads"], roles=[None] * 3, count=3) == (roads,)
+    with pytest.raises(BandError, match="roads"):
+        default_sources(["roads"], roles=[None] * 4, count=4)  # which three? unknowable
+
+
+def test_water_on_landsat7_uses_the_trained_model_and_sources_are_listed_once():
+    landsat = str(WEIGHTS_DIR / LANDSAT_FILE)
+    assert default_sources(["water"], roles=LANDSAT7, count=6) == (landsat,)
+    assert default_sources(["roads", "water"], roles=LANDSAT7, count=6) == (
+        str(WEIGHTS_DIR / ROADS_FILE),
+        landsat,
+    )
+    assert default_sources(["water", "water"], roles=LANDSAT7, count=6) == (landsat,)
+
+
+def test_water_falls_back_to_ndwi_on_a_green_and_nir_scene():
+    naip = band_roles([None] * 4, sensor="naip")  # red, green, blue, nir
+    assert default_sources(["water"], roles=naip, count=4) == (WATER_FALLBACK,)
+    assert default_sources(["water", "roads"], roles=naip, count=4) == (
+        WATER_FALLBACK,
+        str(WEIGHTS_DIR / ROADS_FILE),
+    )
+    # The Sentinel-2 render in ../shared/data: B01..B08, no SWIR.
+    s2 = band_roles([f"B0{i}" for i in range(1, 9)])
+    assert default_sources(["water"], roles=s2, count=8) == (WATER_FALLBACK,)
+    # Two unnamed bands are taken as the method's own order (green, nir).
+    assert default_sources(["water"], roles=[None, None], count=2) == (WATER_FALLBACK,)
+
+
+def test_trained_models_are_passed_over_at_a_very_different_resolution():
+    landsat = str(WEIGHTS_DIR / LANDSAT_FILE)
+    assert default_sources(["water"], roles=LANDSAT7, count=6, resolution_m=30.0) == (landsat,)
+    # 10 m pixels: the 28.5 m model is passed over for NDWI, which has no resolution.
+    assert default_sources(["water"], roles=LANDSAT7, count=6, resolution_m=10.0) == (
+        WATER_FALLBACK,
+    )
+    with pytest.raises(BandError, match=r"trained for 1 m pixels, the scene's are 8.22 m; pass"):
+        default_sources(["roads"], roles=RGB, count=3, resolution_m=8.21533)
+
+
+def test_an_unknown_class_lists_the_classes_with_defaults():
+    with pytest.raises(ClassNotAvailableError, match=r"'buildings'.*: roads, water;.*--model"):
+        default_sources(["water", "buildings"], roles=LANDSAT7, count=6)
+
+
+def test_crops_have_no_default_because_no_trained_model_validates_for_them(cards):
+    # The Landsat model has a crops output, but on the held-out region it finds none of the
+    # 1996 agriculture pixels: a default that silently returns nothing would mislead.
+    crops = cards[LANDSAT_FILE].training["validation"]["classes"]["crops"]
+    assert crops["iou"] < MIN_DEFAULT_IOU
+    assert "crops" not in DEFAULT_MODELS
+    with pytest.raises(ClassNotAvailableError, match="no default model for class 'crops'"):
+        default_sources(["crops"], roles=LANDSAT7, count=6)
+
+
+def test_a_scene_without_the_bands_says_what_each_candidate_needs_and_how_to_fix_it():
+    with pytest.raises(BandError) as err:
+        default_sources(["water"], roles=RGB, count=3)
+    msg = str(err.value)
+    assert "class 'water'" in msg
+    assert f"{LANDSAT_FILE} needs blue, green, red, nir, swir1;" in msg
+    assert f"{WATER_FALLBACK} needs green, nir" in msg
+    assert "(bands red, green, blue)" in msg
+    assert "--bands" in msg and "--sensor" in msg and "--model" in msg
+    with pytest.raises(BandError, match=r"class 'water'.*\(3 unnamed bands\)"):
+        default_sources(["water"], roles=[None] * 3, count=3)
+
+
+def test_a_missing_weights_file_falls_back_for_water_and_fails_clearly_for_roads(
+    monkeypatch, tmp_path
+):
+    monkeypatch.setattr("geoseg.models.defaults.WEIGHTS_DIR", tmp_path)
+    assert default_sources(["water"], roles=LANDSAT7, count=6) == (WATER_FALLBACK,)
+    with pytest.raises(ModelCardError, match=r"class 'roads' is unusable.*does not exist.*retrain"):
+        default_sources(["roads"], roles=RGB, count=3)
+
+
+# --- accuracy on the held-out data, through the real pipeline --------------------------------
+
+
+def _iou_floor(card: ModelCard, cls: str) -> float:
+    return float(card.training["validation"]["classes"][cls]["iou"]) - 0.02
+
+
+def test_roads_model_reaches_its_card_score_on_the_held_out_tile(shared_data, cards):
+    from geoseg.evaluate import evaluate
+    from geoseg.models.labels import LabelSource
+
+    root = shared_data / "mass_roads"
+    card = cards[ROADS_FILE]
+    # The card's validation ran the tiled inference without smoothing; so does this.
+    result = evaluate(
+        str(WEIGHTS_DIR / ROADS_FILE),
+        root / f"{ROADS_HELD_OUT}_image.tif",
+        LabelSource(path=str(root / f"{ROADS_HELD_OUT}_label.tif")),
+        class_map=roads_class_map(),
+        smooth="none",
+    )
+    assert result.metrics["roads"].iou >= _iou_floor(card, "roads")
+
+
+def test_landsat_model_reaches_its_card_scores_on_the_held_out_region(shared_data, cards):
+    from geoseg.evaluate import evaluate
+    from geoseg.models.labels import LabelSource
+
+    root = shared_data / "landsat7_nc"
+    card = cards[LANDSAT_FILE]
+    result = evaluate(
+        str(WEIGHTS_DIR / LANDSAT_FILE),
+        root / "lsat7_2000_stack.tif",
+        LabelSource(path=str(root / "strata_landcover.tif")),
+        class_map=landsat_class_map(),
+        region=LANDSAT_REGION,
+        smooth="none",
+    )
+    claimed = [cls for cls, sources in DEFAULT_MODELS.items() if LANDSAT_FILE in sources]
+    assert claimed
+    for cls in claimed:
+        assert result.metrics[cls].iou >= _iou_floor(card, cls), cls
+
+
+def test_card_records_the_pipeline_scores_it_was_shipped_with(cards):
+    # What `geoseg evaluate` measured when the model was trained, with and without smoothing,
+    # so users see what the default recipes do to each class.
+    for name in SHIPPED:
+        ev = cards[name].training["evaluation"]
+        assert set(ev) >= {"none", "default", "held_out"}
+        json.dumps(ev)  # plain JSON
+        assert Path(ev["held_out"][0]).name.endswith(".tif")
+
+
+def test_landsat_card_keeps_the_last_epoch_so_the_comparison_is_fair(cards):
+    # keep="last": the held-out region chose neither the epoch nor the threshold of any
+    # contender, so the water comparison compares like with like.
+    t = cards[LANDSAT_FILE].training
+    assert t["kept"] == "last"
+    assert t["best_epoch"] == t["epochs"] == t["history"][-1]["epoch"]
+    water = t["validation"]["classes"]["water"]["iou"]
+    model = t["comparison"]["results"][LANDSAT_FILE]["water"]["none"]["iou"]
+    assert model == pytest.approx(water, abs=0.01)  # training-time and pipeline scores agree
