@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.geoseg-installed
 DEMO_OUT ?= demo-output
 
-.PHONY: demo test test-slow lint bench env clean
+.PHONY: demo test test-slow lint bench train-defaults env clean
 
 env: $(STAMP)
 
@@ -19,8 +19,9 @@ $(STAMP): pyproject.toml
 # Runs `geoseg run` end to end on the real Sentinel-2 sample shipped in samples/.
 demo: $(STAMP)
 	mkdir -p $(DEMO_OUT)
-	$(BIN)/geoseg run samples/beaufort_s2.tif --classes water --model ndwi \
+	$(BIN)/geoseg run samples/beaufort_s2.tif --classes water \
 		-o $(DEMO_OUT)/beaufort_water.gpkg --overwrite
+	$(BIN)/geoseg models list
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -32,6 +33,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check geoseg tests $(wildcard benchmarks workflows)
 	$(BIN)/ruff format --check geoseg tests $(wildcard benchmarks workflows)
 	$(BIN)/mypy
+
+# Reproduce the shipped default models from ../shared/data (long: about an hour on 2 cores).
+train-defaults: $(STAMP)
+	$(BIN)/python -m geoseg.models.train_defaults all
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py

@@ -509,9 +509,33 @@ def models() -> None:
 @_common
 @_handles_errors
 def models_list(verbose: bool, quiet: bool) -> None:
-    """Architectures geoseg can build and load."""
+    """Default models per class, built-in methods and the architectures geoseg builds."""
+    from geoseg.models.defaults import DEFAULT_MODELS, default_model_cards
     from geoseg.models.registry import ARCHITECTURES
+    from geoseg.models.spectral import METHODS
 
+    cards = default_model_cards()
+    click.echo("default models (used when --model is not given; first that fits the scene):")
+    for name, sources in DEFAULT_MODELS.items():
+        click.echo(f"  {name:<8} {' -> '.join(sources)}")
+    click.echo("shipped model files:")
+    for source, card in cards.items():
+        if card.architecture == "spectral":
+            continue
+        val = card.training.get("validation", {})
+        scores = val.get("classes", {}) if isinstance(val, dict) else {}
+        ious = ", ".join(
+            f"{c} IoU {scores[c]['iou']:.2f}"
+            for c in card.class_names[1:]
+            if isinstance(scores.get(c), dict) and scores[c].get("iou") is not None
+        )
+        click.echo(
+            f"  {source}: {card.architecture}/{card.encoder}, bands {', '.join(card.bands)}, "
+            f"{card.resolution_m or '?'} m; validation {ious or 'n/a'}"
+        )
+    click.echo("built-in methods (no weights; --model NAME, NAME:otsu or NAME:0.1):")
+    for name, method in METHODS.items():
+        click.echo(f"  {name:<8} {method.class_name}: {method.description}")
     click.echo("architectures (segmentation-models-pytorch):")
     for name, cls in ARCHITECTURES.items():
         click.echo(f"  {name:<15} smp.{cls}")

@@ -104,18 +104,41 @@ def check_outputs(paths: Sequence[Path], *, overwrite: bool) -> None:
             raise OutputExistsError(f"{str(p)!r} exists; pass --overwrite to replace it")
 
 
-def _resolve_models(config: RunConfig) -> list[tuple[str, ModelCard]]:
+def _resolve_models(
+    config: RunConfig, *, roles: Sequence[str | None], count: int, resolution_m: float
+) -> list[tuple[str, ModelCard]]:
+    """The models of a run: those given, then the default model of every class they lack."""
     from geoseg.models.card import read_card
+    from geoseg.models.defaults import default_sources
 
-    if not config.models:
-        raise ConfigError("no model given; pass --model FILE or ndwi (see `geoseg models list`)")
-    out = []
-    for src in config.models:
+    def load(src: str) -> tuple[str, ModelCard]:
         if is_spectral(src):
-            out.append((src, spectral_card(src)))
-        else:
-            out.append((str(Path(src).resolve()), read_card(src)))
-    return out
+            return src, spectral_card(src)
+        return str(Path(src).resolve()), read_card(src)
+
+    given = [load(src) for src in config.models]
+    covered = {c for _, card in given for c in card.class_names[1:]}
+    missing = [c for c in config.classes if c not in covered]
+    if missing and config.models and config.bands is not None:
+        raise ConfigError(
+            f"--bands maps scene bands onto the given model, but class {missing[0]!r} would "
+            "need a default model too; give a model for every class or drop --bands"
+        )
+    try:
+        defaults = (
+            default_sources(missing, roles=roles, count=count, resolution_m=resolution_m)
+            if missing
+            else ()
+        )
+    except ClassNotAvailableError as err:
+        if not given:
+            raise
+        offered = sorted(covered)
+        raise ClassNotAvailableError(
+            f"class {missing[0]!r} is not produced by the selected model(s) (available: "
+            f"{', '.join(offered)}) and has no default model; pass a model that has it"
+        ) from err
+    return given + [load(src) for src in defaults if src not in config.models]
 
 
 def plan_run(scene_path: str | os.PathLike[str], config: RunConfig) -> RunPlan:
@@ -127,8 +150,21 @@ def plan_run(scene_path: str | os.PathLike[str], config: RunConfig) -> RunPlan:
         With one line saying what is wrong and how to fix it.
     """
     scene = read_scene_info(scene_path)
-    models = _resolve_models(config)
+    if scene.crs is None:
+        log.warning(
+            "%s has no CRS: polygons will be in its pixel grid units and area_m2 in those "
+            "units squared; assign a CRS (gdal_edit.py -a_srs) to georeference the output",
+            scene.path,
+        )
     roles = band_roles(scene.descriptions, sensor=config.sensor)
+    # One pixel size for the whole scene (at its centre), so every block smooths alike.
+    dx, dy = pixel_size_m(scene.transform, crs=scene.crs, row=scene.height / 2, col=scene.width / 2)
+    if config.bands is not None and not config.models:
+        raise ConfigError(
+            "--bands maps scene bands onto one model's inputs: give that model with --model, "
+            "or name the scene's bands with --sensor so the default models can pick theirs"
+        )
+    models = _resolve_models(config, roles=roles, count=scene.count, resolution_m=(dx + dy) / 2)
     overrides = parse_overrides(config.smooth_params)
     recipes = {c: recipe_for(c, config.smooth, overrides) for c in config.classes}
     remaining = list(config.classes)
@@ -167,8 +203,6 @@ def plan_run(scene_path: str | os.PathLike[str], config: RunConfig) -> RunPlan:
         if config.inference.overlap is not None
         else max(u.card.overlap for u in uses)
     )
-    # One pixel size for the whole scene (at its centre), so every block smooths alike.
-    dx, dy = pixel_size_m(scene.transform, crs=scene.crs, row=scene.height / 2, col=scene.width / 2)
     halo = max(overlap, smoothing_halo_px(recipes.values(), pixel_size_m=(dx, dy)))
     lines = tuple(c for c in config.classes if c in LINE_CLASSES) if config.centerlines else ()
     if lines:

@@ -26,7 +26,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from types import MappingProxyType
 from typing import Any
 from urllib.parse import unquote, urlparse
 
@@ -44,11 +43,11 @@ from geoseg.manifest import (
     run_workflow,
     workflow_status,
 )
+from geoseg.models.defaults import DEFAULT_MODELS, WEIGHTS_DIR
 from geoseg.models.predictor import InferenceOptions
 from geoseg.outputs import output_paths
 
 __all__ = [
-    "DEFAULT_MODELS",
     "TEMPLATE_FIELDS",
     "BatchEvent",
     "BatchResult",
@@ -60,8 +59,22 @@ __all__ = [
     "workflow_status",
 ]
 
-DEFAULT_MODELS: Mapping[str, str] = MappingProxyType({})
-"""Class -> model used when a workflow's ``models`` leaves a class out (none shipped yet)."""
+
+def _default_identity(cls: str) -> str:
+    """Config-hash identity of a class's default models: the candidates and their sha256."""
+    from geoseg.models.spectral import is_spectral
+
+    parts = []
+    for source in DEFAULT_MODELS[cls]:
+        path = WEIGHTS_DIR / source
+        if is_spectral(source):
+            parts.append(source.lower())
+        elif path.is_file():
+            parts.append(f"sha256:{_sha256(path)}")
+        else:
+            parts.append(f"missing:{source}")
+    return "default:" + "|".join(parts)
+
 
 TEMPLATE_FIELDS = ("stem", "name", "parent", "date", "id")
 _TOP_KEYS = (
@@ -366,11 +379,20 @@ class _Parser:
         for cls in classes:
             g = given.get(cls)
             line, key = (g.line, g.key) if g else (f.at if f else first, "models")
-            source = g.value if g else DEFAULT_MODELS.get(cls)
-            if source is None:
-                hint = f"models: {{{cls}: FILE.safetensors}}"
-                self.problem(line, key, f"no model for class {cls!r} (no default yet); add {hint}")
+            if g is None:
+                # The package default: chosen per scene (by its bands) when the scene runs.
+                if cls in DEFAULT_MODELS:
+                    hashes[cls] = _default_identity(cls)
+                else:
+                    hint = f"models: {{{cls}: FILE.safetensors}}"
+                    have = ", ".join(DEFAULT_MODELS)
+                    self.problem(
+                        line,
+                        key,
+                        f"no model for class {cls!r} (defaults exist for {have}); add {hint}",
+                    )
                 continue
+            source = g.value
             if not isinstance(source, str) or not source.strip():
                 self.problem(line, key, "must be a model file or a built-in method (e.g. ndwi)")
                 continue

@@ -67,7 +67,7 @@ def test_run_writes_gpkg_and_raster(tiny_model: Path, scene: Path, tmp_path: Pat
                 str(o),
             ],
             1,
-            "class 'forest' is not produced by the selected model(s); available: roads, water",
+            "class 'forest' is not produced by the selected model(s) (available: roads, water)",
         ),
         (
             lambda s, m, o: [

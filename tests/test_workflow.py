@@ -98,8 +98,11 @@ BAD_CASES = {
         ["7: output.name: scenes/s0.tif and scenes/s1.tif would both write 'scenes.gpkg'"],
     ),
     "no model for a class": (
-        GOOD.replace("[water]", "[water, roads]"),
-        ["5: models: no model for class 'roads' (no default yet); add models: {roads: "],
+        GOOD.replace("[water]", "[water, forest]"),
+        [
+            "5: models: no model for class 'forest' (defaults exist for roads, water); "
+            "add models: {forest: "
+        ],
     ),
     "model lacks the class": (
         GOOD.replace("{water: ndwi}", "{water: ndvi}"),
@@ -234,6 +237,21 @@ def test_config_hash_follows_the_results_not_the_machinery(folder: Path) -> None
     first = load_workflow(_write(folder, text)).config_hash
     _model_file(model, 1.0)
     assert load_workflow(_write(folder, text)).config_hash not in (first, base)
+
+
+def test_a_class_without_a_model_uses_the_package_default_per_scene(folder: Path) -> None:
+    text = GOOD.replace("models: {water: ndwi}\n", "").replace("bands: [2, 4]\n", "sensor: naip\n")
+    wf = load_workflow(_write(folder, text))
+    assert wf.config.models == (), "the default is chosen per scene, by its bands"
+    assert wf.config_hash != load_workflow(_write(folder, GOOD)).config_hash
+    summary = run_workflow(wf)
+    assert summary.count("done") == 2 and summary.exit_code == 0, summary
+    # the synthetic scenes have blue, green, red, nir (naip order) but no swir: ndwi was used
+    import sqlite3
+
+    with sqlite3.connect(folder / "out" / "s0.gpkg") as db:
+        (models,) = db.execute("SELECT value FROM geoseg_provenance WHERE key='models'").fetchone()
+    assert json.loads(models)[0]["name"].startswith("ndwi")
 
 
 REPO = Path(__file__).resolve().parents[1]
