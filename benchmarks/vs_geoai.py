@@ -5,10 +5,11 @@ geoai-py lives in its own virtual environment, never in geoseg's dependencies:
     python3 -m venv /tmp/geoai/venv
     /tmp/geoai/venv/bin/pip install torch==2.14.1 torchvision==0.29.1 geoai-py
 
-The same U-Net ResNet-34 weights (a plain smp state dict, 4 input bands, 2 classes) are given
-to geoai as a .pth file and to geoseg through `geoseg models import` with mean 0 / std 255,
-which is geoai's `x / 255` normalisation. Tile 512, overlap 64, batch 4, CPU, for both. Each
-tool runs as its own process; wall time and peak RSS (process tree) are measured alike.
+The same U-Net ResNet-34 weights (the benchmark model of common.py, trained with geoai's
+`x / 255` normalisation; 4 input bands, 2 classes) are given to geoai as a plain smp state
+dict (.pth) and to geoseg through `geoseg models import` with mean 0 / std 255. Tile 512,
+overlap 64, batch 4, CPU, for both. Each tool runs as its own process; wall time and peak RSS
+(process tree) are measured alike.
 geoseg runs twice: fp32 (geoai's precision) and its default (bf16 autocast on this CPU).
 
 Usage: python benchmarks/vs_geoai.py [--sizes 4096,8192] [--geoai-python /tmp/geoai/venv/bin/python]
@@ -20,7 +21,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import geoseg_cmd, mirror_scene, parse_args, run_measured, table
+from common import geoseg_cmd, mirror_scene, parse_args, run_measured, table, unet_r34
 
 GEOAI_SCRIPT = """
 import sys, torch
@@ -33,15 +34,14 @@ semantic_segmentation(sys.argv[1], sys.argv[2], sys.argv[3], architecture="unet"
 
 
 def make_weights(workdir: Path) -> tuple[Path, Path]:
-    """A plain smp state dict (.pth) and the geoseg model file imported from it."""
-    import os
-
-    import segmentation_models_pytorch as smp
+    """The benchmark U-Net ResNet-34 as a plain smp state dict (.pth) for geoai, and the
+    geoseg model file imported back from that .pth with `geoseg models import`."""
     import torch
 
+    from geoseg.models.registry import load_network
+
+    _, net = load_network(unet_r34(workdir / "unet_r34.safetensors"))
     pth = workdir / "unet_r34_plain.pth"
-    torch.manual_seed(0)
-    net = smp.Unet("resnet34", encoder_weights=None, in_channels=4, classes=2)
     torch.save(net.state_dict(), pth)
     model = workdir / "unet_r34_imported.safetensors"
     m = run_measured(
@@ -72,7 +72,6 @@ def make_weights(workdir: Path) -> tuple[Path, Path]:
     )
     if m.returncode != 0:
         sys.exit(f"geoseg models import failed:\n{m.stderr}")
-    os.sync()
     return pth, model
 
 

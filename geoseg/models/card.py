@@ -206,7 +206,7 @@ def read_card(path: str | os.PathLike[str]) -> ModelCard:
     if not p.is_file():
         raise ModelCardError(f"model file {str(p)!r} does not exist")
     try:
-        with safe_open(str(p), framework="pt") as f:
+        with safe_open(str(p), framework="np") as f:  # metadata only: no torch import
             meta = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as err:
         raise ModelCardError(f"{str(p)!r} is not a safetensors model file: {err}") from err

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import os
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,6 +171,13 @@ class TorchSegmenter:
         self._mean = np.asarray(card.mean, dtype=np.float32)[:, None, None]
         self._std = np.asarray(card.std, dtype=np.float32)[:, None, None]
         self._lock = threading.Lock()
+        self._waited = threading.local()
+
+    def take_wait_seconds(self) -> float:
+        """Seconds this thread waited for the model (another thread's forward) since last call."""
+        waited = getattr(self._waited, "seconds", 0.0)
+        self._waited.seconds = 0.0
+        return float(waited)
 
     @property
     def device(self) -> str:
@@ -202,7 +210,9 @@ class TorchSegmenter:
         if cuda:
             x = x.pin_memory()
         x = x.to(dev, non_blocking=cuda).contiguous(memory_format=torch.channels_last)
+        t0 = time.perf_counter()
         with self._lock, torch.inference_mode():
+            self._waited.seconds = getattr(self._waited, "seconds", 0.0) + time.perf_counter() - t0
             if self.autocast_dtype is not None:
                 with torch.autocast(dev.type, dtype=self.autocast_dtype):
                     logits = self.network(x)

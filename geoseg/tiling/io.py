@@ -36,7 +36,7 @@ __all__ = [
 # Read-side GDAL settings: let GDAL cache decoded blocks between neighbouring reads and not
 # list whole remote directories when opening one object.
 GDAL_ENV: Mapping[str, Any] = {
-    "GDAL_CACHEMAX": 256,
+    "GDAL_CACHEMAX": 64,
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
 }
 
