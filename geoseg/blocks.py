@@ -124,7 +124,7 @@ def process_block(plan: RunPlan, block: Block) -> BlockResult:
         t1 = time.perf_counter()
         seg = _segmenter(use, plan.inference)
         device = seg.device
-        precision = getattr(seg, "precision", "n/a")
+        precision = getattr(seg, "precision", "index")  # spectral methods: no network
         probs = seg.predict(image, valid) if valid.any() else None
         t2 = time.perf_counter()
         valid_core = valid[core]

@@ -141,7 +141,7 @@ def open_execution(
     n_workers, threads_per_worker
         Local cluster shape (CPU); defaults per :func:`cpu_cluster_shape`.
     dashboard
-        Serve the Dask dashboard of a local cluster on a free port.
+        The caller wants the Dask dashboard (served on a free port when bokeh is installed).
     """
     cores = os.cpu_count() or 1
     if address == "sync":
@@ -165,7 +165,16 @@ def open_execution(
         finally:
             client.close()
         return
-    dash = ":0" if dashboard else None
+    # Always a free port: Dask's HTTP server (health, metrics; the dashboard when bokeh is
+    # installed) would otherwise claim 8787 and warn when another cluster holds it.
+    dash = ":0"
+    if dashboard:
+        try:
+            import bokeh  # noqa: F401
+        except ImportError:
+            logging.getLogger(__name__).warning(
+                "the Dask dashboard needs bokeh: pip install 'bokeh>=3.1'"
+            )
     gpus = _gpu_count()
     cluster: Any
     if gpus:
