@@ -215,7 +215,19 @@ def process_block(plan: RunPlan, block: Block) -> BlockResult:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, MB (Linux/macOS)."""
+    """Peak resident memory of this process so far, MB.
+
+    Linux: ``VmHWM`` of /proc/self/status, the high-water mark of this process's own memory.
+    ``ru_maxrss`` is not used there: the kernel carries it across ``execve``, so a process
+    started by a big parent (a benchmark that has loaded torch) would report the parent's peak.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     try:
         import resource
     except ImportError:  # pragma: no cover - Windows

@@ -344,3 +344,20 @@ def test_road_centerlines_are_continuous_across_blocks(tiny_model: Path, tmp_pat
         "one cross: at most four arms from one junction"
     )
     assert a.length_m.sum() == pytest.approx(2 * 440 * 10.0, rel=0.05)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="Linux only")
+def test_peak_memory_is_the_process_own_not_its_parents() -> None:
+    """A run started by a big parent must not report the parent's peak (ru_maxrss survives exec)."""
+    import subprocess
+    import sys
+
+    ballast = np.ones(600 * 2**20, dtype=np.uint8)  # 600 MB resident in this (parent) process
+    out = subprocess.run(
+        [sys.executable, "-c", "from geoseg.blocks import peak_rss_mb; print(peak_rss_mb())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert ballast.sum() == ballast.size
+    assert 5 < float(out.stdout) < 400

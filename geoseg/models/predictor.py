@@ -6,9 +6,12 @@ on the block's grid, runs batches under autocast (bf16 on CPUs with AVX-512 bf16
 fp16 on CUDA) with channels_last memory, and blends tiles with
 :class:`~geoseg.tiling.blend.BlendAccumulator`.
 
-Dask workers keep one loaded model per process (:func:`cached_segmenter`); a lock makes a
-worker's threads take turns on the model, so one thread reads or vectorises a block while
-another predicts and torch's thread pool is never oversubscribed.
+Dask workers keep one loaded model per process (:func:`cached_segmenter`). Every forward
+pass of a model runs on that model's own thread: a worker's Dask threads queue their batches
+there, so one thread reads or vectorises a block while the model works on another's, torch's
+thread pool is never oversubscribed, and a single OpenMP team does all the work (two Python
+threads taking turns on the model each keep their own team, whose idle threads spin against
+the busy one: 0.82 s vs 0.76 s per batch of 4 here).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -135,7 +139,9 @@ def _autocast_dtype(precision: str, device: str) -> torch.dtype | None:
 
 def _default_batch(device: str, tile: int) -> int:
     if not device.startswith("cuda"):
-        return 4
+        # CPU: larger batches buy nothing (U-Net R34 bf16, 512 px: 0.181 s/tile at 2, 0.188 at
+        # 4) and cost activation memory (peak 1043 MB at 2, 1191 MB at 4 in a fresh process).
+        return max(1, 2 * (512 // tile) ** 2)
     import torch
 
     free, _ = torch.cuda.mem_get_info(torch.device(device))
@@ -170,7 +176,7 @@ class TorchSegmenter:
         self.network = net.to(memory_format=torch.channels_last)
         self._mean = np.asarray(card.mean, dtype=np.float32)[:, None, None]
         self._std = np.asarray(card.std, dtype=np.float32)[:, None, None]
-        self._lock = threading.Lock()
+        self._runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="geoseg-model")
         self._waited = threading.local()
 
     def take_wait_seconds(self) -> float:
@@ -201,25 +207,34 @@ class TorchSegmenter:
         return x
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
-        """Softmax probabilities ``(N, C, T, T)`` float32 for a normalised batch."""
+        """Softmax probabilities ``(N, C, T, T)`` float32 for a normalised batch.
+
+        Runs on the model's own thread; time queued behind other threads' batches is added
+        to :meth:`take_wait_seconds` of the calling thread.
+        """
+        submitted = time.perf_counter()
+        started, probs = self._runner.submit(self._forward, batch).result()
+        self._waited.seconds = getattr(self._waited, "seconds", 0.0) + started - submitted
+        return probs
+
+    def _forward(self, batch: np.ndarray) -> tuple[float, np.ndarray]:
         import torch
 
+        started = time.perf_counter()
         dev = torch.device(self._device)
         cuda = dev.type == "cuda"
         x = torch.from_numpy(batch)
         if cuda:
             x = x.pin_memory()
         x = x.to(dev, non_blocking=cuda).contiguous(memory_format=torch.channels_last)
-        t0 = time.perf_counter()
-        with self._lock, torch.inference_mode():
-            self._waited.seconds = getattr(self._waited, "seconds", 0.0) + time.perf_counter() - t0
+        with torch.inference_mode():
             if self.autocast_dtype is not None:
                 with torch.autocast(dev.type, dtype=self.autocast_dtype):
                     logits = self.network(x)
             else:
                 logits = self.network(x)
             probs = torch.softmax(logits.float(), dim=1)
-        return probs.cpu().numpy()
+        return started, probs.cpu().numpy()
 
     def _batches(
         self, origins: list[tuple[int, int]], image: np.ndarray, valid: np.ndarray

@@ -53,12 +53,15 @@ class BlendAccumulator:
         self._wsum = np.zeros(shape, dtype=np.float32)
         self._window = blend_weights(tile, overlap)
         self._tile = tile
+        self._spent = False
 
     def add(self, probs: np.ndarray, *, row: int, col: int, valid: np.ndarray) -> None:
         """Add one tile's probabilities ``(C, tile, tile)`` at ``(row, col)``.
 
         ``valid`` ``(tile, tile)`` bool: pixels that carry weight (nodata pixels do not).
         """
+        if self._spent:
+            raise RuntimeError("BlendAccumulator.add() after result()")
         t = self._tile
         w = self._window * valid
         sl = (slice(row, row + t), slice(col, col + t))
@@ -69,10 +72,13 @@ class BlendAccumulator:
         """Blended probabilities ``(C, H, W)`` and the covered mask ``(H, W)``.
 
         Pixels no valid tile pixel covered get probability 0 in every class and
-        ``covered=False``.
+        ``covered=False``. The division happens in place (no second block-sized array):
+        the accumulator is spent afterwards.
         """
+        if self._spent:
+            raise RuntimeError("BlendAccumulator.result() was already taken")
         covered = self._wsum > 0
-        probs = np.divide(
-            self._acc, self._wsum, out=np.zeros_like(self._acc), where=covered[np.newaxis]
-        )
+        # Uncovered pixels received zero weight, so their sums are already 0.
+        probs = np.divide(self._acc, self._wsum, out=self._acc, where=covered[np.newaxis])
+        self._spent = True
         return probs, covered
