@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from geoseg.config import RunConfig
-from geoseg.errors import ClassNotAvailableError, ConfigError, OutputExistsError
+from geoseg.errors import BandError, ClassNotAvailableError, ConfigError, OutputExistsError
 from geoseg.models.bands import band_roles, resolve_bands
 from geoseg.models.card import ModelCard
 from geoseg.models.predictor import InferenceOptions
@@ -33,7 +33,7 @@ from geoseg.models.spectral import (
 )
 from geoseg.postprocess import SmoothingRecipe, parse_overrides, recipe_for, smoothing_halo_px
 from geoseg.tiling.grid import Block, TilingSpec, plan_blocks
-from geoseg.tiling.io import SceneInfo, read_scene_info, read_window
+from geoseg.tiling.io import SceneInfo, read_scene_info, read_window, sample_band_medians
 from geoseg.vectorize.centerlines import centerline_halo_px
 from geoseg.vectorize.geometry import pixel_size_m
 
@@ -105,11 +105,31 @@ def check_outputs(paths: Sequence[Path], *, overwrite: bool) -> None:
 
 
 def _resolve_models(
-    config: RunConfig, *, roles: Sequence[str | None], count: int, resolution_m: float
+    config: RunConfig, *, scene: SceneInfo, roles: Sequence[str | None], resolution_m: float
 ) -> list[tuple[str, ModelCard]]:
-    """The models of a run: those given, then the default model of every class they lack."""
+    """The models of a run: those given, then the default model of every class they lack.
+
+    A default is passed over when the scene's values are not in its training data's units;
+    a given model in that case gets a warning (the user chose it).
+    """
     from geoseg.models.card import read_card
-    from geoseg.models.defaults import default_sources
+    from geoseg.models.defaults import default_sources, units_misfit
+
+    count = scene.count
+    medians: dict[tuple[int, ...], np.ndarray | None] = {}
+
+    def misfit(card: ModelCard) -> str | None:
+        if card.architecture == "spectral":
+            return None
+        try:
+            bands = resolve_bands(card.bands, count=count, roles=roles, explicit=config.bands)
+        except BandError:
+            return None  # reported with the fix when the run is planned
+        if bands not in medians:
+            medians[bands] = sample_band_medians(
+                scene.path, bands, height=scene.height, width=scene.width
+            )
+        return units_misfit(card, medians[bands])
 
     def load(src: str) -> tuple[str, ModelCard]:
         if is_spectral(src):
@@ -117,6 +137,9 @@ def _resolve_models(
         return str(Path(src).resolve()), read_card(src)
 
     given = [load(src) for src in config.models]
+    for _, card in given:
+        if why := misfit(card):
+            log.warning("model %r may not suit %s: %s", card.name, scene.path, why)
     covered = {c for _, card in given for c in card.class_names[1:]}
     missing = [c for c in config.classes if c not in covered]
     if missing and config.models and config.bands is not None:
@@ -126,7 +149,9 @@ def _resolve_models(
         )
     try:
         defaults = (
-            default_sources(missing, roles=roles, count=count, resolution_m=resolution_m)
+            default_sources(
+                missing, roles=roles, count=count, resolution_m=resolution_m, value_misfit=misfit
+            )
             if missing
             else ()
         )
@@ -164,7 +189,7 @@ def plan_run(scene_path: str | os.PathLike[str], config: RunConfig) -> RunPlan:
             "--bands maps scene bands onto one model's inputs: give that model with --model, "
             "or name the scene's bands with --sensor so the default models can pick theirs"
         )
-    models = _resolve_models(config, roles=roles, count=scene.count, resolution_m=(dx + dy) / 2)
+    models = _resolve_models(config, scene=scene, roles=roles, resolution_m=(dx + dy) / 2)
     overrides = parse_overrides(config.smooth_params)
     recipes = {c: recipe_for(c, config.smooth, overrides) for c in config.classes}
     remaining = list(config.classes)

@@ -19,6 +19,10 @@ thresholds chosen on the training area and with Otsu's threshold (the card's
 ``training.comparison`` holds the numbers). NDWI > 0.35 was the best NDWI method there;
 Otsu's threshold fails on scenes with little water (it splits vegetation instead).
 
+A trained default is also passed over when the scene's values are not in the units it was
+trained on (:func:`units_misfit`: the Landsat 7 model takes 8-bit DNs; a Landsat 8 scene of
+16-bit DNs or reflectance in 0-1 gets NDWI instead).
+
 Crops have no default: the Landsat model's crops output does not validate (the 1996
 agriculture labels are spectrally indistinguishable from grassland in the 2000 image).
 """
@@ -26,9 +30,11 @@ agriculture labels are spectrally indistinguishable from grassland in the 2000 i
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
+
+import numpy as np
 
 from geoseg.errors import BandError, ClassNotAvailableError, ModelCardError
 from geoseg.models.card import ModelCard, read_card
@@ -37,9 +43,11 @@ from geoseg.models.spectral import is_spectral, spectral_card
 __all__ = [
     "DEFAULT_MODELS",
     "RESOLUTION_TOLERANCE",
+    "VALUE_SCALE_TOLERANCE",
     "WEIGHTS_DIR",
     "default_model_cards",
     "default_sources",
+    "units_misfit",
 ]
 
 log = logging.getLogger(__name__)
@@ -56,6 +64,38 @@ DEFAULT_MODELS: Mapping[str, tuple[str, ...]] = MappingProxyType(
 RESOLUTION_TOLERANCE = 2.0
 """A trained default is used on scenes whose pixels are at most this factor finer or coarser
 than its training data (when the caller passes the scene's pixel size)."""
+
+
+VALUE_SCALE_TOLERANCE = 8.0
+"""A trained model fits a scene's units when the median over bands of (scene median / the
+card's training mean) lies within this factor: 8-bit vs 16-bit DNs differ by ~30-100x,
+DNs vs 0-1 reflectance by ~100-1000x, while dark or bright scenes in the right units stay
+within ~3x."""
+
+
+def units_misfit(card: ModelCard, medians: np.ndarray | None) -> str | None:
+    """Why ``card``'s model would not understand a scene with these band ``medians``, or None.
+
+    Compares the scene's per-band medians (its input bands, in the card's order) with the
+    per-band means of the model's training data. Built-in spectral methods are scale-free
+    and always fit; so does a card without positive means (nothing to compare with).
+    """
+    if card.architecture == "spectral" or medians is None:
+        return None
+    mean = np.asarray(card.mean, dtype=np.float64)
+    if len(mean) != len(medians) or np.any(mean <= 0):
+        return None
+    ratio = float(np.median(np.asarray(medians, dtype=np.float64) / mean))
+    if 1 / VALUE_SCALE_TOLERANCE <= ratio <= VALUE_SCALE_TOLERANCE:
+        return None
+
+    def fmt(v: np.ndarray) -> str:
+        return "/".join(f"{x:.3g}" for x in v)
+
+    return (
+        f"it was trained on values around {fmt(mean)} and the scene's are around "
+        f"{fmt(np.asarray(medians))} (other units or scaling)"
+    )
 
 
 def _card(source: str) -> ModelCard:
@@ -93,6 +133,7 @@ def default_sources(
     roles: Sequence[str | None],
     count: int,
     resolution_m: float | None = None,
+    value_misfit: Callable[[ModelCard], str | None] | None = None,
 ) -> tuple[str, ...]:
     """The default model source of each class for a scene, de-duplicated, in class order.
 
@@ -110,6 +151,9 @@ def default_sources(
         The scene's pixel size in metres; when given, trained models whose training
         resolution differs by more than :data:`RESOLUTION_TOLERANCE` times are passed over
         (a 1 m roads model sees nothing useful in 10 m pixels).
+    value_misfit
+        Says why a candidate would not understand the scene's values (see
+        :func:`units_misfit`), or None; candidates it objects to are passed over.
 
     Returns
     -------
@@ -154,8 +198,12 @@ def default_sources(
                     f"{source} is trained for {card.resolution_m:.3g} m pixels, "
                     f"the scene's are {resolution_m:.3g} m"
                 )
+            elif value_misfit is not None and (why := value_misfit(card)):
+                needs.append(f"{source}: {why}")
             else:
                 chosen = _resolved(source)
+                if needs:
+                    log.info("class %s: using %s (passed over: %s)", name, source, "; ".join(needs))
                 break
         if chosen is None and not needs:
             raise ModelCardError(

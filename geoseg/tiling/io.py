@@ -31,6 +31,7 @@ __all__ = [
     "SceneInfo",
     "read_scene_info",
     "read_window",
+    "sample_band_medians",
 ]
 
 # GDAL settings for every read and write: a bounded block cache (decoded blocks shared by
@@ -161,6 +162,31 @@ def read_window(
     image = _pad(data, pads)
     valid = np.pad(valid, pads, mode="constant", constant_values=False)
     return image, valid
+
+
+def sample_band_medians(
+    path: str, bands: Sequence[int], *, height: int, width: int, grid: int = 4, size: int = 64
+) -> np.ndarray | None:
+    """Per-band median of valid pixels in ``grid x grid`` small windows spread over the scene.
+
+    A cheap look at the scene's value range (``grid**2`` windowed reads of ``size`` pixels,
+    never the whole scene): enough to tell 8-bit DNs from 16-bit DNs or 0-1 reflectance.
+    ``None`` when no sampled pixel is valid.
+    """
+    h, w = min(size, height), min(size, width)
+    rows = np.linspace(0, height - h, grid).round().astype(int)
+    cols = np.linspace(0, width - w, grid).round().astype(int)
+    values: list[np.ndarray] = []
+    for r in sorted(set(rows.tolist())):
+        for c in sorted(set(cols.tolist())):
+            image, valid = read_window(
+                path, PixelWindow(row_off=r, col_off=c, height=h, width=w), bands=bands
+            )
+            if valid.any():
+                values.append(image[:, valid].astype(np.float64))
+    if not values:
+        return None
+    return np.median(np.concatenate(values, axis=1), axis=1)
 
 
 class RasterWriter:

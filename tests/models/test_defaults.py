@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import rasterio
+from affine import Affine
 from safetensors import safe_open
 
 from geoseg.errors import BandError, ClassNotAvailableError, ModelCardError
@@ -16,6 +19,7 @@ from geoseg.models.defaults import (
     WEIGHTS_DIR,
     default_model_cards,
     default_sources,
+    units_misfit,
 )
 from geoseg.models.registry import load_network
 from geoseg.models.spectral import is_spectral
@@ -147,6 +151,64 @@ def test_trained_models_are_passed_over_at_a_very_different_resolution():
     )
     with pytest.raises(BandError, match=r"trained for 1 m pixels, the scene's are 8.22 m; pass"):
         default_sources(["roads"], roles=RGB, count=3, resolution_m=8.21533)
+
+
+def test_units_misfit_tells_8_bit_dns_from_16_bit_dns_and_reflectance(cards):
+    landsat = cards[LANDSAT_FILE]
+    assert units_misfit(landsat, np.array([81.0, 67, 67, 69, 90])) is None  # its own units
+    assert units_misfit(landsat, np.array([60.0, 40, 30, 15, 10])) is None  # a dark, wet scene
+    assert units_misfit(landsat, np.array([160.0, 140, 150, 130, 170])) is None  # bright
+    why = units_misfit(landsat, np.array([9000.0, 8800, 8200, 14000, 11000]))  # Landsat 8 DNs
+    assert why is not None and "9e+03/8.8e+03" in why and "81.1/67.1" in why
+    assert units_misfit(landsat, np.array([0.08, 0.07, 0.06, 0.3, 0.2])) is not None
+    assert units_misfit(cards[WATER_FALLBACK], np.array([9000.0, 8000])) is None  # scale-free
+    assert units_misfit(landsat, None) is None  # nothing sampled: no objection
+
+
+def test_defaults_whose_units_do_not_match_the_scene_are_passed_over(cards):
+    def l8_dns(card: ModelCard) -> str | None:
+        return units_misfit(card, np.full(len(card.bands), 9000.0))
+
+    assert default_sources(["water"], roles=LANDSAT7, count=6, value_misfit=l8_dns) == (
+        WATER_FALLBACK,
+    )
+    with pytest.raises(BandError, match=r"roads-unet-r18.safetensors: it was trained on values"):
+        default_sources(["roads"], roles=RGB, count=3, value_misfit=l8_dns)
+
+
+def _landsat_like(path: Path, scale: float, dtype: str) -> Path:
+    """A 6-band 30 m scene named like Landsat 7 (B1-B5, B7) with values ``scale`` x 8-bit."""
+    rng = np.random.default_rng(0)
+    base = rng.integers(40, 110, size=(6, 300, 300)).astype(np.float64)
+    profile = dict(
+        driver="GTiff", width=300, height=300, count=6, dtype=dtype, crs="EPSG:32617",
+        transform=Affine(30, 0, 500000, 0, -30, 4000000),
+    )  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write((base * scale).astype(dtype))
+        for i, name in enumerate(["B1", "B2", "B3", "B4", "B5", "B7"], start=1):
+            dst.set_band_description(i, name)
+    return path
+
+
+def test_a_run_plan_samples_the_scene_to_choose_the_water_model(tmp_path: Path, caplog):
+    from geoseg.config import RunConfig
+    from geoseg.plan import plan_run
+
+    landsat = str(WEIGHTS_DIR / LANDSAT_FILE)
+    config = RunConfig(classes=("water",), sensor="landsat7")
+    dn8 = plan_run(_landsat_like(tmp_path / "l7.tif", 1.0, "uint8"), config)
+    assert [u.source for u in dn8.models] == [landsat]
+    dn16 = plan_run(_landsat_like(tmp_path / "l8.tif", 120.0, "uint16"), config)
+    assert [u.source for u in dn16.models] == [WATER_FALLBACK]
+    refl = plan_run(_landsat_like(tmp_path / "sr.tif", 1 / 800, "float32"), config)
+    assert [u.source for u in refl.models] == [WATER_FALLBACK]
+    # A model the user names is kept, with a warning saying why it may not suit the scene.
+    caplog.clear()
+    config = RunConfig(classes=("water",), models=(landsat,), sensor="landsat7")
+    given = plan_run(tmp_path / "l8.tif", config)
+    assert [u.source for u in given.models] == [landsat]
+    assert "may not suit" in caplog.text and "other units or scaling" in caplog.text
 
 
 def test_an_unknown_class_lists_the_classes_with_defaults():
