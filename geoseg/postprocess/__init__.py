@@ -7,6 +7,7 @@ cropped result agrees with smoothing the whole scene at once (>= 99.9 % of pixel
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -72,6 +73,11 @@ def _joint_crf_params(
             "CRF refines all classes of a model jointly; give them the same crf.* settings"
         )
     return params.pop()
+
+
+# One dense CRF at a time per process: its lattice is a block's largest transient, and a
+# worker's two Dask threads would otherwise build two at once.
+_CRF_LOCK = threading.Lock()
 
 
 def smooth_block(
@@ -173,16 +179,17 @@ def smooth_block(
     conf = raw
     crf_labels = raw_labels
     if crf_params is not None:
-        conf = crf_refine(
-            raw,
-            image=image,
-            valid=valid,
-            params=crf_params,
-            pixel_size_m=pixel_size_m,
-            image_scale=image_scale,
-            rgb=rgb,
-            origin_px=origin_px,
-        )
+        with _CRF_LOCK:
+            conf = crf_refine(
+                raw,
+                image=image,
+                valid=valid,
+                params=crf_params,
+                pixel_size_m=pixel_size_m,
+                image_scale=image_scale,
+                rgb=rgb,
+                origin_px=origin_px,
+            )
         crf_labels = np.argmax(conf, axis=0)
 
     claims = np.empty((n_classes - 1, *valid.shape), dtype=bool)
