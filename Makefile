@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.geoseg-installed
 DEMO_OUT ?= demo-output
 
-.PHONY: demo test test-slow lint bench train-defaults env clean
+.PHONY: demo test test-slow lint bench bench-geoai train-defaults env clean
 
 env: $(STAMP)
 
@@ -38,8 +38,18 @@ lint: $(STAMP)
 train-defaults: $(STAMP)
 	$(BIN)/python -m geoseg.models.train_defaults all
 
+# Speed and memory tables (README "Performance"); ../shared/data needed; about 45 minutes.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py
+	$(BIN)/python benchmarks/smoothing.py
+	$(BIN)/python benchmarks/scale.py
+
+# geoseg against geoai-py, which lives in its own environment (never a geoseg dependency).
+GEOAI_VENV ?= /tmp/geoai/venv
+bench-geoai: $(STAMP)
+	test -x $(GEOAI_VENV)/bin/python || { $(PYTHON) -m venv $(GEOAI_VENV) && \
+	  $(GEOAI_VENV)/bin/pip install --quiet torch==2.14.1 torchvision==0.29.1 geoai-py; }
+	$(BIN)/python benchmarks/vs_geoai.py --geoai-python $(GEOAI_VENV)/bin/python
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache .mypy_cache .ruff_cache

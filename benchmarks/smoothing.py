@@ -1,10 +1,11 @@
 """Cost of each smoothing mode relative to the model's time (issue #4).
 
 The 4096 x 4096 4-band scene mirror-tiled from the real Sentinel-2 scene, a U-Net ResNet-34
-(tile 512, overlap 64, random weights: smoothing cost does not depend on accuracy), class
-water. For each mode `geoseg run --smooth MODE --report` runs end to end on the default
-local cluster; the report's per-stage seconds (summed over blocks) give the model time and
-the smoothing time of the same run. Goals: CRF <= 1.0x the model's time, morphology <= 0.1x.
+(tile 512, overlap 64, the benchmark model of common.py, trained on NDWI pseudo-labels of
+the scene), class water. For each mode `geoseg run --smooth MODE --report` runs end to end on
+the default local cluster; the report's per-stage seconds (summed over blocks) give the model
+time and the smoothing time of the same run. Goals: CRF <= 1.0x the model's time, morphology
+<= 0.1x.
 
 Usage: python benchmarks/smoothing.py [--size 4096] [--workdir DIR]
 """
