@@ -44,6 +44,7 @@ __all__ = [
     "check_outputs",
     "plan_run",
     "prepare_spectral",
+    "scene_roles",
 ]
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,22 @@ def check_outputs(paths: Sequence[Path], *, overwrite: bool) -> None:
             raise ConfigError(f"output folder {str(p.parent)!r} does not exist")
         if p.exists() and not overwrite:
             raise OutputExistsError(f"{str(p)!r} exists; pass --overwrite to replace it")
+
+
+def scene_roles(
+    scene: SceneInfo, *, sensor: str | None, explicit: bool = False
+) -> list[str | None]:
+    """Band roles of a scene from its descriptions, colour interpretation and ``sensor``.
+
+    With ``explicit`` band numbers (``--bands``) the user has said which bands feed the
+    model, so a sensor preset that cannot place the scene's unnamed bands is no error.
+    """
+    try:
+        return band_roles(scene.descriptions, colorinterp=scene.colorinterp, sensor=sensor)
+    except BandError:
+        if not explicit:
+            raise
+        return band_roles(scene.descriptions, colorinterp=scene.colorinterp)
 
 
 def _resolve_models(
@@ -181,7 +198,7 @@ def plan_run(scene_path: str | os.PathLike[str], config: RunConfig) -> RunPlan:
             "units squared; assign a CRS (gdal_edit.py -a_srs) to georeference the output",
             scene.path,
         )
-    roles = band_roles(scene.descriptions, sensor=config.sensor)
+    roles = scene_roles(scene, sensor=config.sensor, explicit=config.bands is not None)
     # One pixel size for the whole scene (at its centre), so every block smooths alike.
     dx, dy = pixel_size_m(scene.transform, crs=scene.crs, row=scene.height / 2, col=scene.width / 2)
     if config.bands is not None and not config.models:

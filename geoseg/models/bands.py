@@ -4,10 +4,16 @@ A model card names its input bands with canonical roles (``red``, ``green``, ``n
 A scene's bands are matched to those roles, in this order of trust:
 
 1. explicit 1-based band numbers given by the user (``--bands 4,3,2,8``);
-2. a sensor preset (``--sensor sentinel2``) mapping band codes or positions to roles;
-3. the scene's band descriptions (``"B4 NIR"``, ``"red"``; Sentinel-2 codes ``B02``) and
-   colour interpretation (an RGB GeoTIFF's red/green/blue);
-4. the scene's band order when it has exactly as many bands as the model needs. A scene
+2. the scene's band descriptions: role words (``"B4 NIR"``, ``"red"``) or band codes read
+   with the sensor preset (``--sensor landsat8``: ``"B5"`` is NIR; Sentinel-2 codes such as
+   ``B03`` name their sensor themselves);
+3. a sensor preset by band position, when no band is described: only for the usual stack
+   layouts of that sensor (:data:`LAYOUTS`); any other band count is an error, never a
+   guess;
+4. the colour interpretation (an RGB GeoTIFF's red/green/blue). An alpha band is no
+   spectral band: it has no role, is left out of the positions of step 3, and masks the
+   other bands when the scene is read;
+5. the scene's band order when it has exactly as many bands as the model needs. A scene
    with more, unnamed bands is an error: guessing would silently feed the wrong bands.
 """
 
@@ -15,10 +21,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 
 from geoseg.errors import BandError, ConfigError
 
-__all__ = ["CANONICAL_BANDS", "SENSORS", "band_roles", "resolve_bands"]
+__all__ = ["CANONICAL_BANDS", "LAYOUTS", "SENSORS", "band_roles", "resolve_bands"]
 
 CANONICAL_BANDS: tuple[str, ...] = (
     "coastal",
@@ -34,42 +41,82 @@ CANONICAL_BANDS: tuple[str, ...] = (
     "swir2",
 )
 
-# Sensor presets: band code (as in file names and band descriptions) -> role, and the role
-# order of the usual band stack for that sensor (used when descriptions are absent).
-SENSORS: Mapping[str, Mapping[str, str]] = {
-    "sentinel2": {
-        "B01": "coastal",
-        "B02": "blue",
-        "B03": "green",
-        "B04": "red",
-        "B05": "rededge1",
-        "B06": "rededge2",
-        "B07": "rededge3",
-        "B08": "nir",
-        "B8A": "nir08",
-        "B11": "swir1",
-        "B12": "swir2",
-    },
-    "landsat8": {
-        "B1": "coastal",
-        "B2": "blue",
-        "B3": "green",
-        "B4": "red",
-        "B5": "nir",
-        "B6": "swir1",
-        "B7": "swir2",
-    },
-    "landsat7": {
-        "B1": "blue",
-        "B2": "green",
-        "B3": "red",
-        "B4": "nir",
-        "B5": "swir1",
-        "B7": "swir2",
-    },
-    "naip": {"B1": "red", "B2": "green", "B3": "blue", "B4": "nir"},
-    "rgb": {"B1": "red", "B2": "green", "B3": "blue"},
-}
+# Sensor presets: band code (as in file names and band descriptions) -> role; None for
+# bands with no spectral role here (panchromatic, cirrus, water vapour, thermal).
+SENSORS: Mapping[str, Mapping[str, str | None]] = MappingProxyType(
+    {
+        "sentinel2": {
+            "B01": "coastal",
+            "B02": "blue",
+            "B03": "green",
+            "B04": "red",
+            "B05": "rededge1",
+            "B06": "rededge2",
+            "B07": "rededge3",
+            "B08": "nir",
+            "B8A": "nir08",
+            "B09": None,
+            "B10": None,
+            "B11": "swir1",
+            "B12": "swir2",
+        },
+        "landsat8": {
+            "B1": "coastal",
+            "B2": "blue",
+            "B3": "green",
+            "B4": "red",
+            "B5": "nir",
+            "B6": "swir1",
+            "B7": "swir2",
+            "B8": None,
+            "B9": None,
+            "B10": None,
+            "B11": None,
+        },
+        "landsat7": {
+            "B1": "blue",
+            "B2": "green",
+            "B3": "red",
+            "B4": "nir",
+            "B5": "swir1",
+            "B6": None,
+            "B7": "swir2",
+            "B8": None,
+        },
+        "naip": {"B1": "red", "B2": "green", "B3": "blue", "B4": "nir"},
+        "rgb": {"B1": "red", "B2": "green", "B3": "blue"},
+    }
+)
+
+_S2_1_8 = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08")
+
+# The band stacks a preset maps by position (band count -> codes in order): the usual
+# exports in band-number order. Any other count of unnamed bands is refused.
+LAYOUTS: Mapping[str, Mapping[int, tuple[str, ...]]] = MappingProxyType(
+    {
+        "sentinel2": {
+            # 10 m bands; green and NIR also sit at 2 and 4 in the common B04,B03,B02,B08.
+            4: ("B02", "B03", "B04", "B08"),
+            8: _S2_1_8,
+            # the 10 m and 20 m bands
+            10: ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12"),
+            # Level-2A (no B10) and Level-1C
+            12: (*_S2_1_8, "B8A", "B09", "B11", "B12"),
+            13: (*_S2_1_8, "B8A", "B09", "B10", "B11", "B12"),
+        },
+        "landsat8": {
+            6: ("B2", "B3", "B4", "B5", "B6", "B7"),
+            7: ("B1", "B2", "B3", "B4", "B5", "B6", "B7"),
+            11: ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B9", "B10", "B11"),
+        },
+        "landsat7": {
+            6: ("B1", "B2", "B3", "B4", "B5", "B7"),  # the reflective bands
+            7: ("B1", "B2", "B3", "B4", "B5", "B6", "B7"),
+        },
+        "naip": {3: ("B1", "B2", "B3"), 4: ("B1", "B2", "B3", "B4")},
+        "rgb": {3: ("B1", "B2", "B3")},
+    }
+)
 
 _ALIASES = {
     "r": "red",
@@ -87,6 +134,8 @@ _ALIASES = {
     "aerosol": "coastal",
 }
 _S2_CODE = re.compile(r"^b(0[1-9]|1[0-2]|8a)$")
+_CODE = re.compile(r"^B0*(\d{1,2})(A?)$")
+_COLOURS = ("red", "green", "blue")
 
 
 def _role_from_description(desc: str) -> str | None:
@@ -99,9 +148,50 @@ def _role_from_description(desc: str) -> str | None:
     return None
 
 
-def _code_key(token: str) -> str:
-    """Normalise a band code for preset lookup: ``b2`` -> ``B2``, ``b8a`` -> ``B8A``."""
-    return token.upper()
+def _code_key(token: str) -> str | None:
+    """A band code without zero padding (``b02`` -> ``B2``, ``B8a`` -> ``B8A``), or None."""
+    m = _CODE.match(token.strip().upper())
+    return f"B{int(m.group(1))}{m.group(2)}" if m else None
+
+
+def _preset_codes(sensor: str) -> dict[str, str]:
+    """Normalised code -> the preset's own spelling of it."""
+    return {k: code for code in SENSORS[sensor] if (k := _code_key(code)) is not None}
+
+
+def _from_code(desc: str, sensor: str) -> tuple[bool, str | None]:
+    """``(known, role)`` of the first band code in a description (``"SR_B4"``) under a preset."""
+    codes = _preset_codes(sensor)
+    for tok in re.split(r"[\s_\-:,()/.]+", desc):
+        key = _code_key(tok) if tok else None
+        if key is not None and key in codes:
+            return True, SENSORS[sensor][codes[key]]
+    return False, None
+
+
+def _codes_text(codes: Sequence[str]) -> str:
+    """``B01, B02, B03, B04, B8A`` -> ``B01-B04, B8A`` (runs of three or more collapsed)."""
+    runs: list[list[str]] = []
+    for code in codes:
+        m = _CODE.match(code)
+        prev = runs[-1][-1] if runs else None
+        pm = _CODE.match(prev) if prev else None
+        consecutive = (
+            m is not None
+            and pm is not None
+            and not m.group(2)
+            and not pm.group(2)
+            and int(m.group(1)) == int(pm.group(1)) + 1
+        )
+        if consecutive:
+            runs[-1].append(code)
+        else:
+            runs.append([code])
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) >= 3 else ", ".join(r) for r in runs)
+
+
+def _layout_text(sensor: str) -> str:
+    return "; ".join(f"{n} ({_codes_text(codes)})" for n, codes in LAYOUTS[sensor].items())
 
 
 def band_roles(
@@ -112,26 +202,81 @@ def band_roles(
 ) -> list[str | None]:
     """The canonical role of each scene band, ``None`` where it cannot be told.
 
+    Parameters
+    ----------
+    descriptions
+        The scene's band descriptions (``None`` or ``""`` where a band has none).
+    colorinterp
+        GDAL colour interpretation names per band (``"red"``, ``"alpha"``, ``"gray"``).
+    sensor
+        A preset of :data:`SENSORS`: reads band codes in the descriptions and, when no
+        band is described, maps the usual stacks of :data:`LAYOUTS` by position.
+
     Raises
     ------
     ConfigError
         If ``sensor`` is not a known preset.
+    BandError
+        If ``sensor`` must map unnamed bands by position and their count is not one of its
+        stack layouts (the message lists them and how to name the bands instead).
+
+    Examples
+    --------
+    >>> band_roles([None] * 6, sensor="landsat7")
+    ['blue', 'green', 'red', 'nir', 'swir1', 'swir2']
+    >>> band_roles([None] * 4, colorinterp=["red", "green", "blue", "alpha"])
+    ['red', 'green', 'blue', None]
     """
     if sensor is not None and sensor not in SENSORS:
         raise ConfigError(f"unknown sensor {sensor!r}; valid sensors: {', '.join(SENSORS)}")
-    descs = [d or "" for d in descriptions]
-    if sensor is None and descs and all(_S2_CODE.match(d.strip().lower()) for d in descs):
+    descs = [(d or "").strip() for d in descriptions]
+    interp = [str(c).lower() for c in colorinterp] + [""] * max(0, len(descs) - len(colorinterp))
+    if sensor is None and descs and all(_S2_CODE.match(d.lower()) for d in descs):
         sensor = "sentinel2"
-    preset = SENSORS.get(sensor or "", {})
     roles: list[str | None] = []
-    for i, desc in enumerate(descs):
+    described = False
+    for desc in descs:
         role = _role_from_description(desc) if desc else None
-        if role is None and preset:
-            code = desc.split()[0] if desc.strip() else f"B{i + 1}"
-            role = preset.get(_code_key(code)) or preset.get(_code_key(code).replace("B0", "B"))
-        if role is None and i < len(colorinterp) and colorinterp[i] in ("red", "green", "blue"):
-            role = colorinterp[i]
+        known = role is not None
+        if role is None and desc and sensor is not None:
+            known, role = _from_code(desc, sensor)
+        described |= known
         roles.append(role)
+    alpha = [c == "alpha" for c in interp[: len(descs)]]
+    if sensor is not None and descs and not described:
+        roles = _by_position(sensor, alpha)
+    for i, role in enumerate(roles):
+        if role is None and interp[i] in _COLOURS:
+            roles[i] = interp[i]
+    return roles
+
+
+def _by_position(sensor: str, alpha: Sequence[bool]) -> list[str | None]:
+    """Roles of unnamed bands from a preset's stack layout; alpha bands are skipped."""
+    spectral = [i for i, a in enumerate(alpha) if not a]
+    layout = LAYOUTS[sensor].get(len(spectral))
+    if layout is None:
+        n = len(spectral)
+        fix = "say which band is which with --bands (or band descriptions such as 'B3 green')"
+        extra = ""
+        if n != len(alpha):
+            marked = [i + 1 for i, a in enumerate(alpha) if a]
+            extra = f" besides alpha band {', '.join(map(str, marked))}"
+            if len(alpha) in LAYOUTS[sensor]:
+                # GDAL marks the 4th band of 4-band 8-bit GeoTIFFs alpha by default.
+                fix = (
+                    f"if band {marked[0]} is not a mask but a spectral band, set its colour "
+                    f"interpretation to undefined (gdal_edit.py -colorinterp_{marked[0]} "
+                    f"undefined SCENE), or {fix}"
+                )
+        raise BandError(
+            f"sensor {sensor!r} names unnamed bands by position only in its usual stacks of "
+            f"{_layout_text(sensor)}, but the scene has {n} band{'s' if n != 1 else ''}{extra}; "
+            f"{fix}"
+        )
+    roles: list[str | None] = [None] * len(alpha)
+    for i, code in zip(spectral, layout, strict=True):
+        roles[i] = SENSORS[sensor][code]
     return roles
 
 

@@ -57,6 +57,8 @@ class SceneInfo:
     transform: Affine
     nodata: float | None
     descriptions: tuple[str | None, ...] = field(default=())
+    colorinterp: tuple[str, ...] = field(default=())
+    """GDAL colour interpretation of each band (``"red"``, ``"alpha"``, ``"gray"`` ...)."""
 
     @property
     def res(self) -> tuple[float, float]:
@@ -108,6 +110,7 @@ def read_scene_info(path: str | os.PathLike[str]) -> SceneInfo:
             transform=src.transform,
             nodata=src.nodata,
             descriptions=tuple(src.descriptions),
+            colorinterp=tuple(ci.name for ci in src.colorinterp),
         )
 
 
