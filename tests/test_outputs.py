@@ -83,6 +83,32 @@ def test_areas_match_hand_computed_values_in_utm_and_wgs84(tmp_path: Path) -> No
     )
 
 
+def test_corner_touching_speck_and_pinched_hole_are_not_in_the_gpkg(tmp_path: Path) -> None:
+    # Pixels are 10 m: the 1000 m2 minimum is 10 px and the 2000 m2 hole maximum 20 px.
+    path = _square_scene(
+        tmp_path / "s.tif", crs="EPSG:32617", transform=Affine(10, 0, 500000, 0, -10, 4000000)
+    )
+    with rasterio.open(path, "r+") as ds:
+        img = ds.read()
+        land, water = img[:, 0, 0].copy(), img[:, 50, 50].copy()
+        img[:, ROWS.start - 1, COLS.start - 1] = water  # a 100 m2 speck touching a corner
+        img[:, ROWS.stop - 1, COLS.stop - 1] = land  # a notch in another corner...
+        img[:, ROWS.stop - 2, COLS.stop - 2] = land  # ...and a hole touching it diagonally
+        ds.write(img)
+    cfg = _config(
+        smooth="morph", smooth_params=("min_object_area_m2=1000", "max_hole_area_m2=2000")
+    )
+    df = pyogrio.read_dataframe(run_scene(path, tmp_path / "s.gpkg", cfg).gpkg, layer="water")
+    assert len(df) == 1, f"specks left: {sorted(df.area_m2)[:-1]}"
+    assert len(df.geometry[0].interiors) == 0, "the pinched one-pixel hole is filled"
+    assert df.pixels[0] == 100 * 120 - 1  # the lake minus its notch
+    # Without the filters both show up: the speck as a polygon, the hole as a ring.
+    raw = run_scene(path, tmp_path / "raw.gpkg", _config()).gpkg
+    df = pyogrio.read_dataframe(raw, layer="water")
+    assert sorted(df.pixels) == [1, 100 * 120 - 2]
+    assert sum(len(g.interiors) for g in df.geometry) == 1
+
+
 def test_rasters_are_valid_cogs_with_colour_table_overviews_and_nodata(
     tiny_model: Path, make_scene, tmp_path: Path
 ) -> None:

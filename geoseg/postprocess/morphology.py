@@ -41,8 +41,13 @@ Sides = tuple[bool, bool, bool, bool]
 """Top, bottom, left, right: True where the array continues in the scene (inner border)."""
 
 _ALL_CLOSED: Sides = (False, False, False, False)
-_EIGHT = np.ones((3, 3), dtype=bool)  # objects: 8-connected, so diagonal roads stay one object
-_FOUR = ndi.generate_binary_structure(2, 1)  # holes: 4-connected, the dual of 8-connectivity
+# Objects and holes are both 4-connected, as the polygons are traced
+# (geoseg.vectorize.polygons): two pixels touching only at a corner are two polygons, so a
+# speck touching a big object at a corner is its own (small) polygon and must go. A hole is
+# 4-connected too, not 8 (the digital-topology dual): a background pixel touching the
+# outside only at a corner is an interior ring of the traced polygon (touching its shell at
+# that corner), i.e. a hole the user sees, so it must be filled like any other.
+_FOUR = ndi.generate_binary_structure(2, 1)
 _RECIPE_FIELDS = (
     "open_radius_m",
     "close_radius_m",
@@ -79,10 +84,12 @@ class MorphRecipe:
         on square pixels). Bridges gaps up to ``2 * line_close_radius_m`` long along a
         road or river at its full width, without widening it.
     min_object_area_m2
-        Connected objects (8-connected) with a visible area below this are removed.
+        Connected objects (4-connected, as polygons are traced: pixels touching only at a
+        corner are separate objects) with a visible area below this are removed.
     max_hole_area_m2
         Holes (4-connected background enclosed by the object, not touching nodata or the
-        array border) with an area below this are filled.
+        array border; a background pixel meeting the outside only at a corner is a hole
+        of the traced polygon) with an area below this are filled.
     """
 
     open_radius_m: float = 0.0
@@ -293,7 +300,7 @@ def _border_labels(labels: np.ndarray, sides: Sides) -> np.ndarray:
 
 
 def _remove_small_objects(mask: np.ndarray, *, min_px: float, open_sides: Sides) -> np.ndarray:
-    labels, count = ndi.label(mask, structure=_EIGHT)
+    labels, count = ndi.label(mask, structure=_FOUR)
     if count == 0:
         return mask
     sizes = np.bincount(labels.ravel(), minlength=count + 1)

@@ -6,9 +6,11 @@ import math
 
 import numpy as np
 import pytest
+import shapely
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from rasterio import features
 
 from geoseg.errors import ConfigError
 from geoseg.postprocess.morphology import MorphRecipe, ellipse_footprint, morph_refine
@@ -81,6 +83,56 @@ def test_holes_below_max_area_are_filled_above_kept(pixel_size_m: tuple[float, f
     assert out[5 : 5 + small.shape[0], 5:8].all(), "the small hole should be filled"
     assert np.array_equal(out[:, 25:], mask[:, 25:]), "the large hole should stay open"
     assert not out[0].any(), "filling holes must not touch the outside"
+
+
+def test_speck_touching_an_object_only_at_a_corner_is_removed() -> None:
+    # Polygons are traced 4-connected, so a pixel meeting the lake at a corner is a polygon
+    # of its own: it must meet the minimum area on its own (it was kept as part of the lake
+    # under 8-connectivity).
+    mask = np.zeros((20, 20), dtype=bool)
+    mask[5:15, 5:15] = True  # 100 px = 10000 m2
+    mask[4, 4] = mask[15, 15] = True  # 100 m2 specks at two corners
+    out = _refine(mask, PROJECTED, min_object_area_m2=1000.0)
+    expected = np.zeros_like(mask)
+    expected[5:15, 5:15] = True
+    assert np.array_equal(out, expected)
+
+
+def test_hole_meeting_the_outside_only_at_a_corner_is_filled() -> None:
+    # Pixel (6, 6) is background touching the notch (5, 5) only at a corner: the traced
+    # polygon has it as an interior ring, so it is a hole and is filled.
+    mask = np.zeros((20, 20), dtype=bool)
+    mask[5:15, 5:15] = True
+    mask[5, 5] = mask[6, 6] = False
+    rings = [len(p.interiors) for p in _polygons(mask)]
+    assert rings == [1], "the pinched pixel is a hole of the traced polygon"
+    out = _refine(mask, PROJECTED, max_hole_area_m2=1000.0)
+    assert out[6, 6] and not out[5, 5], "the hole is filled, the notch (outside) is not"
+    assert [len(p.interiors) for p in _polygons(out)] == [0]
+
+
+def _polygons(mask: np.ndarray) -> list[shapely.Polygon]:
+    """The polygons geoseg traces from ``mask`` (4-connected, in pixel units)."""
+    shapes = features.shapes(mask.astype(np.uint8), mask=mask, connectivity=4)
+    return [shapely.geometry.shape(s) for s, _ in shapes]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    mask=arrays(bool, st.tuples(st.integers(3, 20), st.integers(3, 20))),
+    min_px=st.sampled_from([0, 2, 3, 6]),
+    max_px=st.sampled_from([0, 2, 3, 6]),
+)
+def test_traced_polygons_respect_min_area_and_max_hole(
+    mask: np.ndarray, min_px: int, max_px: int
+) -> None:
+    # What the user sees: after the filters no traced polygon is smaller than the minimum
+    # and no interior ring encloses less than the maximum hole area (1 m pixels: m2 = px).
+    out = _refine(mask, (1.0, 1.0), min_object_area_m2=min_px, max_hole_area_m2=max_px)
+    for poly in _polygons(out):
+        assert poly.area >= min_px, poly.wkt
+        for ring in poly.interiors:
+            assert shapely.Polygon(ring).area >= max_px, poly.wkt
 
 
 @GRIDS
