@@ -213,9 +213,14 @@ class LabelSource:
         return Path(self.path).suffix.lower() in VECTOR_SUFFIXES
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields that matter for this kind of source; ``LabelSource(**d)`` rebuilds it."""
         out: dict[str, Any] = {"path": self.path}
         if self.is_vector:
             out.update(attribute=self.attribute, layer=self.layer, outside=self.outside)
+            # Only when set, like ``band``: configurations recorded before it was written
+            # out (all False) keep their fingerprint, so their checkpoints still resume.
+            if self.all_touched:
+                out["all_touched"] = True
         elif self.band != 1:
             out["band"] = self.band
         return out
@@ -285,13 +290,26 @@ class LabelReader:
         if not Path(src.path).exists():
             raise SceneReadError(f"label file {src.path!r} does not exist")
         try:
-            meta = pyogrio.read_info(src.path, layer=src.layer)
+            layer = src.layer
+            if layer is None:
+                # Name the first layer ourselves: pyogrio would warn with a Python warning.
+                layers = [str(row[0]) for row in pyogrio.list_layers(src.path)]
+                if len(layers) > 1:
+                    log.warning(
+                        "labels %s hold layers %s; reading %r (choose with layer=, or "
+                        "--layer in geoseg evaluate)",
+                        src.path,
+                        ", ".join(map(repr, layers)),
+                        layers[0],
+                    )
+                layer = layers[0] if layers else None
+            meta = pyogrio.read_info(src.path, layer=layer)
             if attr not in list(meta["fields"]):
                 raise ConfigError(
                     f"labels {src.path!r} have no attribute {attr!r}; "
                     f"attributes: {', '.join(map(str, meta['fields'])) or 'none'}"
                 )
-            gdf = pyogrio.read_dataframe(src.path, layer=src.layer, columns=[attr])
+            gdf = pyogrio.read_dataframe(src.path, layer=layer, columns=[attr])
         except (DataSourceError, DataLayerError) as err:
             raise SceneReadError(f"cannot read labels {src.path!r}: {err}") from err
         gdf = gdf[gdf.geometry.notna() & ~gdf.geometry.is_empty]

@@ -144,3 +144,37 @@ def test_class_map_validation():
         ClassMap(classes=CLASSES, values={1: "water", "1": "crops"})
     with pytest.raises(ConfigError, match="unmapped"):
         ClassMap(classes=CLASSES, unmapped="nodata")
+
+
+def test_label_sources_round_trip_through_their_record():
+    sources = [
+        LabelSource(path="roads.gpkg", attribute="kind", all_touched=True),
+        LabelSource(path="polys.shp", attribute="cls", layer="train", outside="ignore"),
+        LabelSource(path="landcover.tif", band=2),
+        LabelSource(path="landcover.tif"),
+    ]
+    for source in sources:
+        assert LabelSource(**source.to_dict()) == source
+    assert sources[0].to_dict()["all_touched"] is True
+    # Defaults stay out of the record, so records written before all_touched was kept
+    # (every run without it) read back the same.
+    assert "all_touched" not in sources[1].to_dict()
+
+
+def test_all_touched_reaches_the_card_record_and_the_resume_fingerprint(tmp_path):
+    from geoseg.models.training_config import TrainConfig
+
+    # The README's example: road lines burnt with all_touched.
+    example = {
+        "inputs": [{"image": "b.tif", "labels": {"path": "roads.gpkg", "attribute": "kind"}}],
+        "class_map": {"classes": [{"name": "background"}, {"name": "roads"}]},
+        "bands": ["red", "green", "blue"],
+        "output": str(tmp_path / "m.safetensors"),
+    }
+    plain = TrainConfig.from_dict(example)
+    example["inputs"][0]["labels"]["all_touched"] = True
+    touched = TrainConfig.from_dict(example)
+    record = touched.to_dict()
+    assert record["inputs"][0]["labels"]["all_touched"] is True
+    assert TrainConfig.from_dict(record).inputs[0].labels.all_touched
+    assert touched.fingerprint() != plain.fingerprint(), "a resumed run must notice"
