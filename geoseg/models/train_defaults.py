@@ -9,6 +9,9 @@
 ``--out`` to ``geoseg/models/weights``. Per-epoch checkpoints go to ``--work`` (default
 ``.train-defaults/`` in the current directory), so an interrupted run resumes where it
 stopped when started again with the same options (a finished run only rewrites the file).
+``--threads`` defaults to the torch CPU thread count each shipped model was trained with
+(roads: torch's default, landsat: 1); a card's recorded command names it when it is set,
+since the weights depend on it.
 
 - ``roads``: RGB aerial roads from the 7 Massachusetts Roads tiles; tile ``10678810_15`` is
   held out whole for validation (the best of the per-epoch validations is kept).
@@ -27,7 +30,6 @@ default smoothing recipe. :mod:`geoseg.models.defaults` maps classes to these fi
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -42,6 +44,7 @@ from geoseg.models.card import ClassInfo, ModelCard, read_card
 from geoseg.models.chips import Augment, ValidationSplit
 from geoseg.models.labels import IGNORE_INDEX, ClassMap, LabelReader, LabelSource
 from geoseg.models.training import TrainConfig, TrainingInput, TrainProgress, train
+from geoseg.models.training_config import data_relative, shared_data_dir
 from geoseg.tiling.grid import PixelWindow
 
 __all__ = [
@@ -59,7 +62,6 @@ __all__ = [
     "shared_data_dir",
 ]
 
-REPO = Path(__file__).resolve().parents[2]
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 
 ROADS_FILE = "roads-unet-r18.safetensors"
@@ -85,19 +87,26 @@ ROADS_HELD_OUT = "10678810_15"  # the tile with the most roads (3.3 % of its pix
 LANDSAT_REGION = PixelWindow(row_off=336, col_off=160, height=107, width=329)
 LANDSAT_CHIP = 64
 
+# Torch CPU threads of each recipe (0: torch's default, one per core). Float sums, hence
+# the weights, depend on the thread count; the shipped Landsat model was trained with one.
+ROADS_THREADS = 0
+LANDSAT_THREADS = 1
+
 # Fixed thresholds tried for the spectral water methods, chosen on the training area.
 WATER_THRESHOLDS = tuple(round(t, 2) for t in np.arange(-0.2, 0.61, 0.05))
 
 
-def shared_data_dir() -> Path:
-    """``$GEOSEG_SHARED_DATA`` or ``../shared/data`` next to the repository."""
-    env = os.environ.get("GEOSEG_SHARED_DATA")
-    return Path(env) if env else REPO.parent / "shared" / "data"
+def _command(
+    target: str, *, steps: int | None = None, default: int | None = None, threads: int = 0
+) -> str:
+    """The command line that reproduces a run.
 
-
-def _command(target: str, steps: int | None = None, default: int | None = None) -> str:
-    """The command line that reproduces a run (``--steps`` only when not the default)."""
+    ``--steps`` only when not the default; ``--threads`` whenever it is set, so the command
+    pins what was run even if a recipe's default thread count changes.
+    """
     extra = f" --steps {steps}" if steps is not None and steps != default else ""
+    if threads:
+        extra += f" --threads {threads}"
     return f"python -m geoseg.models.train_defaults {target}{extra}"
 
 
@@ -169,7 +178,8 @@ def roads_config(
         resolution_m=1.0,
         checkpoint_dir=None if work is None else str(work / "roads"),
         store_dtype="fp16",
-        command=_command("roads"),
+        threads=ROADS_THREADS,
+        command=_command("roads", threads=ROADS_THREADS),
     )
 
 
@@ -244,7 +254,8 @@ def landsat_config(
         "resolution_m": 28.5,
         "checkpoint_dir": None if work is None else str(work / "landsat"),
         "store_dtype": "fp16",
-        "command": _command("landsat"),
+        "threads": LANDSAT_THREADS,
+        "command": _command("landsat", threads=LANDSAT_THREADS),
     }
     base.update(overrides)
     return TrainConfig(**base)
@@ -414,11 +425,9 @@ def _printer(name: str) -> Callable[[TrainProgress], None]:
         now = time.perf_counter()
         if event.stage == "epoch" and event.record is not None:
             r = event.record
-            v = r.validation
-            scores = "" if v is None else " ".join(f"{c.name}={c.iou:.3f}" for c in v.classes[1:])
             print(
-                f"[{name}] epoch {r.epoch}/{event.epochs} loss {r.loss:.4f} lr {r.lr:.2e} "
-                f"{r.seconds:.0f}s val IoU {scores}",
+                f"[{name}] epoch {r.epoch}/{event.epochs} lr {r.lr:.2e} {r.seconds:.0f}s "
+                f"{r.describe()}",
                 file=sys.stderr,
                 flush=True,
             )
@@ -470,7 +479,8 @@ def _finish_card(
                 "(blocks, tiles, blending) without smoothing ('none') and with each class's "
                 "default smoothing recipe ('default')"
             ),
-            "held_out": [str(i) for i, _ in image_label],
+            # Relative to the shared data root, like the card's training data.
+            "held_out": [data_relative(str(i)) or str(i) for i, _ in image_label],
             "region": None
             if region is None
             else [region.row_off, region.col_off, region.height, region.width],
@@ -484,11 +494,12 @@ def _finish_card(
 
 
 def train_roads(
-    data: Path, out: Path, work: Path, *, steps: int = 2400, threads: int = 0
+    data: Path, out: Path, work: Path, *, steps: int = 2400, threads: int = ROADS_THREADS
 ) -> ModelCard:
     """Train the roads model into ``out`` (checkpoints in ``work``) and complete its card."""
     config = roads_config(data, out, work=work, steps=steps)
-    config = replace(config, threads=threads, command=_command("roads", steps, 2400))
+    command = _command("roads", steps=steps, default=2400, threads=threads)
+    config = replace(config, threads=threads, command=command)
     result = train(config, progress=_printer("roads"))
     root = data / "mass_roads"
     return _finish_card(
@@ -501,11 +512,12 @@ def train_roads(
 
 
 def train_landsat(
-    data: Path, out: Path, work: Path, *, steps: int = 1000, threads: int = 0
+    data: Path, out: Path, work: Path, *, steps: int = 1000, threads: int = LANDSAT_THREADS
 ) -> ModelCard:
     """Train the Landsat model, compare it with NDWI / MNDWI for water, complete its card."""
     config = landsat_config(data, out, work=work, steps=steps, threads=threads)
-    config = replace(config, command=_command("landsat", steps, 1000))
+    command = _command("landsat", steps=steps, default=1000, threads=threads)
+    config = replace(config, command=command)
     result = train(config, progress=_printer("landsat"))
     root = data / "landsat7_nc"
     comparison = water_comparison(data, result.model_path)
@@ -531,7 +543,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--work", type=Path, default=Path(".train-defaults"), help="checkpoints (resume)"
     )
     parser.add_argument("--steps", type=int, default=None, help="override the step count")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help=f"torch CPU threads, 0: one per core (default: roads {ROADS_THREADS}, "
+        f"landsat {LANDSAT_THREADS}, as the shipped models were trained)",
+    )
     args = parser.parse_args(argv)
     data = args.data or shared_data_dir()
     if not data.is_dir():
@@ -539,7 +557,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     args.out.mkdir(parents=True, exist_ok=True)
     try:
-        kw: dict[str, Any] = {"threads": args.threads}
+        kw: dict[str, Any] = {}
+        if args.threads is not None:
+            kw["threads"] = args.threads
         if args.steps is not None:
             kw["steps"] = args.steps
         if args.target in ("roads", "all"):

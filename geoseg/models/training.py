@@ -55,10 +55,13 @@ from geoseg.models.metrics import SegmentationMetrics, compute_metrics, confusio
 from geoseg.models.training_config import (
     RESUMABLE_CHANGES,
     SCHEDULES,
+    SHARED_DATA_ENV,
     STORE_DTYPES,
     TRAIN_PRECISIONS,
     TrainConfig,
     TrainingInput,
+    data_relative,
+    shared_data_dir,
 )
 from geoseg.tiling.grid import PixelWindow
 from geoseg.tiling.io import SceneInfo, read_scene_info, read_window
@@ -101,6 +104,19 @@ class EpochRecord:
         v = self.validation.mean_iou_foreground
         return None if math.isnan(v) else v
 
+    def describe(self) -> str:
+        """One line for people: the loss and, when validated, mean and per-class IoU / F1.
+
+        ``loss 0.3120 val mIoU 0.612 (water IoU 0.700 F1 0.824, crops IoU 0.524 F1 0.688)``;
+        the classes are those of the score (background left out), undefined values ``n/a``.
+        """
+        text = f"loss {self.loss:.4f}"
+        v = self.validation
+        if v is None:
+            return text
+        per_class = ", ".join(f"{c.name} IoU {_fmt(c.iou)} F1 {_fmt(c.f1)}" for c in v.classes[1:])
+        return f"{text} val mIoU {_fmt(v.mean_iou_foreground)} ({per_class})"
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "epoch": self.epoch,
@@ -120,6 +136,14 @@ class EpochRecord:
             seconds=float(data["seconds"]),
             validation=None if val is None else SegmentationMetrics.from_dict(val),
         )
+
+
+def _fmt(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.3f}"
+
+
+def _round(value: float) -> float | None:
+    return None if math.isnan(value) else round(value, 6)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -156,6 +180,13 @@ class TrainResult:
     resumed_from: int | None
     wall_time_s: float
     steps: int
+
+    def describe(self) -> str:
+        """One line for people: which epoch the model file holds, its score, the time."""
+        score = "no validation score" if self.best_score is None else f"score {self.best_score:.3f}"
+        best = self.card.training.get("kept") == "best" and self.best_score is not None
+        which = "best" if best else "last"
+        return f"{which} epoch {self.best_epoch}, {score}, {self.wall_time_s / 60:.1f} min"
 
 
 # --- setup ---------------------------------------------------------------------------------
@@ -680,15 +711,29 @@ def _summary(
 
     import geoseg
 
+    root = shared_data_dir()
+    under_root = False
+
+    def portable(path: str) -> str:
+        nonlocal under_root
+        rel = data_relative(path, root)
+        under_root |= rel is not None
+        return path if rel is None else rel
+
+    def portable_input(item: Mapping[str, Any]) -> dict[str, Any]:
+        labels = item["labels"]
+        return {
+            "image": portable(item["image"]),
+            "labels": {**labels, "path": portable(labels["path"])},
+        }
+
     held = {i: w for i, w in plan.validation}
     areas = {a.index: a for a in plan.train}
+    recorded = config.to_dict()
+    recorded["inputs"] = [portable_input(i) for i in recorded["inputs"]]
     data = []
-    for i, (item, info) in enumerate(zip(config.inputs, infos, strict=True)):
-        entry: dict[str, Any] = {
-            "image": item.image,
-            "labels": item.labels.to_dict(),
-            "size": [info.height, info.width],
-        }
+    for i, (item, info) in enumerate(zip(recorded["inputs"], infos, strict=True)):
+        entry: dict[str, Any] = {**item, "size": [info.height, info.width]}
         if i in held and i not in areas:
             entry["use"] = "validation (whole tile held out)"
         elif i in held:
@@ -701,8 +746,16 @@ def _summary(
         data.append(entry)
     names = config.class_map.class_names
     best = next((r for r in history if r.epoch == best_epoch), None)
+    # Training data under the shared data root is recorded relative to it.
+    data_root = (
+        f"${SHARED_DATA_ENV} (default ../shared/data beside the repository); relative "
+        f"training data paths are relative to it"
+        if under_root
+        else None
+    )
     return {
         "data": data,
+        **({"data_root": data_root} if data_root else {}),
         "class_pixels": {
             "training": {n: int(c) for n, c in zip(names, pixels[0], strict=True)},
             "validation": {n: int(c) for n, c in zip(names, pixels[1], strict=True)},
@@ -728,6 +781,12 @@ def _summary(
                 "lr": r.lr,
                 "score": None if r.score is None else round(r.score, 6),
                 "seconds": round(r.seconds, 2),
+                # Per-class validation scores of every validated epoch, background included.
+                "classes": None
+                if r.validation is None
+                else {
+                    c.name: {"iou": _round(c.iou), "f1": _round(c.f1)} for c in r.validation.classes
+                },
             }
             for r in history
         ],
@@ -737,7 +796,11 @@ def _summary(
         "reproducibility": {
             "seed": config.seed,
             "command": config.command,
-            "config": config.to_dict(),
+            "config": recorded,
+            **({"data_root": data_root} if data_root else {}),
+            # The CPU threads torch used (``threads: 0`` is torch's default, which varies by
+            # machine); float sums, hence the weights, depend on it.
+            "torch_threads": torch.get_num_threads(),
             "versions": {
                 "geoseg": geoseg.__version__,
                 "torch": torch.__version__,

@@ -13,6 +13,7 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from geoseg.errors import ConfigError
@@ -32,12 +33,39 @@ __all__ = [
     "TRAIN_PRECISIONS",
     "TrainConfig",
     "TrainingInput",
+    "data_relative",
+    "shared_data_dir",
 ]
 
 SCHEDULES = ("onecycle", "cosine", "constant")
 TRAIN_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 STORE_DTYPES = ("fp32", "fp16", "bf16")
 KEEP = ("best", "last")
+
+SHARED_DATA_ENV = "GEOSEG_SHARED_DATA"
+
+
+def shared_data_dir() -> Path:
+    """The shared data root: ``$GEOSEG_SHARED_DATA`` or ``../shared/data`` beside the repository."""
+    env = os.environ.get(SHARED_DATA_ENV)
+    return Path(env) if env else Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+def data_relative(path: str, root: str | os.PathLike[str] | None = None) -> str | None:
+    """``path`` relative to ``root`` (default :func:`shared_data_dir`) when it lies under it.
+
+    Model cards record training data this way, so they name the same files on every machine
+    that has the shared data, wherever it is mounted. ``None`` when ``path`` lies elsewhere
+    (or is a URL or GDAL virtual path).
+    """
+    if "://" in path or path.startswith("/vsi"):
+        return None
+    base = Path(root) if root is not None else shared_data_dir()
+    try:
+        return Path(path).resolve().relative_to(base.resolve()).as_posix()
+    except (ValueError, OSError):
+        return None
+
 
 # Config fields that may change between an interrupted run and its resumption.
 RESUMABLE_CHANGES = frozenset(

@@ -207,6 +207,7 @@ def test_fp16_storage_halves_the_file_and_predicts_the_same(tmp_path):
         std=(1.0,) * 3,
         classes=CLASSES,
         tile_size=64,
+        overlap=16,
         **NET,  # type: ignore[arg-type]
     )
     torch.manual_seed(0)
@@ -247,3 +248,83 @@ def test_config_round_trips_and_validates(scenes, tmp_path):
             _config(scenes, tmp_path / "m.safetensors", **override)
     with pytest.raises(ConfigError, match="unknown training option 'epoch'"):
         TrainConfig.from_dict({**config.to_dict(), "epoch": 3})
+
+
+def test_bf16_autocast_training_learns_and_writes_a_loadable_model(scenes, tmp_path):
+    from geoseg.models.predictor import cpu_supports_bf16
+
+    if not cpu_supports_bf16():
+        pytest.skip("this CPU has no native bf16 (AVX-512 bf16 or AMX)")
+    losses: list[float] = []
+
+    def progress(event: TrainProgress) -> None:
+        if event.stage == "train" and event.loss is not None:
+            losses.append(event.loss)
+
+    config = _config(
+        scenes,
+        tmp_path / "bf16.safetensors",
+        device="cpu",
+        precision="bf16",
+        validation=ValidationSplit(kind="none"),
+    )
+    result = train(config, progress=progress)
+    assert len(losses) == 20 and all(np.isfinite(losses))
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+    card, net = load_network(result.model_path)
+    assert card.training["precision"] == "bf16"
+    assert card.training["validation"] is None and result.best_score is None
+    # The fp32 weights it wrote find the squares of a scene it never saw.
+    seg = TorchSegmenter(card, net, options=InferenceOptions(device="cpu", precision="fp32"))
+    image, valid = read_window(str(scenes[2].image), _whole(scenes[2]), bands=(1, 2, 3))
+    pred = seg.predict(image, valid).argmax(axis=0)
+    iou = compute_metrics(confusion_matrix(scenes[2].truth, pred, n_classes=2), card.class_names)
+    assert iou["square"].iou > 0.5
+
+
+def test_cards_record_shared_data_relative_to_its_root(scenes, tmp_path, monkeypatch):
+    root = scenes[0].image.parent
+    monkeypatch.setenv("GEOSEG_SHARED_DATA", str(root.parent))
+    config = _config(
+        scenes[:2],
+        tmp_path / "m.safetensors",
+        epochs=1,
+        steps_per_epoch=2,
+        validation=ValidationSplit(kind="none"),
+    )
+    t = train(config).card.training
+    assert [d["image"] for d in t["data"]] == [
+        f"{root.name}/s0_image.tif",
+        f"{root.name}/s1_image.tif",
+    ]
+    assert t["data"][1]["labels"] == {"path": f"{root.name}/s1_label.tif"}
+    assert "GEOSEG_SHARED_DATA" in t["data_root"]
+    recorded = t["reproducibility"]["config"]["inputs"]
+    assert recorded == [{"image": d["image"], "labels": d["labels"]} for d in t["data"]]
+    assert not any(str(root) in str(d) for d in t["data"])
+    assert t["reproducibility"]["torch_threads"] == torch.get_num_threads()
+
+    # Data elsewhere keeps its path as given, and the card claims no data root.
+    monkeypatch.setenv("GEOSEG_SHARED_DATA", str(tmp_path / "elsewhere"))
+    t = train(dataclasses.replace(config, output=str(tmp_path / "n.safetensors"))).card.training
+    assert t["data"][0]["image"] == str(scenes[0].image) and "data_root" not in t
+
+
+def test_data_relative():
+    from geoseg.models.training_config import data_relative
+
+    assert data_relative("/data/shared/mass_roads/a.tif", "/data/shared") == "mass_roads/a.tif"
+    assert data_relative("/data/other/a.tif", "/data/shared") is None
+    assert data_relative("/vsis3/bucket/a.tif", "/") is None
+    assert data_relative("https://host/a.tif", "/") is None
+
+
+def test_default_model_commands_name_the_threads_they_were_trained_with(tmp_path):
+    from geoseg.models.train_defaults import landsat_config, roads_config
+
+    # The shipped Landsat model was trained with one torch thread (its card says so).
+    landsat = landsat_config(tmp_path, tmp_path)
+    assert landsat.threads == 1
+    assert landsat.command == "python -m geoseg.models.train_defaults landsat --threads 1"
+    roads = roads_config(tmp_path, tmp_path)
+    assert roads.threads == 0 and roads.command == "python -m geoseg.models.train_defaults roads"
