@@ -3,7 +3,9 @@
 The model runs over the image exactly as ``geoseg run`` would (blocks, tiles, blending,
 smoothing), into a temporary folder; its class raster is then compared with the labels
 window by window, optionally inside a held-out region only. Labels come from a class
-raster on the image grid or a vector file (see :mod:`geoseg.models.labels`).
+raster on the image grid or a vector file (see :mod:`geoseg.models.labels`); only labelled
+pixels are scored, so sparse polygons (``outside="ignore"``, the default for vector labels
+built by :func:`evaluation_labels`) score the pixels inside them and nothing else.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from geoseg.pipeline import NODATA_CLASS, RunSummary, plan_run, run_scene
 from geoseg.tiling.grid import PixelWindow
 from geoseg.tiling.io import read_scene_info, read_window
 
-__all__ = ["EvaluationResult", "evaluate"]
+__all__ = ["EvaluationResult", "evaluate", "evaluation_labels"]
 
 _WINDOW = 1024
 
@@ -41,10 +43,16 @@ class EvaluationResult:
     region: PixelWindow
     labelled_pixels: int
     run: RunSummary
+    labels: LabelSource | None = None
+
+    @property
+    def region_pixels(self) -> int:
+        return self.region.height * self.region.width
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "classes": list(self.classes),
+            "labels": None if self.labels is None else self.labels.to_dict(),
             "region": {
                 "row_off": self.region.row_off,
                 "col_off": self.region.col_off,
@@ -52,6 +60,7 @@ class EvaluationResult:
                 "width": self.region.width,
             },
             "labelled_pixels": self.labelled_pixels,
+            "region_pixels": self.region_pixels,
             "metrics": self.metrics.to_dict(),
             "run_seconds": round(self.run.seconds, 2),
         }
@@ -66,6 +75,53 @@ def _windows(region: PixelWindow) -> Iterator[PixelWindow]:
                 height=min(_WINDOW, region.row_end - r),
                 width=min(_WINDOW, region.col_end - c),
             )
+
+
+def evaluation_labels(
+    path: str | os.PathLike[str],
+    *,
+    attribute: str | None = None,
+    layer: str | None = None,
+    outside: str | None = None,
+    all_touched: bool = False,
+) -> LabelSource:
+    """The :class:`LabelSource` of an evaluation, with the defaults evaluation needs.
+
+    Vector labels default to ``outside="ignore"``: pixels outside every polygon are not
+    scored, since evaluation polygons are usually a sample, not a wall-to-wall map (pass
+    ``"background"`` for a wall-to-wall map). Polygons whose class value maps to no class
+    (see ``unmapped`` of :class:`~geoseg.models.labels.ClassMap`) still score as background.
+
+    Raises
+    ------
+    ConfigError
+        If vector-only options are given for a label raster.
+    """
+    source = LabelSource(path=os.fspath(path), attribute=attribute)
+    if not source.is_vector:
+        given = [
+            name
+            for name, value in (
+                ("attribute", attribute),
+                ("layer", layer),
+                ("outside", outside),
+                ("all_touched", all_touched or None),
+            )
+            if value is not None
+        ]
+        if given:
+            raise ConfigError(
+                f"{', '.join(given)} apply to vector labels; {source.path!r} is a raster "
+                f"whose values are the classes (map them with a value map, e.g. 6=water)"
+            )
+        return source
+    return LabelSource(
+        path=source.path,
+        attribute=attribute,
+        layer=layer,
+        outside=outside or "ignore",
+        all_touched=all_touched,
+    )
 
 
 def evaluate(
@@ -92,7 +148,9 @@ def evaluate(
     image
         The labelled image.
     labels
-        Label raster (same grid) or vector file with a class attribute.
+        Label raster (same grid) or vector file with a class attribute. Pixels they leave
+        unlabelled are not scored: label nodata, values mapped to ``"ignore"`` and, with
+        ``outside="ignore"``, pixels outside every polygon.
     class_map
         Label value -> class name; default: label values are the model's class indices.
     classes
@@ -155,4 +213,5 @@ def evaluate(
         region=region,
         labelled_pixels=labelled,
         run=run,
+        labels=labels,
     )
