@@ -123,3 +123,97 @@ def test_ndwi_otsu_on_landsat7_finds_the_mapped_water(shared_data):
     # ... but Otsu's threshold is far too low on this scene: most of what it calls water
     # is not. This is why the shipped default for water on Landsat 7 is the trained model.
     assert water.precision < 0.2
+
+
+# --- the streamed Otsu threshold of a run equals the whole-scene one -------------------------
+
+
+def _streamed_and_whole(path, *, bands=None, block=64, client=None):
+    """(number of blocks, streamed threshold, whole-scene threshold, stats) of NDWI-Otsu.
+
+    The run plan is cut into ``block``-pixel cores (32 px tiles so small blocks are allowed);
+    :func:`geoseg.plan.prepare_spectral` sums their histograms, here or on ``client``.
+    """
+    from geoseg.config import RunConfig
+    from geoseg.models.predictor import InferenceOptions
+    from geoseg.plan import plan_run, prepare_spectral
+    from geoseg.tiling.io import read_scene_info, read_window
+
+    config = RunConfig(
+        classes=("water",),
+        models=("ndwi",),
+        bands=bands,
+        block=block,
+        smooth="none",
+        inference=InferenceOptions(tile=32, overlap=0),
+    )
+    plan = prepare_spectral(plan_run(path, config), client=client)
+    (use,) = plan.models
+    info = read_scene_info(path)
+    image, valid = read_window(str(path), info.window, bands=use.bands)
+    whole = otsu_threshold(index_histogram(normalized_difference(image[0], image[1]), valid))
+    pixels = image[:, valid].astype(np.float64)
+    return len(plan.blocks), use.card.params["threshold"], whole, use.card, pixels
+
+
+def _ramp_scene(tmp_path):
+    """NDWI rising unevenly through the scene in reading order, a nodata corner, 0 / 0 rows.
+
+    Every block holds its own range of index values, so a block dropped, or counted twice,
+    moves Otsu's threshold (it does for 16 of the 20 blocks of 64 px).
+    """
+    from geoseg.tiling.io import write_array
+    from tests.helpers import UTM_TRANSFORM
+
+    h, w = 300, 250
+    r, c = np.mgrid[0:h, 0:w]
+    noise = np.random.default_rng(0).normal(0, 0.02, (h, w))
+    ndwi = np.clip(-0.7 + 1.4 * ((r * w + c) / (h * w)) ** 1.5 + noise, -0.95, 0.95)
+    flat = np.full((h, w), 500.0)
+    image = np.rint(np.stack([flat, 1000 * (1 + ndwi), flat, 1000 * (1 - ndwi)]))
+    image = image.astype(np.uint16)
+    image[:, :40, :30] = 0  # nodata corner
+    image[1, 200:205] = image[3, 200:205] = 0  # green = nir = 0: an undefined index
+    path = tmp_path / "ramp.tif"
+    write_array(path, image, crs="EPSG:32617", transform=UTM_TRANSFORM, nodata=0)
+    return path
+
+
+def test_streamed_otsu_equals_the_whole_scene_otsu_on_a_synthetic_scene(tmp_path):
+    path = _ramp_scene(tmp_path)
+    blocks, streamed, whole, card, pixels = _streamed_and_whole(path, bands=(2, 4), block=64)
+    assert blocks == 5 * 4  # ceil(300 / 64) x ceil(250 / 64): many partial sums
+    assert streamed == whole
+    # The band moments summed alongside (the CRF's colour scale) match too.
+    np.testing.assert_allclose(card.mean, pixels.mean(axis=1), rtol=1e-9)
+    np.testing.assert_allclose(card.std, pixels.std(axis=1), rtol=1e-6)
+
+
+def test_streamed_otsu_through_a_dask_cluster_equals_the_whole_scene_otsu(tmp_path):
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    path = _ramp_scene(tmp_path)
+    with (
+        LocalCluster(
+            n_workers=1,
+            threads_per_worker=2,
+            processes=False,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        blocks, streamed, whole, _, _ = _streamed_and_whole(
+            path, bands=(2, 4), block=64, client=client
+        )
+    assert blocks == 20 and streamed == whole
+
+
+def test_streamed_otsu_equals_the_whole_scene_otsu_on_landsat7(shared_data):
+    path = shared_data / "landsat7_nc" / "lsat7_2000_stack.tif"
+    blocks, streamed, whole, card, pixels = _streamed_and_whole(path, block=64)
+    assert blocks == 7 * 8  # 443 x 489 pixels
+    assert streamed == whole
+    np.testing.assert_allclose(card.mean, pixels.mean(axis=1), rtol=1e-9)
