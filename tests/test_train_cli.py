@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import yaml
 from click.testing import CliRunner
 
@@ -14,7 +15,8 @@ from geoseg.tiling.io import write_array
 from tests.helpers import UTM_TRANSFORM, synthetic_image, synthetic_truth
 
 
-def test_train_then_evaluate(tmp_path: Path) -> None:
+def _training_files(tmp_path: Path, **overrides: object) -> Path:
+    """Two small water scenes and a training YAML (``overrides`` update it)."""
     data = tmp_path / "data"
     data.mkdir()
     for i in range(2):
@@ -50,17 +52,44 @@ def test_train_then_evaluate(tmp_path: Path) -> None:
         "overlap": 16,
         "validation": {"kind": "tile"},
         "output": "water.safetensors",
+        **overrides,
     }
     cfg = tmp_path / "train.yaml"
     cfg.write_text(yaml.safe_dump(config))
+    return cfg
+
+
+def _epoch_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith("geoseg: epoch ")]
+
+
+def test_train_then_evaluate(tmp_path: Path) -> None:
+    cfg = _training_files(tmp_path, epochs=2)
+    data = tmp_path / "data"
     runner = CliRunner()
-    result = runner.invoke(main, ["train", str(cfg), "--steps", "6"])
+    result = runner.invoke(main, ["train", str(cfg), "--steps", "3"])
     assert result.exit_code == 0, result.output
     model = tmp_path / "water.safetensors"
     card = read_card(model)
     assert card.name == "cli-water" and card.class_names == ("background", "water")
     assert card.training["steps"] == 6 and "validation" in json.dumps(card.training)
     assert (tmp_path / "water.safetensors.ckpt").is_dir(), "checkpoints beside the output"
+
+    # Every epoch shows, and the card keeps, the per-class IoU and F1 of its validation.
+    history = card.training["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    lines = _epoch_lines(result.output)
+    assert len(lines) == 2
+    for line, h in zip(lines, history, strict=True):
+        water = h["classes"]["water"]
+        assert set(h["classes"]) == {"background", "water"}
+        assert 0.0 <= water["iou"] <= water["f1"] <= 1.0
+        assert f"water IoU {water['iou']:.3f} F1 {water['f1']:.3f}" in line, line
+        assert f"val mIoU {h['score']:.3f}" in line
+    best = card.training["validation"]["classes"]["water"]
+    kept = history[card.training["best_epoch"] - 1]["classes"]["water"]
+    assert kept["iou"] == best["iou"] and kept["f1"] == best["f1"]
+    assert f"best epoch {card.training['best_epoch']}, score " in result.output
 
     again = runner.invoke(main, ["train", str(cfg)])
     assert again.exit_code == 1 and "exists; pass --overwrite" in again.output
@@ -85,7 +114,25 @@ def test_train_then_evaluate(tmp_path: Path) -> None:
         else body["metrics"]["water"]
     )
     assert water["support"] > 0 and 0.0 <= water["iou"] <= 1.0
-    assert body["labelled_pixels"] == 160 * 160
+    assert body["labelled_pixels"] == body["region_pixels"] == 160 * 160
+
+
+def test_train_without_validation_keeps_the_last_epoch(tmp_path: Path) -> None:
+    # A documented option: no held-out data, so no scores and nothing to choose by.
+    cfg = _training_files(tmp_path, epochs=2, steps_per_epoch=2, validation={"kind": "none"})
+    result = CliRunner().invoke(main, ["train", str(cfg)])
+    assert result.exception is None, result.output
+    assert result.exit_code == 0, result.output
+    assert "nan" not in result.output.lower()
+    lines = _epoch_lines(result.output)
+    assert len(lines) == 2 and not any("val" in line for line in lines), lines
+    assert "(last epoch 2, no validation score," in result.output
+
+    card = read_card(tmp_path / "water.safetensors")
+    t = card.training
+    assert (t["epochs"], t["best_epoch"], t["validation"]) == (2, 2, None)
+    assert [(h["score"], h["classes"]) for h in t["history"]] == [(None, None)] * 2
+    assert all(d["use"] == "training" for d in t["data"])
 
 
 def test_evaluate_spectral_with_a_value_map(tmp_path: Path) -> None:
@@ -122,3 +169,74 @@ def test_evaluate_spectral_with_a_value_map(tmp_path: Path) -> None:
         ["evaluate", "ndwi", str(tmp_path / "img.tif"), str(tmp_path / "lab.tif"), "--map", "6"],
     )
     assert bad.exit_code == 1 and "VALUE=CLASS" in bad.output
+
+
+def _pixel_box(r0: float, c0: float, r1: float, c1: float):
+    """A rectangle between fractional pixel rows/columns of the UTM test grid."""
+    from shapely.geometry import box
+
+    t = UTM_TRANSFORM
+    return box(t.c + t.a * c0, t.f + t.e * r1, t.c + t.a * c1, t.f + t.e * r0)
+
+
+def test_evaluate_sparse_polygons_in_another_crs(tmp_path: Path) -> None:
+    """Only the pixels inside the polygons are scored, unless the user says otherwise."""
+    import geopandas as gpd
+
+    # Water in the left half, land in the right: NDWI gets every pixel right.
+    truth = np.zeros((120, 120), dtype=np.uint8)
+    truth[:, :60] = 1
+    image = tmp_path / "img.tif"
+    write_array(image, synthetic_image(truth, seed=5), crs="EPSG:32617", transform=UTM_TRANSFORM)
+    # Boxes a quarter pixel off the grid: 20 x 20 pixel centres inside, 21 x 21 touched.
+    polygons = {
+        "Lake": _pixel_box(10.25, 10.25, 30.25, 30.25),  # on water
+        "Field": _pixel_box(40.25, 80.25, 60.25, 100.25),  # on land
+        "Marsh": _pixel_box(80.25, 70.25, 100.25, 90.25),  # not in --values: background
+    }
+    gpkg = tmp_path / "labels.gpkg"
+    for layer, names in (("samples", list(polygons)), ("lake_only", ["Lake"])):
+        utm = gpd.GeoSeries([polygons[n] for n in names], crs="EPSG:32617").segmentize(10.0)
+        gpd.GeoDataFrame({"cover": names}, geometry=utm.to_crs("EPSG:4326")).to_file(
+            gpkg, layer=layer, engine="pyogrio"
+        )
+
+    base = ["evaluate", "ndwi", str(image), str(gpkg), "--bands", "2,4", "--smooth", "none"]
+    base += ["--attribute", "cover"]
+
+    def score(*extra: str) -> dict:
+        args = [*base, "--values", "Lake=water,Field=background", *extra]
+        result = CliRunner().invoke(main, [*args, "--json"])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)
+
+    sparse = score("--layer", "samples")
+    assert sparse["labels"]["outside"] == "ignore" and sparse["labels"]["layer"] == "samples"
+    assert sparse["labelled_pixels"] == 3 * 20 * 20
+    water = sparse["metrics"]["classes"]["water"]
+    assert (water["support"], water["iou"]) == (400, 1.0)
+    assert sparse["metrics"]["classes"]["background"]["support"] == 800
+
+    touched = score("--layer", "samples", "--all-touched")
+    assert touched["labels"]["all_touched"] is True
+    assert touched["labelled_pixels"] == 3 * 21 * 21
+
+    assert score("--layer", "lake_only")["labelled_pixels"] == 400
+
+    # Wall to wall: all the unlabelled lake pixels count as background NDWI "got wrong".
+    wall = score("--layer", "samples", "--outside", "background")
+    assert wall["labelled_pixels"] == 120 * 120
+    assert wall["metrics"]["classes"]["water"]["iou"] < 0.1
+
+    # The plain table says how much of the scene was scored.
+    table = CliRunner().invoke(main, [*base, "--map", "Lake=water"])  # --map: old name
+    assert table.exit_code == 0, table.output
+    assert "labelled pixels: 1200 of 14400 (8.3 %)" in table.output
+    assert "hold layers 'samples', 'lake_only'; reading 'samples'" in table.output
+
+    raster = tmp_path / "lab.tif"
+    write_array(raster, truth, crs="EPSG:32617", transform=UTM_TRANSFORM)
+    bad = CliRunner().invoke(
+        main, ["evaluate", "ndwi", str(image), str(raster), "--outside", "ignore"]
+    )
+    assert bad.exit_code == 1 and "outside apply to vector labels" in bad.output
