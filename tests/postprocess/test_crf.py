@@ -210,4 +210,69 @@ def test_colour_bands_prefer_infrared_then_true_colour() -> None:
     assert colour_bands(landsat) == (3, 4, 1)
     assert colour_bands(("NIR", "red", "green", "blue")) == (0, 1, 2)
     assert colour_bands(("blue", "green", "red")) == (2, 1, 0)
-    assert colour_bands(("green", "nir")) is None
+
+
+def test_colour_bands_of_two_band_cards_use_both_bands_infrared_weighted() -> None:
+    # The built-in spectral methods' cards: ndwi, mndwi, ndvi.
+    assert colour_bands(("green", "nir")) == (1, 1, 0)
+    assert colour_bands(("green", "swir1")) == (1, 1, 0)
+    assert colour_bands(("nir", "red")) == (0, 0, 1)
+    assert colour_bands(("nir", "swir1")) == (0, 0, 1)
+    assert colour_bands(("red", "green")) is None  # no infrared: the first band alone
+    assert colour_bands(("nir",)) is None
+
+
+def test_a_green_and_nir_crf_keeps_water_that_looks_like_forest_in_green() -> None:
+    # Water and dark forest have the same green; only NIR tells them apart. The detection
+    # (NDWI-like, 70 % confidence with noise) finds a 3 px river and a pond.
+    size = 96
+    rng = np.random.default_rng(4)
+    water = np.zeros((size, size), dtype=bool)
+    water[8:-8, 40:43] = True
+    water[30:60, 60:90] = True
+    green = 60.0 + rng.normal(0, 6, water.shape)
+    nir = np.where(water, 20.0, 120.0) + rng.normal(0, 6, water.shape)
+    image = np.stack([green, nir]).astype(np.float32)
+    p1 = np.clip(np.where(water, 0.7, 0.3) + rng.normal(0, 0.15, water.shape), 0.01, 0.99)
+    probs = np.stack([1 - p1, p1]).astype(np.float32)
+    valid = np.ones(water.shape, dtype=bool)
+    scale = (image.reshape(2, -1).mean(axis=1), image.reshape(2, -1).std(axis=1))
+
+    def refined_iou(rgb: tuple[int, int, int] | None) -> float:
+        out = crf_refine(
+            probs, image=image, valid=valid, params=CRFParams(), pixel_size_m=PIXEL,
+            image_scale=scale, rgb=rgb,
+        )  # fmt: skip
+        return iou(out[1] > 0.5, water, valid)
+
+    raw = iou(p1 > 0.5, water, valid)
+    # Measured: raw 0.54; green alone (what a 2-band card got before) 0.00, the water is
+    # smoothed away into the forest; (nir, nir, green) 1.00.
+    assert refined_iou(None) < raw
+    assert refined_iou(colour_bands(("green", "nir"))) > 0.95
+
+
+def test_ndwi_crf_on_the_landsat_held_out_region_is_no_worse_than_no_smoothing(shared_data):
+    from geoseg.evaluate import evaluate
+    from geoseg.models.card import ClassInfo
+    from geoseg.models.labels import ClassMap, LabelSource
+    from geoseg.models.train_defaults import LANDSAT_REGION
+
+    root = shared_data / "landsat7_nc"
+    water = ClassMap(
+        classes=(ClassInfo(name="background"), ClassInfo(name="water")), values={6: "water"}
+    )
+
+    def score(smooth: str) -> float:
+        result = evaluate(
+            "ndwi:0.35",
+            root / "lsat7_2000_stack.tif",
+            LabelSource(path=str(root / "strata_landcover.tif")),
+            class_map=water,
+            region=LANDSAT_REGION,
+            smooth=smooth,
+        )
+        return result.metrics["water"].iou
+
+    # Measured: none 0.723, crf 0.735 (0.524 when the colour term used green alone).
+    assert score("crf") >= score("none") - 0.01
