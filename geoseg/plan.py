@@ -31,7 +31,13 @@ from geoseg.models.spectral import (
     otsu_threshold,
     spectral_card,
 )
-from geoseg.postprocess import SmoothingRecipe, parse_overrides, recipe_for, smoothing_halo_px
+from geoseg.postprocess import (
+    SmoothingRecipe,
+    override_classes,
+    parse_overrides,
+    recipe_for,
+    smoothing_halo_px,
+)
 from geoseg.tiling.grid import Block, TilingSpec, plan_blocks
 from geoseg.tiling.io import SceneInfo, read_scene_info, read_window, sample_band_medians
 from geoseg.vectorize.centerlines import centerline_halo_px
@@ -208,7 +214,14 @@ def plan_run(scene_path: str | os.PathLike[str], config: RunConfig) -> RunPlan:
         )
     models = _resolve_models(config, scene=scene, roles=roles, resolution_m=(dx + dy) / 2)
     overrides = parse_overrides(config.smooth_params)
-    recipes = {c: recipe_for(c, config.smooth, overrides) for c in config.classes}
+    strays = sorted(override_classes(overrides) - {c.lower() for c in config.classes})
+    if strays:
+        raise ConfigError(
+            f"smoothing parameters name class {strays[0]!r}, which this run does not extract "
+            f"(classes: {', '.join(config.classes)}); check the spelling or drop the prefix "
+            "to set a parameter for every class"
+        )
+    recipes: list[SmoothingRecipe] = []
     remaining = list(config.classes)
     uses: list[ModelUse] = []
     for source, card in models:
@@ -223,15 +236,11 @@ def plan_run(scene_path: str | os.PathLike[str], config: RunConfig) -> RunPlan:
             explicit=config.bands,
             model_name=f"model {card.name!r}",
         )
-        uses.append(
-            ModelUse(
-                source=source,
-                card=card,
-                bands=bands,
-                outputs=outputs,
-                recipes={c: recipes[c] for c, _ in outputs},
-            )
-        )
+        # Built-in spectral methods have their own default recipes (no CRF).
+        spectral = card.architecture == "spectral"
+        own = {c: recipe_for(c, config.smooth, overrides, spectral=spectral) for c, _ in outputs}
+        recipes.extend(own.values())
+        uses.append(ModelUse(source=source, card=card, bands=bands, outputs=outputs, recipes=own))
     if remaining:
         offered = sorted({c for _, card in models for c in card.class_names[1:]})
         raise ClassNotAvailableError(
@@ -245,7 +254,7 @@ def plan_run(scene_path: str | os.PathLike[str], config: RunConfig) -> RunPlan:
         if config.inference.overlap is not None
         else max(u.card.overlap for u in uses)
     )
-    halo = max(overlap, smoothing_halo_px(recipes.values(), pixel_size_m=(dx, dy)))
+    halo = max(overlap, smoothing_halo_px(recipes, pixel_size_m=(dx, dy)))
     lines = tuple(c for c in config.classes if c in LINE_CLASSES) if config.centerlines else ()
     if lines:
         # The road mask must be final over core + centreline halo before skeletonizing.

@@ -21,6 +21,7 @@ from geoseg.postprocess.recipes import (
     METHODS,
     SmoothingRecipe,
     halo_px,
+    override_classes,
     parse_overrides,
     recipe_for,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "crf_refine",
     "halo_px",
     "morph_refine",
+    "override_classes",
     "parse_overrides",
     "recipe_for",
     "smooth_block",

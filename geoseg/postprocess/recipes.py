@@ -2,8 +2,10 @@
 
 A recipe is a method (``none``, ``morph``, ``crf``, ``crf+morph``) plus the parameters of
 the morphology (:class:`MorphRecipe`, metres) and of the dense CRF (:class:`CRFParams`).
-:func:`recipe_for` builds one from a class's default, an optional method and ``key=value``
-overrides (CLI ``--smooth-params``, workflow files); :func:`halo_px` says how much block
+:func:`recipe_for` builds one from a class's default (which depends on whether a trained
+model or a built-in spectral index gives the class), an optional method and ``key=value``
+overrides (CLI ``--smooth-param``, workflow files), for every class or, with a class
+prefix (``water.min_object_area_m2=500``), for one; :func:`halo_px` says how much block
 halo the recipe needs so that block-wise smoothing reproduces the whole scene.
 """
 
@@ -28,6 +30,7 @@ __all__ = [
     "MorphRecipe",
     "SmoothingRecipe",
     "halo_px",
+    "override_classes",
     "override_keys",
     "parse_overrides",
     "recipe_for",
@@ -123,37 +126,74 @@ DEFAULT_RECIPES: Mapping[str, SmoothingRecipe] = MappingProxyType(
 FALLBACK_RECIPE = SmoothingRecipe(method="none")
 """Classes without a default are left as the model gives them unless the user asks."""
 
+# Built-in spectral methods (``ndwi``, ``mndwi``, ``ndvi``) get no CRF by default: their
+# "probability" is a fixed logistic of the index, and the colour term sees the very bands
+# the index is made of, so the CRF has little to add. Measured (water IoU through the real
+# pipeline; NDWI > 0.35): Landsat 7 held-out region none 0.723, morph 0.728, crf+morph 0.733;
+# Sentinel-2 Beaufort labelled polygons 0.097, 0.097, 0.091 (0.729, 0.729, 0.680 against
+# the dry land classes only). A trained model's water gains from it (0.683 -> 0.743).
+_SPECTRAL_METHOD = {"crf+morph": "morph", "crf": "none"}
+
 _MORPH_KEYS = tuple(f.name for f in dataclasses.fields(MorphRecipe))
 _CRF_KEYS = tuple(f"crf.{f.name}" for f in dataclasses.fields(CRFParams))
 _INT_KEYS = frozenset({"crf.iterations", "crf.bilateral_downsample"})
 
 
 def override_keys() -> tuple[str, ...]:
-    """Every key :func:`parse_overrides` and :func:`recipe_for` accept."""
+    """Every key :func:`parse_overrides` and :func:`recipe_for` accept (each may also carry
+    a class prefix, ``water.min_object_area_m2``)."""
     return _MORPH_KEYS + tuple(f"morph.{k}" for k in _MORPH_KEYS) + _CRF_KEYS
 
 
+def _param_key(key: str) -> str | None:
+    """A recipe parameter in canonical form (``morph.`` dropped), None if not one."""
+    key = key.removeprefix("morph.")
+    return key if key in _MORPH_KEYS or key in _CRF_KEYS else None
+
+
 def _canonical_key(key: str) -> str:
+    """``water.morph.open_radius_m`` -> ``water.open_radius_m``; unscoped keys stay so."""
     key = key.strip()
-    if key.startswith("morph."):
-        key = key.removeprefix("morph.")
-    if key not in _MORPH_KEYS and key not in _CRF_KEYS:
+    param = _param_key(key)
+    if param is not None:
+        return param
+    cls, sep, rest = key.partition(".")
+    param = _param_key(rest.strip()) if sep and cls.strip() else None
+    if param is None:
         raise ConfigError(
-            f"unknown smoothing parameter {key!r}; valid keys: {', '.join(override_keys())}"
+            f"unknown smoothing parameter {key!r}; valid keys: {', '.join(override_keys())}, "
+            "each optionally for one class (water.min_object_area_m2)"
         )
-    return key
+    return f"{cls.strip().lower()}.{param}"
+
+
+def _split_key(key: str) -> tuple[str | None, str]:
+    """``(class or None, parameter)`` of a canonical key."""
+    if _param_key(key) is not None:
+        return None, key
+    cls, _, param = key.partition(".")
+    return cls, param
+
+
+def override_classes(overrides: Mapping[str, float]) -> set[str]:
+    """The classes that class-prefixed overrides name (lower case)."""
+    return {cls for key in overrides if (cls := _split_key(_canonical_key(key))[0]) is not None}
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, float]:
     """Parse ``key=value`` strings into smoothing overrides.
 
     Each item holds one or more comma-separated ``key=value`` pairs; later pairs win.
-    Morphology keys may carry a ``morph.`` prefix; CRF keys need ``crf.``.
+    Morphology keys may carry a ``morph.`` prefix; CRF keys need ``crf.``. A class name in
+    front (``water.min_object_area_m2``, ``water.crf.iterations``) limits a pair to that
+    class; without one it applies to every class, and a class's own value wins.
 
     Examples
     --------
     >>> parse_overrides(["min_object_area_m2=500", "crf.iterations=3"])
     {'min_object_area_m2': 500.0, 'crf.iterations': 3.0}
+    >>> parse_overrides(["Water.morph.max_hole_area_m2=0"])
+    {'water.max_hole_area_m2': 0.0}
 
     Raises
     ------
@@ -191,6 +231,8 @@ def recipe_for(
     class_name: str,
     method: str | None = None,
     overrides: Mapping[str, float] | None = None,
+    *,
+    spectral: bool = False,
 ) -> SmoothingRecipe:
     """The smoothing recipe of a class: its default, a method choice, then overrides.
 
@@ -203,26 +245,41 @@ def recipe_for(
         One of :data:`METHODS`, or None for the class's default method.
     overrides
         ``{key: value}`` as from :func:`parse_overrides`, e.g. ``{"open_radius_m": 2.0,
-        "crf.iterations": 10}``. They change parameters only: choosing the method is
-        ``method``'s job, so setting ``open_radius_m`` with ``method="crf"`` has no effect.
+        "water.crf.iterations": 10}``. Unprefixed keys apply to every class, prefixed ones
+        to their class only and win over unprefixed ones. They change parameters only:
+        choosing the method is ``method``'s job, so setting ``open_radius_m`` with
+        ``method="crf"`` has no effect.
+    spectral
+        The class comes from a built-in spectral method (``ndwi``): its default method
+        then drops the CRF (``crf+morph`` -> ``morph``, ``crf`` -> ``none``).
 
     Raises
     ------
     ConfigError
         On an unknown method or key (both list the valid ones) or an invalid value.
     """
-    base = DEFAULT_RECIPES.get(class_name.strip().lower(), FALLBACK_RECIPE)
+    name = class_name.strip().lower()
+    base = DEFAULT_RECIPES.get(name, FALLBACK_RECIPE)
+    if spectral:
+        base = dataclasses.replace(base, method=_SPECTRAL_METHOD.get(base.method, base.method))
     if method is not None and method not in METHODS:
         raise ConfigError(
             f"smoothing method {method!r} is not known; choose one of {', '.join(METHODS)}"
         )
+    every: list[tuple[str, str, float]] = []  # (key as the user wrote it, parameter, value)
+    own: list[tuple[str, str, float]] = []
+    for raw_key, value in (overrides or {}).items():
+        cls, key = _split_key(_canonical_key(raw_key))
+        if cls is None:
+            every.append((key, key, value))
+        elif cls == name:
+            own.append((f"{cls}.{key}", key, value))
     morph_changes: dict[str, float] = {}
     crf_changes: dict[str, Any] = {}  # float or int, per field
-    for raw_key, value in (overrides or {}).items():
-        key = _canonical_key(raw_key)
+    for shown, key, value in every + own:  # the class's own values last: they win
         if key in _INT_KEYS:
             if not float(value).is_integer():
-                raise ConfigError(f"smoothing parameter {key}={value} must be a whole number")
+                raise ConfigError(f"smoothing parameter {shown}={value} must be a whole number")
             crf_changes[key.removeprefix("crf.")] = int(value)
         elif key.startswith("crf."):
             crf_changes[key.removeprefix("crf.")] = float(value)

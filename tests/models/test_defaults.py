@@ -311,3 +311,49 @@ def test_landsat_card_keeps_the_last_epoch_so_the_comparison_is_fair(cards):
     water = t["validation"]["classes"]["water"]["iou"]
     model = t["comparison"]["results"][LANDSAT_FILE]["water"]["none"]["iou"]
     assert model == pytest.approx(water, abs=0.01)  # training-time and pipeline scores agree
+
+
+# --- smoothing recipes in a run plan ---------------------------------------------------------
+
+
+def test_water_smoothing_depends_on_whether_a_model_or_an_index_gives_it(tmp_path: Path):
+    from geoseg.config import RunConfig
+    from geoseg.plan import plan_run
+
+    scene = _landsat_like(tmp_path / "l7.tif", 1.0, "uint8")
+    trained = plan_run(scene, RunConfig(classes=("water",), sensor="landsat7"))
+    assert trained.models[0].source == str(WEIGHTS_DIR / LANDSAT_FILE)
+    assert trained.models[0].recipes["water"].method == "crf+morph"
+    config = RunConfig(classes=("water",), models=(WATER_FALLBACK,), sensor="landsat7")
+    index = plan_run(scene, config)
+    assert index.models[0].recipes["water"].method == "morph"
+    assert index.models[0].recipes["water"].morph == trained.models[0].recipes["water"].morph
+    # The halo follows the recipe actually used: no CRF reach for the index.
+    assert index.spec.halo_px < trained.spec.halo_px
+
+
+def test_a_class_prefixed_smoothing_parameter_changes_only_that_class_in_a_run(tmp_path: Path):
+    from geoseg.config import RunConfig
+    from geoseg.errors import ConfigError
+    from geoseg.plan import plan_run
+
+    scene = _landsat_like(tmp_path / "l7.tif", 1.0, "uint8")
+
+    def recipes(*params: str) -> dict:
+        config = RunConfig(
+            classes=("water", "vegetation"),
+            models=("ndwi:0.35", "ndvi:0.3"),
+            sensor="landsat7",
+            smooth_params=params,
+        )
+        return {c: r for u in plan_run(scene, config).models for c, r in u.recipes.items()}
+
+    default = recipes()
+    scoped = recipes("water.min_object_area_m2=500")
+    assert scoped["water"].morph.min_object_area_m2 == 500.0
+    assert scoped["vegetation"] == default["vegetation"]
+    every = recipes("min_object_area_m2=500")
+    assert every["water"].morph.min_object_area_m2 == 500.0
+    assert every["vegetation"].morph.min_object_area_m2 == 500.0
+    with pytest.raises(ConfigError, match=r"class 'watr'.*\(classes: water, vegetation\)"):
+        recipes("watr.min_object_area_m2=500")

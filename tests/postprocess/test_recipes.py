@@ -14,6 +14,7 @@ from geoseg.postprocess import (
     SmoothingRecipe,
     halo_px,
     morph_refine,
+    override_classes,
     parse_overrides,
     recipe_for,
 )
@@ -106,6 +107,48 @@ def test_recipe_for_applies_method_and_overrides() -> None:
     assert recipe.morph.max_hole_area_m2 == 5.0
     assert recipe.morph.close_radius_m == DEFAULT_RECIPES["roads"].morph.close_radius_m
     assert recipe.crf.iterations == 10 and isinstance(recipe.crf.iterations, int)
+
+
+def test_a_class_prefixed_override_changes_only_that_class() -> None:
+    overrides = parse_overrides(["water.min_object_area_m2=500"])
+    assert recipe_for("water", None, overrides).morph.min_object_area_m2 == 500.0
+    for other in ("roads", "crops", "glaciers"):
+        assert recipe_for(other, None, overrides) == recipe_for(other)
+    # Unprefixed keys still mean every class ...
+    every = parse_overrides(["min_object_area_m2=500"])
+    assert recipe_for("roads", None, every).morph.min_object_area_m2 == 500.0
+    assert recipe_for("water", None, every).morph.min_object_area_m2 == 500.0
+    # ... and a class's own value wins over them, in either order.
+    for items in (
+        ["min_object_area_m2=10", "water.min_object_area_m2=500"],
+        ["water.min_object_area_m2=500", "min_object_area_m2=10"],
+    ):
+        both = parse_overrides(items)
+        assert recipe_for("water", None, both).morph.min_object_area_m2 == 500.0
+        assert recipe_for("roads", None, both).morph.min_object_area_m2 == 10.0
+
+
+def test_class_prefixes_work_for_crf_and_morph_keys_and_are_case_insensitive() -> None:
+    overrides = parse_overrides(["Water.crf.iterations=3,water.morph.max_hole_area_m2=0"])
+    assert overrides == {"water.crf.iterations": 3.0, "water.max_hole_area_m2": 0.0}
+    assert override_classes(overrides) == {"water"}
+    water = recipe_for("WATER", None, overrides)
+    assert water.crf.iterations == 3 and water.morph.max_hole_area_m2 == 0.0
+    assert recipe_for("crops", None, overrides) == DEFAULT_RECIPES["crops"]
+    assert override_classes(parse_overrides(["crf.iterations=3"])) == set()
+    with pytest.raises(ConfigError, match=r"water.crf.iterations=2.5 must be a whole number"):
+        recipe_for("water", None, parse_overrides(["water.crf.iterations=2.5"]))
+    with pytest.raises(ConfigError, match=r"unknown smoothing parameter 'water.radius'.*water\."):
+        parse_overrides(["water.radius=3"])
+
+
+def test_spectral_methods_default_to_no_crf() -> None:
+    # Built-in index methods: the CRF did not pay on held-out data (see recipes.py).
+    water = recipe_for("water", spectral=True)
+    assert water.method == "morph" and water.morph == DEFAULT_RECIPES["water"].morph
+    assert recipe_for("water").method == "crf+morph"  # a trained model's water
+    assert recipe_for("roads", spectral=True) == DEFAULT_RECIPES["roads"]  # no CRF anyway
+    assert recipe_for("water", "crf", spectral=True).method == "crf"  # asked for: honoured
 
 
 @pytest.mark.parametrize(
