@@ -346,6 +346,131 @@ def test_a_missing_neighbour_leaves_a_loose_end() -> None:
     assert all(g.is_valid for g in lines)
 
 
+def _two_blocks(left: np.ndarray, right: np.ndarray, *, halo: int = 40) -> list[BlockLines]:
+    """Cores cols 0-99 and 100-199 of a 60 x 200 scene, each block seeing its own mask.
+
+    A real model gives neighbouring blocks slightly different masks near their border
+    (different tiles and context): here the two blocks read different masks outright.
+    """
+    h, w = left.shape
+    out = []
+    for mask, c0, c1 in ((left, 0, 100), (right, 100, 200)):
+        r0, r1 = max(0, c0 - halo), min(w, c1 + halo)
+        out.append(
+            block_centerlines(
+                mask[:, r0:r1],
+                core=(slice(0, h), slice(c0 - r0, c1 - r0)),
+                origin_px=(0, r0),
+                scene_shape=(h, w),
+                pixel_size_m=ONE_M,
+                simplify_px=1.0,
+                max_road_width_m=10,
+            )
+        )
+    return out
+
+
+def _loose_cut_ends(lines: np.ndarray, border: float = 100.0) -> int:
+    ends = np.concatenate([c[[0, -1]] for c in coords(lines)])
+    return int(np.sum(ends[:, 0] == border))
+
+
+@pytest.mark.parametrize(
+    ("left", "right"),
+    [
+        ([(30, -5, 30, 205, 3)], [(31, -5, 31, 205, 3)]),  # one pixel apart
+        ([(30, -5, 30, 205, 3)], [(32, -5, 32, 205, 3)]),  # two pixels apart
+        ([(30, -5, 30, 205, 3)], [(28, -5, 36, 205, 3)]),  # straight vs oblique
+        ([(5, 60, 55, 140, 3)], [(6, 60, 56, 140, 3)]),  # diagonal, one pixel apart
+    ],
+    ids=["1px", "2px", "straight-oblique", "diagonal"],
+)
+def test_skeletons_crossing_a_border_pixels_apart_are_joined(
+    left: list[tuple[int, int, int, int, int]], right: list[tuple[int, int, int, int, int]]
+) -> None:
+    pieces = _two_blocks(roads((60, 200), left), roads((60, 200), right))
+    exact = merge_centerlines(pieces, snap_px=0.0)
+    assert len(exact) == 2 and _loose_cut_ends(exact) == 2, "the crossings do differ"
+    lines = merge_centerlines(pieces)
+    assert len(lines) == 1 and _loose_cut_ends(lines) == 0
+    whole = scene_centerlines(roads((60, 200), left), pixel_size_m=ONE_M, max_road_width_m=10)
+    assert lines[0].length == pytest.approx(whole[0].length, abs=3.0)
+    assert lines[0].is_valid
+    # Order of blocks does not matter.
+    assert_same_lines(merge_centerlines(pieces[::-1]), lines)
+
+
+def test_crossings_further_apart_than_the_tolerance_stay_apart() -> None:
+    pieces = _two_blocks(
+        roads((60, 200), [(20, -5, 20, 205, 3)]), roads((60, 200), [(40, -5, 40, 205, 3)])
+    )
+    assert len(merge_centerlines(pieces)) == 2
+    assert len(merge_centerlines(pieces, snap_px=25.0)) == 1
+
+
+def _piece(xy: list[tuple[float, float]], start: bool = False, end: bool = False) -> BlockLines:
+    return BlockLines(
+        geometries=np.array([shapely.LineString(xy)], dtype=object),
+        seam_start=np.array([start]),
+        seam_end=np.array([end]),
+    )
+
+
+def test_a_loose_cut_end_snaps_to_the_neighbours_line_end_across_the_border() -> None:
+    # The left block's skeleton crosses x = 100; the right block saw a junction just
+    # past the border instead, where its lines end.
+    left = _piece([(90.5, 50.5), (99.5, 50.5), (100.0, 50.5)], end=True)
+    right = BlockLines(
+        geometries=np.array(
+            [
+                shapely.LineString([(101.5, 51.5), (140.5, 51.5)]),
+                shapely.LineString([(101.5, 51.5), (101.5, 10.5)]),
+            ],
+            dtype=object,
+        ),
+        seam_start=np.zeros(2, dtype=bool),
+        seam_end=np.zeros(2, dtype=bool),
+    )
+    lines = merge_centerlines([left, right])
+    assert n_components(lines) == 1
+    assert [101.5, 51.5] in [c[-1].tolist() for c in coords(lines)] + [
+        c[0].tolist() for c in coords(lines)
+    ]
+    # A line end on the same side of the border is not a partner.
+    same_side = _piece([(99.5, 60.5), (90.5, 60.5)])
+    apart = merge_centerlines([left, same_side])
+    assert n_components(apart) == 2
+
+
+def test_seam_ends_of_blocks_on_the_same_side_are_not_joined() -> None:
+    # Blocks above each other, both left of x = 100: their ends on x = 100 come from the
+    # same side and belong to different roads.
+    upper = _piece([(90.5, 98.5), (99.5, 98.5), (100.0, 98.5)], end=True)
+    lower = _piece([(90.5, 100.5), (99.5, 100.5), (100.0, 100.5)], end=True)
+    assert len(merge_centerlines([upper, lower])) == 2
+
+
+def test_repeated_lines_and_isolated_slivers_are_dropped() -> None:
+    a = shapely.LineString([(10.5, 10.5), (40.5, 10.5)])
+    block = BlockLines(
+        geometries=np.array(
+            [
+                a,
+                shapely.LineString([(40.5, 10.5), (10.5, 10.5)]),  # a again, reversed
+                shapely.LineString([(40.5, 10.5), (41.5, 11.5)]),  # short, touches a: kept
+                shapely.LineString([(70.5, 70.5), (71.5, 71.5)]),  # short, alone: dropped
+            ],
+            dtype=object,
+        ),
+        seam_start=np.zeros(4, dtype=bool),
+        seam_end=np.zeros(4, dtype=bool),
+    )
+    lines = merge_centerlines([block])
+    assert len(lines) == 2
+    assert sum(g.equals(a) for g in lines) == 1
+    assert len(merge_centerlines([block], min_isolated_px=0.0)) == 3
+
+
 # --------------------------------------------------------------------------- lengths, halo
 
 
