@@ -26,7 +26,7 @@ from geoseg.postprocess import colour_bands, smooth_block
 from geoseg.tiling.grid import Block
 from geoseg.tiling.io import read_window
 from geoseg.vectorize.centerlines import BlockLines, block_centerlines
-from geoseg.vectorize.geometry import geodesic_areas, pixels_to_crs
+from geoseg.vectorize.geometry import geodesic_areas, pixels_to_crs, simplify_polygons
 from geoseg.vectorize.polygons import BlockPolygons, polygonize_block
 
 # Centrelines are traced on pixel centres; one pixel of Douglas-Peucker tolerance removes the
@@ -85,11 +85,12 @@ def finish_polygons(
     area = geodesic_areas(geoms, crs=scene.crs)
     keep = area >= plan.min_area_m2
     if plan.simplify_px > 0 and keep.any():
-        import shapely
-
-        simple = shapely.simplify(geoms_px[keep], plan.simplify_px, preserve_topology=True)
+        # area_m2 is the area of the geometry written; the minimum applies to it too.
+        simple = simplify_polygons(geoms_px[keep], tolerance_px=plan.simplify_px)
         geoms = geoms.copy()
         geoms[keep] = pixels_to_crs(simple, scene.transform)
+        area[keep] = geodesic_areas(geoms[keep], crs=scene.crs)
+        keep &= area >= plan.min_area_m2
     return ClassPolygons(
         geometries=geoms[keep],
         area_m2=area[keep],

@@ -109,6 +109,38 @@ def test_corner_touching_speck_and_pinched_hole_are_not_in_the_gpkg(tmp_path: Pa
     assert sum(len(g.interiors) for g in df.geometry) == 1
 
 
+def test_area_is_that_of_the_simplified_polygon(tmp_path: Path) -> None:
+    path = _square_scene(
+        tmp_path / "s.tif", crs="EPSG:32617", transform=Affine(10, 0, 500000, 0, -10, 4000000)
+    )
+    with rasterio.open(path, "r+") as ds:
+        img = ds.read()
+        land = img[:, 0, 0].copy()
+        img[:, ROWS, COLS] = land[:, None, None]
+        yy, xx = np.mgrid[: img.shape[1], : img.shape[2]]
+        lake = (yy - 50) ** 2 + (xx - 50) ** 2 <= 30**2  # a staircase disk of 2821 px
+        pond = (yy - 150) ** 2 + (xx - 150) ** 2 <= 3**2  # 29 px, 25 px once simplified
+        water = np.array([1500, 300])
+        for band, value in zip((1, 3), water, strict=True):
+            img[band][lake | pond] = value
+        ds.write(img)
+    cfg = _config(simplify_m=20.0, min_area_m2=2700.0)
+    df = pyogrio.read_dataframe(run_scene(path, tmp_path / "s.gpkg", cfg).gpkg, layer="water")
+    assert shapely.is_valid(df.geometry.values).all()
+    # area_m2 is the area of what is written (UTM: planar area within the scale error).
+    assert np.allclose(df.area_m2, shapely.area(df.geometry.values) * 0.9996**-2, rtol=0.002)
+    assert (df.area_m2 >= 2700).all(), "the minimum applies to the area written"
+    lake_row = df.loc[df.pixels.idxmax()]
+    assert abs(lake_row.area_m2 / (lake_row.pixels * 100.0) - 1) > 0.002  # it did change
+    # The pond passes the minimum as traced (2900 m2) but not once simplified (2500 m2).
+    assert len(df) == 1
+    traced = pyogrio.read_dataframe(
+        run_scene(path, tmp_path / "t.gpkg", _config(min_area_m2=2700.0)).gpkg, layer="water"
+    )
+    assert sorted(traced.pixels) == [int(pond.sum()), int(lake.sum())]
+    assert np.allclose(traced.area_m2, traced.pixels * 100.0 * 0.9996**2, rtol=0.002)
+
+
 def test_rasters_are_valid_cogs_with_colour_table_overviews_and_nodata(
     tiny_model: Path, make_scene, tmp_path: Path
 ) -> None:

@@ -21,6 +21,7 @@ __all__ = [
     "geodesic_areas",
     "pixel_size_m",
     "pixels_to_crs",
+    "simplify_polygons",
 ]
 
 
@@ -49,6 +50,26 @@ def pixels_to_crs(geometries: np.ndarray, transform: Affine) -> np.ndarray:
         return np.column_stack([a * x + b * y + c, d * x + e * y + f])
 
     return shapely.transform(geometries, fn)
+
+
+def simplify_polygons(geometries: np.ndarray, *, tolerance_px: float) -> np.ndarray:
+    """Douglas-Peucker simplification of polygons in pixel coordinates, each kept valid.
+
+    GEOS's topology-preserving variant keeps every polygon's rings from crossing each
+    other or themselves; a polygon for which it still yields an invalid or empty result
+    keeps its pixel outline. Each polygon is simplified on its own, so polygons that
+    touch at a corner or come within about ``tolerance_px`` of each other may overlap
+    after simplification (polygons of one class never share an edge: they are separate
+    4-connected components).
+    """
+    if tolerance_px <= 0 or len(geometries) == 0:
+        return geometries
+    simple = shapely.simplify(geometries, tolerance_px, preserve_topology=True)
+    bad = ~shapely.is_valid(simple) | shapely.is_empty(simple)
+    if bad.any():
+        simple = simple.copy()
+        simple[bad] = geometries[bad]
+    return np.asarray(simple, dtype=object)
 
 
 def _lonlat(geometries: np.ndarray, crs: CRS) -> tuple[np.ndarray, pyproj.Geod]:
