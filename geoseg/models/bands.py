@@ -11,14 +11,16 @@ A scene's bands are matched to those roles, in this order of trust:
    layouts of that sensor (:data:`LAYOUTS`); any other band count is an error, never a
    guess;
 4. the colour interpretation (an RGB GeoTIFF's red/green/blue). An alpha band is no
-   spectral band: it has no role, is left out of the positions of step 3, and masks the
-   other bands when the scene is read;
+   spectral band: it has no role, is left out of the positions of step 3 (unless the
+   preset's stack needs it: GDAL flags the 4th band of 4-band 8-bit files alpha by default),
+   and masks the other bands when the scene is read;
 5. the scene's band order when it has exactly as many bands as the model needs. A scene
    with more, unnamed bands is an error: guessing would silently feed the wrong bands.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
@@ -26,6 +28,8 @@ from types import MappingProxyType
 from geoseg.errors import BandError, ConfigError
 
 __all__ = ["CANONICAL_BANDS", "LAYOUTS", "SENSORS", "band_roles", "resolve_bands"]
+
+log = logging.getLogger(__name__)
 
 CANONICAL_BANDS: tuple[str, ...] = (
     "coastal",
@@ -252,29 +256,35 @@ def band_roles(
 
 
 def _by_position(sensor: str, alpha: Sequence[bool]) -> list[str | None]:
-    """Roles of unnamed bands from a preset's stack layout; alpha bands are skipped."""
+    """Roles of unnamed bands from a preset's stack layout.
+
+    Bands marked alpha are left out, unless the stack fits the preset only with them: GDAL
+    marks the 4th band of any 4-band 8-bit GeoTIFF written without ``PHOTOMETRIC`` alpha,
+    so an RGB + NIR (``naip``) or B02-B04 + B08 (``sentinel2``) file often carries that flag;
+    the user's sensor then wins, with a warning.
+    """
+    n = len(alpha)
     spectral = [i for i, a in enumerate(alpha) if not a]
-    layout = LAYOUTS[sensor].get(len(spectral))
+    marked = [i + 1 for i, a in enumerate(alpha) if a]
+    layouts = LAYOUTS[sensor]
+    if marked and n in layouts:
+        spectral = list(range(n))
+        log.warning(
+            "band %s is marked alpha, but sensor %r stacks of %d bands have %s there: taken "
+            "as that band; GDAL still masks the pixels where it is 0 (clear the flag with "
+            "gdal_edit.py -colorinterp_%d undefined SCENE)",
+            marked[0], sensor, n, layouts[n][marked[0] - 1], marked[0],
+        )  # fmt: skip
+    layout = layouts.get(len(spectral))
     if layout is None:
-        n = len(spectral)
-        fix = "say which band is which with --bands (or band descriptions such as 'B3 green')"
-        extra = ""
-        if n != len(alpha):
-            marked = [i + 1 for i, a in enumerate(alpha) if a]
-            extra = f" besides alpha band {', '.join(map(str, marked))}"
-            if len(alpha) in LAYOUTS[sensor]:
-                # GDAL marks the 4th band of 4-band 8-bit GeoTIFFs alpha by default.
-                fix = (
-                    f"if band {marked[0]} is not a mask but a spectral band, set its colour "
-                    f"interpretation to undefined (gdal_edit.py -colorinterp_{marked[0]} "
-                    f"undefined SCENE), or {fix}"
-                )
+        k = len(spectral)
+        extra = f" besides alpha band {', '.join(map(str, marked))}" if marked else ""
         raise BandError(
             f"sensor {sensor!r} names unnamed bands by position only in its usual stacks of "
-            f"{_layout_text(sensor)}, but the scene has {n} band{'s' if n != 1 else ''}{extra}; "
-            f"{fix}"
+            f"{_layout_text(sensor)}, but the scene has {k} band{'s' if k != 1 else ''}{extra}; "
+            "say which band is which with --bands (or band descriptions such as 'B3 green')"
         )
-    roles: list[str | None] = [None] * len(alpha)
+    roles: list[str | None] = [None] * n
     for i, code in zip(spectral, layout, strict=True):
         roles[i] = SENSORS[sensor][code]
     return roles

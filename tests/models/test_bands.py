@@ -119,9 +119,22 @@ def test_colour_interpretation_names_bands_and_alpha_is_no_band():
     assert band_roles(
         [None] * 5, colorinterp=["red", "green", "blue", "undefined", "alpha"], sensor="naip"
     ) == ["red", "green", "blue", "nir", None]
-    with pytest.raises(BandError, match=r"3 bands besides alpha band 4.*-colorinterp_4 undefined"):
-        band_roles([None] * 4, colorinterp=["gray", "undefined", "undefined", "alpha"],
-                   sensor="sentinel2")  # fmt: skip
+    assert band_roles([None] * 4, colorinterp=["red", "green", "blue", "alpha"], sensor="rgb") == [
+        "red", "green", "blue", None,
+    ]  # fmt: skip
+    with pytest.raises(BandError, match=r"the scene has 4 bands besides alpha band 5; say"):
+        band_roles([None] * 5, colorinterp=["gray", *["undefined"] * 3, "alpha"], sensor="landsat8")
+
+
+def test_a_sensor_stack_that_needs_a_band_gdal_flagged_alpha_takes_it_with_a_warning(caplog):
+    # GDAL flags the 4th band of a 4-band 8-bit GeoTIFF alpha unless told otherwise, so
+    # a B02, B03, B04, B08 export often says (red, green, blue, alpha): the sensor wins.
+    roles = band_roles(
+        [None] * 4, colorinterp=["red", "green", "blue", "alpha"], sensor="sentinel2"
+    )
+    assert roles == ["blue", "green", "red", "nir"]
+    assert "band 4 is marked alpha" in caplog.text and "B08" in caplog.text
+    assert "-colorinterp_4 undefined" in caplog.text
 
 
 # --- through a run plan, on real tiny GeoTIFFs ------------------------------------------------
