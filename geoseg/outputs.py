@@ -117,6 +117,13 @@ class RunOutputs:
         self.paths = paths
         self.cog = cog
         self.dst_crs = _dst_crs(dst_crs)
+        if self.dst_crs is not None and plan.scene.crs is None:
+            # Nothing to reproject from: the layers would hold pixel coordinates labelled
+            # with the target CRS.
+            raise ConfigError(
+                f"--dst-crs {dst_crs} needs the scene's CRS, but {plan.scene.path} has none; "
+                "assign it first (gdal_edit.py -a_srs EPSG:xxxx) or drop --dst-crs"
+            )
         self.gpkg = GeoPackageWriter(paths.gpkg, crs=self.dst_crs or plan.scene.crs)
         self.merger = SeamMerger(plan.grid_shape)
         self.store = PolygonStore(

@@ -16,6 +16,7 @@ from affine import Affine
 from rio_cogeo.cogeo import cog_validate
 
 from geoseg.config import RunConfig
+from geoseg.errors import ConfigError
 from geoseg.pipeline import run_scene
 from geoseg.provenance import file_sha256
 from geoseg.tiling.io import write_array
@@ -234,3 +235,17 @@ def test_dst_crs_reprojects_polygons_and_keeps_metric_areas(tmp_path: Path) -> N
     assert merc.to_crs("EPSG:32617").geometry[0].symmetric_difference(native.geometry[0]).area < 1.0
     with rasterio.open(s.raster) as src:
         assert src.crs.to_epsg() == 32617, "rasters stay on the scene grid"
+
+
+def test_dst_crs_on_a_scene_without_crs_is_refused_before_writing(tmp_path: Path) -> None:
+    img = np.full((4, 64, 64), 1000, dtype=np.uint16)
+    img[1, 10:30, 10:30], img[3, 10:30, 10:30] = 1500, 300
+    write_array(tmp_path / "nocrs.tif", img, crs=None, transform=Affine(10, 0, 0, 0, -10, 640))
+    with pytest.raises(ConfigError, match=r"--dst-crs EPSG:3857 needs the scene's CRS"):
+        run_scene(tmp_path / "nocrs.tif", tmp_path / "out.gpkg", _config(dst_crs="EPSG:3857"))
+    # (the run's resume journal is the pipeline's business)
+    written = sorted(p.name for p in tmp_path.iterdir() if ".journal" not in p.name)
+    assert written == ["nocrs.tif"], "no output, not even a partial one"
+    # Without --dst-crs the run goes ahead (pixel-grid coordinates, no CRS).
+    s = run_scene(tmp_path / "nocrs.tif", tmp_path / "out.gpkg", _config())
+    assert pyogrio.read_info(s.gpkg, layer="water")["crs"] is None
