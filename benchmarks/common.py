@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import rasterio
+from rasterio.enums import ColorInterp
 from rasterio.windows import Window
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,7 +41,8 @@ def mirror_scene(
     """
     if out.exists():
         with rasterio.open(out) as ds:
-            if ds.width == size and ds.height == size and ds.count == len(bands):
+            fits = ds.width == size and ds.height == size and ds.count == len(bands)
+            if fits and ds.colorinterp[-1] != ColorInterp.alpha:
                 return out
     with rasterio.open(src) as ds:
         data = ds.read(list(bands))
@@ -57,6 +59,9 @@ def mirror_scene(
         compress="deflate",
         predictor=2,
         BIGTIFF="IF_SAFER",
+        # Without it GDAL writes 3-4 band 8-bit files as RGB(A): NIR would become an alpha
+        # mask and every pixel with NIR 0 no-data.
+        photometric="MINISBLACK",
     )
     cols = _mirror(np.arange(size), w)
     tmp = out.with_suffix(".partial.tif")
