@@ -5,7 +5,8 @@
 - ``<name>_classes.tif``: the class raster as a Cloud Optimized GeoTIFF (overviews by mode,
   colour table, nodata 255), provenance in its tags.
 - ``<name>_probabilities.tif`` (optional): per-class probability, uint8 ``p * 254``,
-  nodata 255, one band per requested class.
+  nodata 255, one band per requested class; the bands' GDAL scale is ``1 / 254``, so
+  QGIS shows (and ``gdalinfo`` / rasterio report) probabilities 0-1.
 
 Nothing appears under a final name until every output of the run is complete.
 """
@@ -155,6 +156,8 @@ class RunOutputs:
                 profile=_geotiff_profile(plan, count=len(plan.classes)) | {"nodata": PROB_NODATA},
                 tags=tags | {"SCALE": f"probability = value / {PROB_SCALE:g}"},
                 band_descriptions=list(plan.classes),
+                # GDAL band scale: QGIS and rasterio/GDAL users see probabilities 0-1.
+                band_scales=[(1.0 / PROB_SCALE, 0.0)] * len(plan.classes),
             )
 
     def add(self, result: BlockResult) -> None:

@@ -20,10 +20,14 @@ __all__ = ["FileDigest", "file_sha256", "run_provenance"]
 _CHUNK = 8 << 20
 
 
+def _is_virtual(path: str) -> bool:
+    return path.startswith("/vsi") or "://" in path
+
+
 def file_sha256(path: str | os.PathLike[str]) -> str | None:
     """SHA-256 of a local file, streamed; ``None`` for GDAL virtual paths."""
     p = os.fspath(path)
-    if p.startswith("/vsi") or "://" in p or not Path(p).is_file():
+    if _is_virtual(p) or not Path(p).is_file():
         return None
     h = hashlib.sha256()
     with open(p, "rb") as f:
@@ -77,11 +81,15 @@ def run_provenance(
     smoothing = {
         name: dataclasses.asdict(recipe) for u in plan.models for name, recipe in u.recipes.items()
     }
+    # Absolute, so the record still names the file when read from another directory.
+    input_path = plan.scene.path
+    if not _is_virtual(input_path):
+        input_path = os.path.abspath(input_path)
     return {
         "geoseg_version": __version__,
         "created_utc": started.astimezone(dt.UTC).isoformat(timespec="seconds"),
         "run_seconds": f"{seconds:.2f}",
-        "input_path": plan.scene.path,
+        "input_path": input_path,
         "input_sha256": scene_sha256 or "",
         "input_size": f"{plan.scene.width}x{plan.scene.height}x{plan.scene.count}",
         "input_crs": plan.scene.crs.to_string() if plan.scene.crs else "",

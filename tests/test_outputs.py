@@ -220,6 +220,24 @@ def test_styles_and_provenance_are_stored_in_the_gpkg(
         assert src.tags()["GEOSEG_INPUT_SHA256"] == prov["input_sha256"]
 
 
+def test_relative_input_is_recorded_absolute_and_probabilities_scale_to_0_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _square_scene(tmp_path / "s.tif", crs="EPSG:32617", transform=Affine(10, 0, 0, 0, -10, 0))
+    monkeypatch.chdir(tmp_path)
+    s = run_scene("s.tif", "s.gpkg", _config(probabilities=True))
+    with sqlite3.connect(tmp_path / "s.gpkg") as db:
+        prov = dict(db.execute("SELECT key, value FROM geoseg_provenance"))
+    assert prov["input_path"] == str(tmp_path / "s.tif")
+    assert s.probabilities is not None
+    with rasterio.open(tmp_path / s.probabilities.name) as src:
+        assert src.tags()["GEOSEG_INPUT_PATH"] == str(tmp_path / "s.tif")
+        assert src.scales == (1 / 254,) and src.offsets == (0.0,)
+        p = src.read(1, masked=True).astype(np.float64) * src.scales[0] + src.offsets[0]
+    assert p.min() >= 0 and p.max() == pytest.approx(1.0)
+    assert p[ROWS, COLS].mean() > 0.9 and p[:30].mean() < 0.1
+
+
 def test_dst_crs_reprojects_polygons_and_keeps_metric_areas(tmp_path: Path) -> None:
     scene = _square_scene(
         tmp_path / "utm.tif", crs="EPSG:32617", transform=Affine(10, 0, 500000, 0, -10, 4000000)

@@ -208,6 +208,7 @@ class RasterWriter:
         colormap: Mapping[int, tuple[int, int, int, int]] | None = None,
         tags: Mapping[str, str] | None = None,
         band_descriptions: Sequence[str] | None = None,
+        band_scales: Sequence[tuple[float, float]] | None = None,
     ) -> None:
         self.path = Path(path)
         self.tmp_path = self.path.with_name(f".{self.path.name}.partial")
@@ -222,6 +223,9 @@ class RasterWriter:
             self._dst.update_tags(**tags)
         for i, desc in enumerate(band_descriptions or (), start=1):
             self._dst.set_band_description(i, desc)
+        if band_scales:  # (scale, offset) per band: readers (QGIS) show raw * scale + offset
+            self._dst.scales = tuple(scale for scale, _ in band_scales)
+            self._dst.offsets = tuple(offset for _, offset in band_scales)
         self._closed = False
 
     def write(self, array: np.ndarray, window: PixelWindow) -> None:
