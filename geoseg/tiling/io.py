@@ -27,8 +27,10 @@ from geoseg.tiling.grid import PixelWindow
 
 __all__ = [
     "GDAL_ENV",
+    "GdalError",
     "RasterWriter",
     "SceneInfo",
+    "absolute_scene_path",
     "read_scene_info",
     "read_window",
     "sample_band_medians",
@@ -69,19 +71,59 @@ class SceneInfo:
         return PixelWindow(row_off=0, col_off=0, height=self.height, width=self.width)
 
 
+class GdalError(RuntimeError):
+    """GDAL's reason for a failed open or read, as plain text: the cause of a SceneReadError.
+
+    rasterio's own exceptions cannot be unpickled (``CPLE_*`` errors refuse their ``args``),
+    and Dask pickles a task's exception with its whole chain of causes and context: a
+    ``SceneReadError`` caused by one would reach the client as a bare ``Exception``. So read
+    errors are raised outside the ``except`` block, from this picklable stand-in.
+    """
+
+
 def _is_local(path: str) -> bool:
     return not (path.startswith("/vsi") or "://" in path)
+
+
+def absolute_scene_path(path: str | os.PathLike[str]) -> str:
+    """A local path made absolute; GDAL virtual paths and URLs unchanged.
+
+    Workers of an attached cluster (``--scheduler tcp://...``) need not share the client's
+    working directory, so a relative path would name another file there, or none.
+    """
+    p = os.fspath(path)
+    return os.path.abspath(p) if _is_local(p) else p
+
+
+def _gdal_reason(err: BaseException) -> str:
+    """The most specific message in a rasterio error's chain (GDAL's own, innermost)."""
+    reason, seen = _first_line(err), {id(err)}
+    cause = err.__cause__ or err.__context__
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        line = _first_line(cause)
+        if line and "see previous exception" not in line.lower():
+            reason = line
+        cause = cause.__cause__ or cause.__context__
+    return reason
 
 
 @contextmanager
 def _open(path: str) -> Iterator[Any]:
     if _is_local(path) and not Path(path).exists():
         raise SceneReadError(f"scene {path!r} does not exist")
-    try:
-        with rasterio.Env(**GDAL_ENV), rasterio.open(path) as src:
+    with rasterio.Env(**GDAL_ENV):
+        reason = None
+        try:
+            src = rasterio.open(path)
+        except RasterioIOError as err:
+            reason = _gdal_reason(err)
+        if reason is not None:  # raised here, not in the except block: see GdalError
+            raise SceneReadError(f"cannot read {path!r} as a raster: {reason}") from GdalError(
+                reason
+            )
+        with src:
             yield src
-    except RasterioIOError as err:
-        raise SceneReadError(f"cannot read {path!r} as a raster: {_first_line(err)}") from err
 
 
 def _first_line(err: BaseException) -> str:
@@ -89,14 +131,14 @@ def _first_line(err: BaseException) -> str:
 
 
 def read_scene_info(path: str | os.PathLike[str]) -> SceneInfo:
-    """Open a scene's header only.
+    """Open a scene's header only. ``SceneInfo.path`` is absolute for local files.
 
     Raises
     ------
     SceneReadError
         If the file is missing or GDAL cannot read it as a raster.
     """
-    p = os.fspath(path)
+    p = absolute_scene_path(path)
     with _open(p) as src:
         if src.count < 1:
             raise SceneReadError(f"{p!r} has no raster bands")
@@ -151,11 +193,18 @@ def read_window(
         if inner is None:
             raise SceneReadError(f"window {window} lies outside scene {path!r}")
         rwin = Window(inner.col_off, inner.row_off, inner.width, inner.height)
+        reason = None
         try:
             data = src.read(list(bands), window=rwin)
             masks = src.read_masks(list(bands), window=rwin)
         except RasterioError as err:
-            raise SceneReadError(f"reading {path!r} at {inner} failed: {_first_line(err)}") from err
+            reason = _gdal_reason(err)
+    if reason is not None:  # raised here, not in the except block: see GdalError
+        hint = f"; is the file complete? (gdalinfo -checksum {path})" if _is_local(path) else ""
+        raise SceneReadError(
+            f"cannot read {path!r} at rows {inner.row_off}-{inner.row_end}, "
+            f"cols {inner.col_off}-{inner.col_end}: {reason}{hint}"
+        ) from GdalError(reason)
     valid = np.all(masks > 0, axis=0)
     if np.issubdtype(data.dtype, np.floating):
         valid &= np.all(np.isfinite(data), axis=0)

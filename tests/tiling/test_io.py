@@ -11,9 +11,66 @@ from affine import Affine
 
 from geoseg.errors import SceneReadError
 from geoseg.tiling.grid import PixelWindow
-from geoseg.tiling.io import RasterWriter, read_scene_info, read_window, write_array
+from geoseg.tiling.io import (
+    RasterWriter,
+    absolute_scene_path,
+    read_scene_info,
+    read_window,
+    write_array,
+)
 
 T = Affine(10, 0, 300000, 0, -10, 5000000)
+
+# The 16 x 16 tile of a 400 x 400 truncated scene that is cut off. It lies between the
+# 64-pixel windows `sample_band_medians` reads while planning (rows and columns 0-64,
+# 112-176, 224-288, 336-400), so planning succeeds and only the blocks reading it fail.
+TRUNCATED_TILE = PixelWindow(row_off=288, col_off=288, height=16, width=16)
+
+
+def write_truncated_scene(path: Path) -> Path:
+    """A 400 x 400 4-band scene whose header reads but whose file ends inside one tile.
+
+    The tile at :data:`TRUNCATED_TILE` is written last (a rewrite of a compressed tile goes
+    to the end of the file), then the file is cut 10 bytes into it, like an interrupted
+    download.
+    """
+    from rasterio.windows import Window
+
+    from tests.helpers import UTM_TRANSFORM, synthetic_image, synthetic_truth
+
+    image = synthetic_image(synthetic_truth(400, 400, seed=3), seed=3)
+    profile = {
+        "driver": "GTiff",
+        "height": 400,
+        "width": 400,
+        "count": 4,
+        "dtype": "uint16",
+        "crs": "EPSG:32617",
+        "transform": UTM_TRANSFORM,
+        "tiled": True,
+        "blockxsize": 16,
+        "blockysize": 16,
+        "compress": "deflate",
+    }
+    t = TRUNCATED_TILE
+    rows, cols = slice(t.row_off, t.row_end), slice(t.col_off, t.col_end)
+    first = image.copy()
+    first[:, rows, cols] = 0
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(first)
+    with rasterio.open(path, "r+") as dst:
+        dst.write(image[:, rows, cols], window=Window(t.col_off, t.row_off, t.width, t.height))
+    with rasterio.open(path) as src:
+        offsets = {
+            (r, c): int(src.get_tag_item(f"BLOCK_OFFSET_{c}_{r}", "TIFF", bidx=1))
+            for r in range(25)
+            for c in range(25)
+        }
+    tile = (t.row_off // 16, t.col_off // 16)
+    assert max(offsets, key=offsets.__getitem__) == tile, "the cut tile is the file's last"
+    with open(path, "r+b") as f:
+        f.truncate(offsets[tile] + 10)
+    return path
 
 
 def test_window_beyond_the_scene_is_reflected_and_invalid(tmp_path: Path) -> None:
@@ -71,6 +128,37 @@ def test_missing_and_non_raster_files_raise_scene_errors(tmp_path: Path) -> None
     text.write_text("not a raster")
     with pytest.raises(SceneReadError, match="cannot read"):
         read_scene_info(text)
+
+
+def test_read_error_names_gdal_reason_and_survives_dask_pickling(tmp_path: Path) -> None:
+    """Dask ships a worker's exception with its causes (tblib); GDAL's cannot be unpickled."""
+    import pickle
+
+    import tblib.pickling_support
+
+    path = write_truncated_scene(tmp_path / "cut.tif")
+    info = read_scene_info(path)  # the header reads
+    read_window(info.path, PixelWindow(row_off=0, col_off=0, height=200, width=400), bands=(1,))
+    with pytest.raises(SceneReadError) as caught:
+        read_window(info.path, TRUNCATED_TILE, bands=(1, 2, 3, 4))
+    err = caught.value
+    assert "rows 288-304, cols 288-304" in str(err) and "Read error" in str(err)
+    assert "gdalinfo -checksum" in str(err)
+    tblib.pickling_support.install(err)  # what distributed does with a task's exception
+    back = pickle.loads(pickle.dumps(err))
+    assert type(back) is SceneReadError and str(back) == str(err)
+    assert "Read error" in str(back.__cause__)
+
+
+def test_local_scene_paths_become_absolute_virtual_ones_do_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_array(tmp_path / "s.tif", np.ones((1, 8, 8), np.uint8), crs="EPSG:32633", transform=T)
+    assert read_scene_info("s.tif").path == str(tmp_path / "s.tif")
+    assert absolute_scene_path(Path("sub") / "x.tif") == str(tmp_path / "sub" / "x.tif")
+    for virtual in ("/vsis3/bucket/x.tif", "https://host/x.tif", "/vsizip/a.zip/x.tif"):
+        assert absolute_scene_path(virtual) == virtual
 
 
 def test_writer_leaves_nothing_when_aborted(tmp_path: Path) -> None:
