@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from geoseg.errors import GeosegError, TaskFailure
 from geoseg.journal import decode_arrays, encode_arrays, polygons_from_arrays, polygons_to_arrays
 from geoseg.models.predictor import InferenceOptions, Segmenter, cached_segmenter
 from geoseg.models.spectral import SpectralSegmenter
@@ -36,6 +37,7 @@ CENTERLINE_SIMPLIFY_PX = 1.0
 __all__ = [
     "BlockResult",
     "ClassPolygons",
+    "block_task",
     "decode_result",
     "encode_result",
     "finish_polygons",
@@ -213,6 +215,20 @@ def process_block(plan: RunPlan, block: Block) -> BlockResult:
         probabilities=probabilities,
         lines=lines,
     )
+
+
+def block_task(plan: RunPlan, block: Block) -> BlockResult | TaskFailure:
+    """:func:`process_block` as a Dask task: a geoseg error comes back as a value.
+
+    The error is deterministic (a corrupt block, no GPU, weights that do not fit), so it
+    must not be retried, and its GDAL causes could not be unpickled on the client; see
+    :class:`~geoseg.errors.TaskFailure`. Any other exception (a lost worker, memory) is
+    raised as usual, for Dask to retry.
+    """
+    try:
+        return process_block(plan, block)
+    except GeosegError as err:
+        return TaskFailure.of(err)
 
 
 def peak_rss_mb() -> float:

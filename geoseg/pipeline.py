@@ -4,6 +4,13 @@
 (:func:`geoseg.blocks.process_block`) with bounded blocks in flight, hands results to the
 writers as they complete (:mod:`geoseg.outputs`), journals them for ``--resume``
 (:mod:`geoseg.journal`), and finally merges border polygons and commits every file.
+
+A failed run leaves no output file. Its journal (hidden, ``.<name>.gpkg.journal``) is kept
+only when ``--resume`` could use it: some blocks are journalled and the run was interrupted
+(Ctrl-C, SIGTERM, a lost worker or cluster) or could not write its outputs (a full disk).
+A geoseg error on the input or the model (a corrupt block, no GPU, weights that do not fit)
+deletes it: the same blocks would fail again, and fixing the scene or the model changes the
+plan's fingerprint, which makes the journal useless anyway.
 """
 
 from __future__ import annotations
@@ -19,8 +26,16 @@ from pathlib import Path
 from typing import Any
 
 from geoseg import __version__
-from geoseg.blocks import BlockResult, decode_result, encode_result, peak_rss_mb, process_block
+from geoseg.blocks import (
+    BlockResult,
+    block_task,
+    decode_result,
+    encode_result,
+    peak_rss_mb,
+    process_block,
+)
 from geoseg.config import RunConfig
+from geoseg.errors import GeosegError, OutputWriteError, TaskFailure
 from geoseg.journal import Journal, fingerprint
 from geoseg.models.card import card_to_json
 from geoseg.outputs import RunOutputs, output_paths
@@ -58,6 +73,7 @@ class RunSummary:
     client_peak_rss_mb: float = 0.0
     worker_peak_rss_mb: Mapping[str, float] = field(default_factory=dict)
     probabilities: Path | None = None
+    line_layers: tuple[str, ...] = ()  # layers of ``features`` holding lines, not polygons
 
     @property
     def mpx_per_s(self) -> float:
@@ -159,8 +175,10 @@ def _iter_results(
     submitted: dict[Any, Block] = {}
 
     def submit(block: Block) -> Any:
+        # Dask retries a task that raised (a lost worker); a geoseg error comes back as a
+        # TaskFailure value instead: deterministic, so never retried.
         fut = client.submit(
-            process_block,
+            block_task,
             plan_future,
             block,
             key=f"geoseg-block-{run_id}-{block.index}",
@@ -178,6 +196,8 @@ def _iter_results(
             result = fut.result()
             del submitted[fut]
             fut.release()
+            if isinstance(result, TaskFailure):
+                raise result.error()
             nxt = next(pending, None)
             if nxt is not None:
                 queue.add(submit(nxt))
@@ -185,6 +205,14 @@ def _iter_results(
     finally:
         for fut in list(submitted):
             fut.cancel()
+
+
+def _close_journal(journal: Journal, err: BaseException, *, blocks: int) -> None:
+    """After a failure keep the journal only when ``--resume`` could use it (module docs)."""
+    if blocks > 0 and (not isinstance(err, GeosegError) or isinstance(err, OutputWriteError)):
+        journal.close()
+    else:
+        journal.finish()
 
 
 def run_scene(
@@ -197,6 +225,7 @@ def run_scene(
     max_in_flight: int | None = None,
     resources: Mapping[str, float] | None = None,
     resume: bool = False,
+    plan: RunPlan | None = None,
 ) -> RunSummary:
     """Segment one scene into a GeoPackage (and class raster).
 
@@ -217,12 +246,17 @@ def run_scene(
         Dask resources each block task requires (``{"GPU": 1}`` on GPU clusters).
     resume
         Reuse the blocks an interrupted run of the same plan completed (its journal).
+    plan
+        ``plan_run(scene_path, config)`` when the caller has already made it (the CLI
+        plans before it starts a cluster); otherwise the scene is planned here.
     """
     start = time.perf_counter()
     started = dt.datetime.now(dt.UTC)
     paths = output_paths(output, raster=config.raster, probabilities=config.probabilities)
     check_outputs(paths.all(), overwrite=config.overwrite)
-    plan = prepare_spectral(plan_run(scene_path, config), client=client)
+    if plan is None:
+        plan = plan_run(scene_path, config)
+    plan = prepare_spectral(plan, client=client)
     scene_digest = FileDigest(plan.scene.path)
     if max_in_flight is None:
         threads = sum(client.nthreads().values()) if client is not None else 1
@@ -235,7 +269,11 @@ def run_scene(
         fingerprint=_plan_fingerprint(plan, config),
         resume=resume,
     )
-    outputs = RunOutputs(plan, paths, dst_crs=config.dst_crs, cog=config.cog)
+    try:
+        outputs = RunOutputs(plan, paths, dst_crs=config.dst_crs, cog=config.cog)
+    except BaseException as err:
+        _close_journal(journal, err, blocks=len(journal.done()))
+        raise
     timings: dict[str, float] = {}
     devices: set[str] = set()
     precisions: set[str] = set()
@@ -252,12 +290,14 @@ def run_scene(
         if result.worker:
             worker_rss[result.worker] = max(worker_rss.get(result.worker, 0.0), result.peak_rss_mb)
 
+    journalled = 0
     try:
         resumed = 0
         for resumed, (_, payload) in enumerate(journal.load(), start=1):
             collect(decode_result(payload, plan.classes))
             if progress:
                 progress(resumed, total)
+        journalled = resumed
         done_blocks = journal.done()
         todo = [b for b in plan.blocks if b.index not in done_blocks]
         results = _iter_results(
@@ -267,6 +307,7 @@ def run_scene(
             collect(result)
             t0 = time.perf_counter()
             journal.record(result.index, encode_result(result))
+            journalled = done
             timings["journal"] = timings.get("journal", 0.0) + time.perf_counter() - t0
             if progress:
                 progress(done, total)
@@ -281,9 +322,9 @@ def run_scene(
         )
         counts = outputs.finish(provenance)
         timings["write"] = timings.get("write", 0.0) + time.perf_counter() - t0
-    except BaseException:
+    except BaseException as err:
         outputs.abort()
-        journal.close()
+        _close_journal(journal, err, blocks=journalled)
         raise
     journal.finish()
     return RunSummary(
@@ -300,4 +341,5 @@ def run_scene(
         resumed_blocks=resumed,
         client_peak_rss_mb=peak_rss_mb(),
         worker_peak_rss_mb=worker_rss,
+        line_layers=tuple(f"{c}_centerlines" for c in plan.centerlines),
     )

@@ -242,6 +242,39 @@ def test_resume_of_a_changed_job_starts_over(tiny_model: Path, make_scene, tmp_p
     assert summary.resumed_blocks == 0
 
 
+def test_bad_input_leaves_no_journal_even_after_completed_blocks(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """The journal is for --resume after an interruption; a corrupt scene would fail again."""
+    from geoseg.errors import SceneReadError
+    from tests.tiling.test_io import write_truncated_scene
+
+    scene = write_truncated_scene(tmp_path / "cut.tif")
+    done: list[int] = []
+    with pytest.raises(SceneReadError, match="Read error"):
+        run_scene(
+            scene,
+            tmp_path / "o.gpkg",
+            _config(tiny_model, block=128),
+            progress=lambda d, total: done.append(d),
+        )
+    assert max(done) >= 2, "blocks were journalled before the corrupt one"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.tif"]
+
+
+def test_interrupted_run_keeps_its_journal(tiny_model: Path, make_scene, tmp_path: Path) -> None:
+    scene, _ = make_scene(256, 256, seed=8)
+
+    def stop(done: int, total: int) -> None:
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_scene(scene, tmp_path / "o.gpkg", _config(tiny_model, block=128), progress=stop)
+    assert (tmp_path / ".o.gpkg.journal").exists()
+    assert not (tmp_path / "o.gpkg").exists()
+
+
 def test_report_has_stages_devices_and_memory(tiny_model: Path, make_scene, tmp_path: Path) -> None:
     import json
 
