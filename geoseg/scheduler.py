@@ -27,6 +27,7 @@ from geoseg.errors import ConfigError, GeosegError
 
 __all__ = [
     "Execution",
+    "check_address",
     "cpu_cluster_shape",
     "gpu_worker_specs",
     "open_execution",
@@ -90,6 +91,37 @@ def task_resources(client: Any) -> dict[str, float] | None:
     return None
 
 
+def check_address(address: str | None) -> None:
+    """Fail with one clear line on a ``--scheduler`` value that cannot be an address.
+
+    Only the form is checked (no connection is made): ``local``, ``sync`` or an address
+    such as ``tcp://host:8786`` (``host:port`` means tcp).
+
+    Raises
+    ------
+    ConfigError
+        For a malformed address, naming the valid forms.
+    """
+    if address is None or address in ("local", "sync"):
+        return
+    from distributed.comm import get_address_host_port, parse_address
+    from distributed.comm.registry import backends
+
+    try:
+        scheme, _ = parse_address(address)
+        if scheme not in backends:
+            raise ValueError(f"unknown scheme {scheme!r}; known: {', '.join(sorted(backends))}")
+        if scheme in ("tcp", "tls", "ws", "wss"):
+            _, port = get_address_host_port(address)
+            if not 0 < port < 65536:
+                raise ValueError(f"port {port} is out of range")
+    except ValueError as err:
+        raise ConfigError(
+            f"--scheduler {address!r} is not a scheduler address ({err}); use local (a new "
+            "cluster on this machine), sync (no Dask) or an address like tcp://host:8786"
+        ) from None
+
+
 def _gpu_count() -> int:
     """CUDA devices on this machine; torch (hundreds of MB) is imported only if any exist."""
     if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
@@ -130,6 +162,7 @@ def open_execution(
     n_workers: int | None = None,
     threads_per_worker: int | None = None,
     dashboard: bool = False,
+    worker_log_level: int = logging.ERROR,
 ) -> Iterator[Execution]:
     """Start or attach to the cluster that runs blocks; closes what it started.
 
@@ -142,6 +175,16 @@ def open_execution(
         Local cluster shape (CPU); defaults per :func:`cpu_cluster_shape`.
     dashboard
         The caller wants the Dask dashboard (served on a free port when bokeh is installed).
+    worker_log_level
+        Log level of a local cluster's workers and scheduler (they log to stderr). The CLI
+        passes ``CRITICAL`` unless ``-v``: task errors reach the user as one line anyway.
+
+    Raises
+    ------
+    ConfigError
+        For a malformed scheduler address (see :func:`check_address`).
+    GeosegError
+        When the scheduler at ``address`` cannot be reached.
     """
     cores = os.cpu_count() or 1
     if address == "sync":
@@ -151,10 +194,13 @@ def open_execution(
     from distributed import Client, LocalCluster, SpecCluster
 
     if address not in (None, "local"):
+        check_address(address)
         try:
             client = Client(address, timeout="20s")
         except (OSError, TimeoutError) as err:
             raise GeosegError(f"cannot reach the Dask scheduler at {address}: {err}") from err
+        except ValueError as err:  # a form check_address let through
+            raise ConfigError(f"--scheduler {address!r} is not a scheduler address: {err}") from err
         try:
             yield Execution(
                 client=client,
@@ -186,7 +232,7 @@ def open_execution(
                 threads_per_worker=threads,
                 resources={GPU: 1},
                 dashboard_address=dash,
-                silence_logs=logging.ERROR,
+                silence_logs=worker_log_level,
             )
         except ImportError:
             from distributed import Scheduler
@@ -194,7 +240,7 @@ def open_execution(
             cluster = SpecCluster(
                 workers=gpu_worker_specs(gpus, threads_per_worker=threads),
                 scheduler={"cls": Scheduler, "options": {"dashboard_address": dash}},
-                silence_logs=logging.ERROR,
+                silence_logs=worker_log_level,
             )
         torch_threads, desc = max(1, cores // gpus), f"{gpus} GPU worker(s)"
     else:
@@ -207,7 +253,7 @@ def open_execution(
                 threads_per_worker=threads,
                 processes=True,
                 dashboard_address=dash,
-                silence_logs=logging.ERROR,
+                silence_logs=worker_log_level,
             )
         desc = f"{workers} local worker(s) x {threads} threads, {torch_threads} torch threads"
     try:

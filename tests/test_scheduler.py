@@ -11,10 +11,17 @@ import rasterio
 from distributed import Client, LocalCluster
 
 from geoseg.config import RunConfig
-from geoseg.errors import ConfigError
+from geoseg.errors import ConfigError, SceneReadError
 from geoseg.models.predictor import InferenceOptions
 from geoseg.pipeline import plan_run, run_scene
-from geoseg.scheduler import GPU, cpu_cluster_shape, gpu_worker_specs, task_resources
+from geoseg.scheduler import (
+    GPU,
+    check_address,
+    cpu_cluster_shape,
+    gpu_worker_specs,
+    open_execution,
+    task_resources,
+)
 
 
 def _read(gpkg: Path) -> dict[str, list[tuple[bytes, float]]]:
@@ -128,6 +135,61 @@ def test_torch_threads_times_workers_never_exceed_cores(cores: int, workers: int
 def test_bad_cluster_shapes_are_rejected() -> None:
     with pytest.raises(ConfigError, match="--workers 0"):
         cpu_cluster_shape(4, n_workers=0)
+
+
+@pytest.mark.parametrize(
+    "address", [None, "local", "sync", "tcp://10.0.0.5:8786", "localhost:8786", "tls://h:1"]
+)
+def test_scheduler_addresses_of_every_form_are_accepted(address: str | None) -> None:
+    check_address(address)
+
+
+@pytest.mark.parametrize(
+    ("address", "reason"),
+    [
+        ("foo", "missing port number"),
+        ("tcp://host", "missing port number"),
+        ("http://host:8786", "unknown scheme 'http'"),
+        ("tcp://host:99999", "port 99999 is out of range"),
+    ],
+)
+def test_malformed_scheduler_addresses_are_one_clear_error(address: str, reason: str) -> None:
+    with pytest.raises(ConfigError, match=reason) as caught:
+        check_address(address)
+    assert "use local (a new cluster on this machine), sync (no Dask) or an address like " in str(
+        caught.value
+    )
+    with pytest.raises(ConfigError, match=reason), open_execution(address):
+        pass
+
+
+def test_geoseg_error_in_a_task_is_raised_once_not_retried(
+    tiny_model: Path, make_scene, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deterministic errors come back as a value: no retries, the real type, no leftovers."""
+    import geoseg.blocks
+
+    calls: list[int] = []
+
+    def corrupt(plan, block):  # type: ignore[no-untyped-def]
+        calls.append(block.index)
+        raise SceneReadError(f"block {block.index} is corrupt")
+
+    monkeypatch.setattr(geoseg.blocks, "process_block", corrupt)
+    scene, _ = make_scene(100, 100, seed=3)
+    config = RunConfig(classes=("water",), models=(str(tiny_model),))
+    with (
+        LocalCluster(  # threads, so the patched function is the one the worker runs
+            n_workers=1, processes=False, dashboard_address=None, silence_logs=logging.CRITICAL
+        ) as cluster,
+        Client(cluster) as client,
+        pytest.raises(SceneReadError) as caught,
+    ):
+        run_scene(scene, tmp_path / "o.gpkg", config, client=client)
+    assert str(caught.value) == "block 0 is corrupt", "the type and message survive"
+    assert calls == [0], "a geoseg error is deterministic: the block is not retried"
+    assert "raised in a Dask task" in caught.value.__notes__[0], "the worker traceback, for -v"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [scene.name]
 
 
 @pytest.mark.gpu
