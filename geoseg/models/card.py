@@ -120,6 +120,14 @@ class ModelCard:
             raise ModelCardError(
                 f"model {self.name!r}: tile size {self.tile_size} is not a multiple of 32"
             )
+        # Checked here, not first at `geoseg run`: the tiling needs overlap <= tile / 2
+        # (each pixel is blended from at most two ramps per axis).
+        if not 0 <= self.overlap <= self.tile_size // 2:
+            raise ModelCardError(
+                f"model {self.name!r}: overlap {self.overlap} must be between 0 and half the "
+                f"tile size {self.tile_size}; use an overlap of at most {self.tile_size // 2} "
+                f"(e.g. {min(64, self.tile_size // 2)})"
+            )
 
     @property
     def class_names(self) -> tuple[str, ...]:

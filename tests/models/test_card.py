@@ -59,11 +59,23 @@ def test_card_roundtrips_through_json() -> None:
         ({"std": (1.0, 0.0, 1.0)}, "std must be positive"),
         ({"classes": (ClassInfo(name="background"),)}, "at least one class"),
         ({"tile_size": 100}, "not a multiple of 32"),
+        (
+            {"tile_size": 64, "overlap": 40},
+            "overlap 40 must be between 0 and half the tile size 64; use an overlap of at most 32",
+        ),
+        ({"overlap": -1}, "overlap -1 must be between 0 and half"),
     ],
 )
 def test_invalid_cards_name_the_problem(mutate: dict[str, object], message: str) -> None:
     with pytest.raises(ModelCardError, match=message):
         small_card(**mutate)
+
+
+def test_card_file_with_too_large_an_overlap_fails_when_read(tmp_path: Path) -> None:
+    """Not first at `geoseg run`, when the tiling is planned."""
+    text = card_to_json(small_card()).replace('"overlap": 16', '"overlap": 48')
+    with pytest.raises(ModelCardError, match=r"overlap 48 .* at most 32"):
+        card_from_json(text)
 
 
 def test_bad_colour_and_unknown_fields_are_rejected() -> None:
