@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from geoseg.errors import ConfigError
-from geoseg.tiling.blend import BlendAccumulator
+from geoseg.tiling import blend
+from geoseg.tiling.blend import BlendAccumulator, blend_weights
 from geoseg.tiling.grid import TilingSpec, core_size, plan_blocks, tile_origins
 
 
@@ -79,10 +80,14 @@ def test_tiles_cover_the_window_without_gaps_or_spill(
     tile=st.sampled_from([32, 64]),
     data=st.data(),
 )
-def test_blend_weights_sum_to_one_everywhere(
+def test_blending_constant_tiles_gives_the_constants_back(
     h: int, w: int, tile: int, data: st.DataObject
 ) -> None:
-    """Blending constant-probability tiles gives exactly those probabilities back."""
+    """Every pixel is covered and the blend is a convex combination (snapped edge tiles too).
+
+    This cannot see the window weights themselves (the accumulator divides by their sum):
+    see test_raw_blend_weights_of_a_tile_grid_sum_to_one.
+    """
     overlap = data.draw(st.integers(0, tile // 2))
     h, w = max(h, tile), max(w, tile)
     acc = BlendAccumulator(2, (h, w), tile=tile, overlap=overlap)
@@ -95,6 +100,64 @@ def test_blend_weights_sum_to_one_everywhere(
     assert covered.all()
     np.testing.assert_allclose(probs.sum(axis=0), 1.0, rtol=1e-5)
     np.testing.assert_allclose(probs[1], 0.75, rtol=1e-5)
+
+
+def _grid_weight_sum(window: np.ndarray, *, stride: int, rows: int, cols: int) -> np.ndarray:
+    """The raw window weights of a regular ``rows x cols`` tile grid, summed per pixel."""
+    t = window.shape[0]
+    total = np.zeros(((rows - 1) * stride + t, (cols - 1) * stride + t), dtype=np.float64)
+    for r in range(rows):
+        for c in range(cols):
+            total[r * stride : r * stride + t, c * stride : c * stride + t] += window
+    return total
+
+
+def _interior(total: np.ndarray, overlap: int) -> np.ndarray:
+    """All but the outer ramps of the grid's border tiles (no neighbour blends there)."""
+    return total[overlap : total.shape[0] - overlap, overlap : total.shape[1] - overlap]
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    tile=st.sampled_from([32, 64, 96, 128, 256]),
+    rows=st.integers(1, 4),
+    cols=st.integers(1, 4),
+    data=st.data(),
+)
+def test_raw_blend_weights_of_a_tile_grid_sum_to_one(
+    tile: int, rows: int, cols: int, data: st.DataObject
+) -> None:
+    """The windows themselves sum to one inside a regular grid, with no division to hide it."""
+    overlap = data.draw(st.integers(0, tile // 2))
+    total = _grid_weight_sum(
+        blend_weights(tile, overlap), stride=tile - overlap, rows=rows, cols=cols
+    )
+    # (empty for a single tile with overlap = tile / 2: all of it is an outer ramp)
+    np.testing.assert_allclose(_interior(total, overlap), 1.0, rtol=0, atol=1e-6)
+
+
+def _ramp_half_a_pixel_off(tile: int, overlap: int) -> np.ndarray:
+    w = np.ones(tile)
+    if overlap:
+        up = np.sin(0.5 * np.pi * np.arange(overlap) / overlap) ** 2  # edges, not centres
+        w[:overlap], w[tile - overlap :] = up, up[::-1]
+    return w
+
+
+def _ramp_not_squared(tile: int, overlap: int) -> np.ndarray:
+    w = np.ones(tile)
+    if overlap:
+        up = np.sin(0.5 * np.pi * (np.arange(overlap) + 0.5) / overlap)
+        w[:overlap], w[tile - overlap :] = up, up[::-1]
+    return w
+
+
+@pytest.mark.parametrize("wrong", [_ramp_half_a_pixel_off, _ramp_not_squared])
+def test_weight_sum_check_catches_a_wrong_ramp(wrong, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """The check above can fail: with a wrong ramp the interior is not one."""
+    monkeypatch.setattr(blend, "ramp", wrong)
+    total = _grid_weight_sum(blend.blend_weights(64, 16), stride=48, rows=3, cols=3)
+    assert np.abs(_interior(total, 16) - 1.0).max() > 1e-3
 
 
 def test_nodata_pixels_carry_no_weight() -> None:
