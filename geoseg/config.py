@@ -108,7 +108,10 @@ class RunConfig:
         if len(self.classes) > 254:
             raise ConfigError(f"{len(self.classes)} classes do not fit a uint8 raster (max 254)")
         if self.block < 64:
-            raise ConfigError(f"block size {self.block} is too small; use at least 1024")
+            raise ConfigError(
+                f"block size {self.block} is too small; use at least 64 (blocks of 1024 or "
+                "more keep the halo's repeated work small)"
+            )
         if self.min_area_m2 < 0 or self.simplify_m < 0 or self.prune_m < 0:
             raise ConfigError("--min-area, --simplify and --prune must be >= 0")
         if self.dst_crs is not None:
