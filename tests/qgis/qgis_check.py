@@ -5,8 +5,10 @@ Run with the Python that has the QGIS bindings (Debian: /usr/bin/python3 with py
     QT_QPA_PLATFORM=offscreen python3 qgis_check.py OUT.gpkg CLASSES.tif RENDER.png
 
 Prints one JSON object: per vector layer (valid, CRS, feature count, renderer type and colours,
-style source), the raster (valid, CRS, renderer, palette), and the rendered PNG's statistics.
-The pytest side (test_qgis.py) asserts on it; this script only observes.
+style source), the raster (valid, CRS, renderer, palette), and what was rendered: the whole
+map to RENDER.png, then every layer alone on white to ``RENDER_<layer>.png``, all with the
+same extent, each with its pixel colour histogram. The pytest side (test_qgis.py) knows what
+colours and areas to expect and asserts on it; this script only observes.
 """
 
 from __future__ import annotations
@@ -14,6 +16,23 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import Any
+
+TOP_COLOURS = 24
+
+
+def _histogram(image: Any) -> list[tuple[str, int]]:
+    """The most frequent ``#aarrggbb`` colours of a rendered image, with pixel counts."""
+    import numpy as np
+    from qgis.PyQt.QtGui import QImage
+
+    img = image.convertToFormat(QImage.Format_ARGB32)
+    ptr = img.constBits()
+    ptr.setsize(img.sizeInBytes())
+    rows = np.frombuffer(bytes(ptr), dtype=np.uint32).reshape(img.height(), -1)
+    values, counts = np.unique(rows[:, : img.width()], return_counts=True)
+    top = np.argsort(-counts, kind="stable")[:TOP_COLOURS]
+    return [(f"#{int(values[i]):08x}", int(counts[i])) for i in top]
 
 
 def main(gpkg: str, raster: str, png: str) -> None:
@@ -31,14 +50,14 @@ def main(gpkg: str, raster: str, png: str) -> None:
 
     app = QgsApplication([], False)
     app.initQgis()
-    report: dict[str, object] = {"layers": {}}
+    report: dict[str, Any] = {"layers": {}}
     ds = ogr.Open(gpkg)
     names = [ds.GetLayerByIndex(i).GetName() for i in range(ds.GetLayerCount())]
     spatial = [n for n in names if ds.GetLayerByName(n).GetGeomType() != ogr.wkbNone]
     layers = []
     for name in spatial:
         layer = QgsVectorLayer(f"{gpkg}|layername={name}", name, "ogr")
-        entry: dict[str, object] = {
+        entry: dict[str, Any] = {
             "valid": layer.isValid(),
             "crs": layer.crs().authid(),
             "features": layer.featureCount(),
@@ -54,7 +73,7 @@ def main(gpkg: str, raster: str, png: str) -> None:
             entry["stroke_color"] = stroke().name(QColor.HexArgb) if stroke else None
         stored = layer.listStylesInDatabase()
         entry["styles_in_db"] = int(stored[0]) if stored else 0
-        report["layers"][name] = entry  # type: ignore[index]
+        report["layers"][name] = entry
         layers.append(layer)
     rlayer = QgsRasterLayer(raster, "classes")
     rr = rlayer.renderer()
@@ -68,26 +87,41 @@ def main(gpkg: str, raster: str, png: str) -> None:
         "palette": palette,
         "overviews": rlayer.dataProvider().hasPyramids() if rlayer.isValid() else False,
     }
-    settings = QgsMapSettings()
-    settings.setLayers([*layers, rlayer])
+
     extent = QgsRectangle()
     for lyr in [*layers, rlayer]:
         if lyr.isValid() and not lyr.extent().isEmpty():
             extent.combineExtentWith(lyr.extent())
-    settings.setExtent(extent)
-    settings.setDestinationCrs(rlayer.crs())
-    settings.setOutputSize(QSize(800, 600))
-    settings.setBackgroundColor(QColor(255, 255, 255))
-    job = QgsMapRendererSequentialJob(settings)
-    job.start()
-    job.waitForFinished()
-    image = job.renderedImage()
-    image.save(png, "PNG")
-    colours = set()
-    for y in range(0, image.height(), 7):
-        for x in range(0, image.width(), 7):
-            colours.add(image.pixel(x, y))
-    report["render"] = {"png": png, "distinct_colours": len(colours), "width": image.width()}
+
+    def render(which: list[Any], path: str) -> dict[str, Any]:
+        settings = QgsMapSettings()
+        settings.setLayers(which)
+        settings.setExtent(extent)
+        settings.setDestinationCrs(rlayer.crs())
+        settings.setOutputSize(QSize(800, 600))
+        settings.setBackgroundColor(QColor(255, 255, 255))
+        job = QgsMapRendererSequentialJob(settings)
+        job.start()
+        job.waitForFinished()
+        image = job.renderedImage()
+        saved = image.save(path, "PNG")
+        seen = settings.visibleExtent()
+        return {
+            "png": path if saved else None,
+            "width": image.width(),
+            "height": image.height(),
+            "extent": [seen.xMinimum(), seen.yMinimum(), seen.xMaximum(), seen.yMaximum()],
+            "map_units_per_pixel": settings.mapUnitsPerPixel(),
+            "dpi": settings.outputDpi(),
+            "colours": _histogram(image),
+        }
+
+    # The whole map first, so the artefact exists whatever is asserted on the rest.
+    report["render"] = render([*layers, rlayer], png)
+    stem = png[:-4] if png.lower().endswith(".png") else png
+    report["solo"] = {
+        lyr.name(): render([lyr], f"{stem}_{lyr.name()}.png") for lyr in [*layers, rlayer]
+    }
     print(json.dumps(report), flush=True)
     # QGIS 3.22 can crash while tearing down offscreen (exitQgis); the report is out, so
     # leave without running Qt's destructors.
