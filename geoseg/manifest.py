@@ -1,80 +1,65 @@
-"""The state of a batch workflow, and the run that brings it up to date.
+"""The state of a batch workflow and the rule that decides what a run does with each scene.
 
 State, in the workflow's output folder:
 
 - ``geoseg-manifest.sqlite``: one row per scene (input, its size and modification time or
-  checksum, the config hash, status, attempts, timings, outputs, error). Every change is
-  its own committed transaction, so a killed batch loses no completed scene.
+  checksum, the config hash, status, attempts, timings, outputs, error, and the outputs of
+  earlier runs still to be removed). Every change is its own committed transaction, so a
+  killed batch loses no completed scene.
 - ``.geoseg-batch.lock``: an advisory lock held while a batch runs, so two runs of the same
-  workflow (an overlapping cron job) never work on the same outputs.
-- ``geoseg-batch.log``: appended, one line per scene event.
-- ``runs/<UTC start time, to the microsecond>.json``: what one run did.
+  workflow (an overlapping cron job) never work on the same outputs. It names the process
+  and the run holding it, which tells ``geoseg batch status`` a running scene from one a
+  killed batch left behind.
 
-:func:`decide` is the rule that makes a re-run do what is missing and nothing twice.
-:func:`run_workflow` applies it: scenes that need it run in client-side threads sharing one
-Dask client, one bad scene is recorded as failed and the batch goes on, and an interrupted
-batch stops each running scene at its next block, removes its temporary files and leaves it
-pending.
+:func:`decide` is the rule that makes a re-run do what is missing and nothing twice;
+:func:`scene_statuses` applies it to every scene. Running a batch (the scenes, the log, the
+run summaries) is :mod:`geoseg.batch`.
 """
 
 from __future__ import annotations
 
-import glob
+import itertools
 import json
 import os
 import sqlite3
 import threading
-import time
-import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
-from geoseg import __version__
-from geoseg.config import RunConfig
-from geoseg.errors import GeosegError, OutputExistsError
-from geoseg.pipeline import run_scene
-from geoseg.scheduler import Execution, open_execution
+from geoseg.errors import GeosegError
 
 if TYPE_CHECKING:
     from geoseg.workflow import Workflow
 
 __all__ = [
     "LOCK_NAME",
-    "LOG_NAME",
     "MANIFEST_NAME",
-    "RUNS_FOLDER",
-    "BatchEvent",
-    "BatchLog",
-    "BatchResult",
     "Decision",
     "InputStamp",
+    "LockHolder",
     "Manifest",
     "Scene",
     "SceneRecord",
     "SceneStatus",
-    "clean_partials",
     "decide",
     "folder_lock",
+    "lock_holder",
     "lock_is_held",
     "read_manifest",
-    "run_workflow",
     "scene_statuses",
     "utc_now",
     "workflow_status",
-    "write_run_summary",
 ]
 
 MANIFEST_NAME = "geoseg-manifest.sqlite"
 LOCK_NAME = ".geoseg-batch.lock"
-LOG_NAME = "geoseg-batch.log"
-RUNS_FOLDER = "runs"
 SCHEMA_VERSION = "1"
 STATUSES = ("pending", "running", "done", "failed")
+INTERRUPTED = "interrupted"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -96,9 +81,12 @@ CREATE TABLE IF NOT EXISTS scenes (
     timings     TEXT,
     error       TEXT,
     run_id      TEXT,
-    updated     TEXT NOT NULL
+    updated     TEXT NOT NULL,
+    stale       TEXT
 );
 """
+# Columns added after the first release, for manifests written before them.
+_ADDED_COLUMNS = {"stale": "TEXT"}
 
 
 def utc_now() -> str:
@@ -127,7 +115,12 @@ class InputStamp:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class SceneRecord:
-    """One manifest row."""
+    """One manifest row.
+
+    ``stale``: outputs recorded for earlier runs of the scene that its current outputs do
+    not replace (the name template changed, ``raster: false`` now); removed once the
+    current run's outputs are committed.
+    """
 
     input: str
     stamp: InputStamp
@@ -144,6 +137,7 @@ class SceneRecord:
     timings: Mapping[str, float] = field(default_factory=dict)
     error: str | None = None
     run_id: str | None = None
+    stale: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -221,7 +215,26 @@ def decide(
         return Decision(action="run", reason="retry (retries used up; --retry-failed)")
     if record.status == "failed":
         return Decision(action="run", reason=f"retry {record.attempts + 1} of {max_attempts}")
-    return Decision(action="run", reason="interrupted" if record.attempts else "pending")
+    if record.status == "running":  # and no batch holds the folder: that batch was killed
+        return Decision(action="run", reason=f"{INTERRUPTED}: the batch was killed while it ran")
+    return Decision(action="run", reason=INTERRUPTED if record.started else "pending")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LockHolder:
+    """The batch holding an output folder's lock: its process id, run id and start time.
+
+    Any field is ``None`` when the lock file does not say (written by an older geoseg, or
+    read in the instant between taking the lock and writing it).
+    """
+
+    pid: int | None = None
+    run_id: str | None = None
+    since: str | None = None
+
+    def runs(self, record: SceneRecord) -> bool:
+        """Whether this batch is the one running ``record`` (its ``running`` row is live)."""
+        return record.status == "running" and self.run_id in (None, record.run_id)
 
 
 def scene_statuses(
@@ -231,9 +244,13 @@ def scene_statuses(
     config_hash: str,
     max_attempts: int,
     retry_failed: bool = False,
-    live: bool = False,
+    holder: LockHolder | None = None,
 ) -> list[SceneStatus]:
-    """:func:`decide` for every scene; ``live``: a batch holds the folder's lock now."""
+    """:func:`decide` for every scene; ``holder``: the batch holding the folder's lock now.
+
+    A ``running`` row is running only while the batch that started it holds the lock;
+    otherwise that batch was killed, and the scene is pending (``interrupted``).
+    """
     out = []
     for scene in scenes:
         record = records.get(scene.input)
@@ -245,8 +262,11 @@ def scene_statuses(
             max_attempts=max_attempts,
             retry_failed=retry_failed,
         )
-        if record is not None and record.status == "running" and live:
-            status = "running"
+        action, reason = d.action, d.reason
+        if record is not None and holder is not None and holder.runs(record):
+            status, action = "running", "skip"
+            pid = f", pid {holder.pid}" if holder.pid is not None else ""
+            reason = f"running since {record.started} (run {record.run_id}{pid})"
         elif d.action == "skip":
             status = "done"
         elif d.action == "give-up" or (
@@ -256,25 +276,9 @@ def scene_statuses(
         else:
             status = "pending"
         out.append(
-            SceneStatus(scene=scene, status=status, action=d.action, reason=d.reason, record=record)
+            SceneStatus(scene=scene, status=status, action=action, reason=reason, record=record)
         )
     return out
-
-
-def clean_partials(scenes: Sequence[Scene]) -> int:
-    """Delete the temporary files an interrupted run left beside these scenes' outputs.
-
-    Block journals (``.<name>.journal``) stay: the next run of the scene resumes from them.
-    """
-    removed = 0
-    for scene in scenes:
-        for out in scene.outputs:
-            if not out.parent.is_dir():
-                continue
-            for stale in out.parent.glob(f".{glob.escape(out.name)}.partial*"):
-                stale.unlink(missing_ok=True)
-                removed += 1
-    return removed
 
 
 def read_manifest(folder: Path, *, workflow: str) -> tuple[dict[str, SceneRecord], bool]:
@@ -285,6 +289,18 @@ def read_manifest(folder: Path, *, workflow: str) -> tuple[dict[str, SceneRecord
     with Manifest(path, workflow=workflow, readonly=True) as manifest:
         records = manifest.records()
     return records, lock_is_held(folder)
+
+
+def workflow_status(workflow: Workflow) -> list[SceneStatus]:
+    """Each scene's state from the manifest, read-only (creates nothing)."""
+    records, _ = read_manifest(workflow.folder, workflow=workflow.name)
+    return scene_statuses(
+        workflow.scenes,
+        records,
+        config_hash=workflow.config_hash,
+        max_attempts=workflow.max_attempts,
+        holder=lock_holder(workflow.folder),
+    )
 
 
 def _to_record(row: sqlite3.Row) -> SceneRecord:
@@ -304,7 +320,16 @@ def _to_record(row: sqlite3.Row) -> SceneRecord:
         timings=json.loads(row["timings"] or "{}"),
         error=row["error"],
         run_id=row["run_id"],
+        stale=tuple(json.loads(_column(row, "stale") or "[]")),
     )
+
+
+def _column(row: sqlite3.Row, name: str) -> Any:
+    """A column added after the first release (absent in an old manifest opened read-only)."""
+    try:
+        return row[name]
+    except IndexError:
+        return None
 
 
 class Manifest:
@@ -327,9 +352,16 @@ class Manifest:
             self._db.execute("PRAGMA busy_timeout = 10000")
             if not readonly:
                 self._db.executescript(_SCHEMA)
+                self._migrate()
                 self._claim(workflow)
         except sqlite3.DatabaseError as err:
             raise GeosegError(f"cannot open the batch manifest {str(path)!r}: {err}") from err
+
+    def _migrate(self) -> None:
+        have = {r["name"] for r in self._db.execute("PRAGMA table_info(scenes)").fetchall()}
+        for name, kind in _ADDED_COLUMNS.items():
+            if name not in have:
+                self._db.execute(f"ALTER TABLE scenes ADD COLUMN {name} {kind}")
 
     def _claim(self, workflow: str) -> None:
         meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
@@ -377,7 +409,7 @@ class Manifest:
             rows = self._db.execute("SELECT input FROM scenes WHERE status = 'running'").fetchall()
             self._db.execute(
                 "UPDATE scenes SET status = 'pending', "
-                "error = 'interrupted: the batch stopped while this scene ran', updated = ? "
+                "error = 'the batch was killed while it ran', updated = ? "
                 "WHERE status = 'running'",
                 (utc_now(),),
             )
@@ -394,7 +426,11 @@ class Manifest:
         outputs: Sequence[Path],
         run_id: str,
     ) -> None:
-        """Record a scene's start; its attempt count carries on if input and config match."""
+        """Record a scene's start; its attempt count carries on if input and config match.
+
+        Outputs the row recorded for earlier runs that are not among ``outputs`` join its
+        ``stale`` list (see :meth:`stale_done`).
+        """
         previous = self.get(input_)
         attempts = 1
         if (
@@ -404,14 +440,17 @@ class Manifest:
             and previous.config_hash == config_hash
         ):
             attempts = previous.attempts + 1
+        new = [str(p) for p in outputs]
+        earlier = (*previous.stale, *previous.outputs) if previous is not None else ()
+        stale = [p for p in dict.fromkeys(earlier) if p not in new]
         now = utc_now()
         with self._lock:
             self._db.execute(
                 "INSERT OR REPLACE INTO scenes (input, item, size, mtime_ns, checksum, "
                 "config_hash, status, attempts, gpkg, outputs, started, finished, seconds, "
-                "features, timings, error, run_id, updated) "
+                "features, timings, error, run_id, updated, stale) "
                 "VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, NULL, NULL, NULL, NULL, "
-                "NULL, ?, ?)",
+                "NULL, ?, ?, ?)",
                 (
                     input_,
                     item,
@@ -421,10 +460,11 @@ class Manifest:
                     config_hash,
                     attempts,
                     str(gpkg),
-                    json.dumps([str(p) for p in outputs]),
+                    json.dumps(new),
                     now,
                     run_id,
                     now,
+                    json.dumps(stale),
                 ),
             )
 
@@ -466,8 +506,26 @@ class Manifest:
         with self._lock:
             self._db.execute(
                 "UPDATE scenes SET status = 'pending', attempts = MAX(attempts - 1, 0), "
-                "error = 'interrupted: the batch was stopped', updated = ? WHERE input = ?",
+                "error = 'the batch was stopped while it ran', updated = ? "
+                "WHERE input = ? AND status = 'running'",
                 (utc_now(), input_),
+            )
+
+    def stale_done(self) -> dict[str, tuple[str, ...]]:
+        """Done scenes whose earlier outputs are still to be removed, by input."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT input, stale FROM scenes "
+                "WHERE status = 'done' AND stale IS NOT NULL AND stale != '[]'"
+            ).fetchall()
+        return {r["input"]: tuple(json.loads(r["stale"])) for r in rows}
+
+    def set_stale(self, input_: str, stale: Sequence[str]) -> None:
+        """What is left of a scene's stale outputs after removing them (usually nothing)."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE scenes SET stale = ?, updated = ? WHERE input = ?",
+                (json.dumps(list(stale)), utc_now(), input_),
             )
 
 
@@ -475,8 +533,11 @@ class Manifest:
 
 
 @contextmanager
-def folder_lock(folder: Path) -> Iterator[None]:
-    """Hold the output folder's batch lock, or fail at once if another batch holds it."""
+def folder_lock(folder: Path, *, run_id: str | None = None) -> Iterator[None]:
+    """Hold the output folder's batch lock, or fail at once if another batch holds it.
+
+    The lock file names this process and ``run_id`` while it is held (:func:`lock_holder`).
+    """
     import fcntl
 
     path = folder / LOCK_NAME
@@ -492,7 +553,8 @@ def folder_lock(folder: Path) -> Iterator[None]:
             ) from None
         fh.seek(0)
         fh.truncate()
-        fh.write(f"pid {os.getpid()} since {utc_now()}\n")
+        run = f" run {run_id}" if run_id else ""
+        fh.write(f"pid {os.getpid()}{run} since {utc_now()}\n")
         fh.flush()
         try:
             yield
@@ -502,402 +564,54 @@ def folder_lock(folder: Path) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
-def lock_is_held(folder: Path) -> bool:
-    """Whether a batch is running on ``folder`` now (creates nothing)."""
+def lock_holder(folder: Path) -> LockHolder | None:
+    """The batch running on ``folder`` now, or ``None`` (creates nothing)."""
     import fcntl
 
     path = folder / LOCK_NAME
     if not path.is_file():
-        return False
+        return None
     with path.open("r") as fh:
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            return True
+            return _parse_holder(fh.read())
         fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-        return False
+        return None
 
 
-# --------------------------------------------------------------------------- log, summary
+def _parse_holder(text: str) -> LockHolder:
+    words = text.split()
+    values: dict[str, Any] = {}
+    for key, value in itertools.pairwise(words):
+        if key == "pid" and value.isdigit():
+            values["pid"] = int(value)
+        elif key in ("run", "since"):
+            values["run_id" if key == "run" else key] = value
+    return LockHolder(**values)
 
 
-class BatchLog:
-    """``geoseg-batch.log``: one line per event, appended and flushed at once."""
-
-    def __init__(self, path: Path, *, run_id: str) -> None:
-        self.path = path
-        self.run_id = run_id
-        self._lock = threading.Lock()
-        self._fh: TextIO = path.open("a", encoding="utf-8")
-
-    def event(self, kind: str, subject: str, detail: str = "") -> None:
-        text = " ".join(detail.split())  # one line, whatever the error message holds
-        line = f"{utc_now()} run={self.run_id} {kind:<8} {subject}" + (f" {text}" if text else "")
-        with self._lock:
-            self._fh.write(line + "\n")
-            self._fh.flush()
-
-    def close(self) -> None:
-        with self._lock:
-            self._fh.close()
+def lock_is_held(folder: Path) -> bool:
+    """Whether a batch is running on ``folder`` now (creates nothing)."""
+    return lock_holder(folder) is not None
 
 
-def write_run_summary(folder: Path, started: datetime, body: Mapping[str, Any]) -> Path:
-    """Write ``runs/<start>.json`` atomically.
-
-    The name carries microseconds so names sort in start order; a clash gets ``-2``.
-    """
-    runs = folder / RUNS_FOLDER
-    runs.mkdir(exist_ok=True)
-    stem = started.strftime("%Y-%m-%dT%H-%M-%S.%fZ")
-    path = runs / f"{stem}.json"
-    n = 2
-    while path.exists():
-        path = runs / f"{stem}-{n}.json"
-        n += 1
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(body, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+# Runner names that lived here before the batch runner became its own module.
+_MOVED = (
+    "LOG_NAME",
+    "RUNS_FOLDER",
+    "BatchEvent",
+    "BatchLog",
+    "BatchResult",
+    "clean_partials",
+    "run_workflow",
+    "write_run_summary",
+)
 
 
-# --------------------------------------------------------------------------- running a batch
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        import geoseg.batch
 
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class BatchEvent:
-    """Progress of a batch for the CLI to render (called from the scene threads too).
-
-    ``kind`` is ``plan`` (``total`` scenes to run), ``start``, ``progress`` (``done`` of
-    ``total`` blocks), ``done``, ``failed`` or ``stopped``.
-    """
-
-    kind: str
-    scene: str = ""
-    done: int = 0
-    total: int = 0
-    message: str = ""
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class BatchResult:
-    """What a run did; ``exit_code`` is 0 when every scene is done, 1 when any failed."""
-
-    run_id: str
-    scenes: tuple[SceneStatus, ...]
-    summary: Path
-    ran: int
-
-    def count(self, status: str) -> int:
-        return sum(s.status == status for s in self.scenes)
-
-    @property
-    def exit_code(self) -> int:
-        return 1 if self.count("failed") else 0
-
-
-class _Stopped(BaseException):
-    """Raised in a scene thread at its next block once the batch is interrupted.
-
-    A BaseException, so ``run_scene`` removes its temporary files and nothing records it
-    as a failure of the scene.
-    """
-
-
-def _reason(err: BaseException) -> str:
-    text = str(err).strip() or type(err).__name__
-    return text if isinstance(err, GeosegError) else f"{type(err).__name__}: {text}"
-
-
-def _statuses(
-    workflow: Workflow,
-    records: Mapping[str, SceneRecord],
-    *,
-    retry_failed: bool = False,
-    live: bool = False,
-) -> list[SceneStatus]:
-    return scene_statuses(
-        workflow.scenes,
-        records,
-        config_hash=workflow.config_hash,
-        max_attempts=workflow.max_attempts,
-        retry_failed=retry_failed,
-        live=live,
-    )
-
-
-def workflow_status(workflow: Workflow) -> list[SceneStatus]:
-    """Each scene's state from the manifest, read-only (creates nothing)."""
-    records, live = read_manifest(workflow.folder, workflow=workflow.name)
-    return _statuses(workflow, records, live=live)
-
-
-def run_workflow(
-    workflow: Workflow,
-    *,
-    execution: Execution | None = None,
-    on_event: Callable[[BatchEvent], None] | None = None,
-    retry_failed: bool = False,
-) -> BatchResult:
-    """Run what is missing: new, changed, pending and failed (within retries) scenes.
-
-    Parameters
-    ----------
-    workflow
-        From :func:`load_workflow`.
-    execution
-        Where blocks run; default: open the workflow's scheduler (only if there is work).
-    on_event
-        Progress callback (:class:`BatchEvent`).
-    retry_failed
-        Retry failed scenes even when their retries are used up.
-
-    Raises
-    ------
-    KeyboardInterrupt
-        After a clean stop: running scenes are pending again, their temporary files
-        removed, finished scenes committed, the run summary written.
-    GeosegError
-        If another batch holds the output folder or the cluster cannot be reached.
-    """
-    emit = on_event or (lambda event: None)
-    run_id = uuid.uuid4().hex[:8]
-    started, t0 = datetime.now(UTC), time.perf_counter()
-    folder = workflow.folder
-    folder.mkdir(parents=True, exist_ok=True)
-    labels = {s.input: s.label for s in workflow.scenes}
-    with folder_lock(folder), Manifest(folder / MANIFEST_NAME, workflow=workflow.name) as manifest:
-        log = BatchLog(folder / LOG_NAME, run_id=run_id)
-        cluster, interrupted = "none", False
-        try:
-            for inp in manifest.recover_running():
-                log.event("recover", labels.get(inp, inp), "left running by a killed batch")
-            clean_partials(workflow.scenes)
-            plan = _statuses(workflow, manifest.records(), retry_failed=retry_failed)
-            todo = [s for s in plan if s.action == "run"]
-            log.event(
-                "begin",
-                str(workflow.path),
-                f"{len(plan)} scenes, {len(todo)} to run, config {workflow.config_hash}",
-            )
-            for s in plan:
-                if s.action == "give-up":
-                    error = s.record.error if s.record else ""
-                    log.event("gave-up", s.scene.label, f"{s.reason}: {error}")
-            emit(BatchEvent(kind="plan", total=len(todo)))
-            if todo:
-                cluster = _execute(workflow, todo, manifest, log, emit, run_id, execution)
-        except KeyboardInterrupt:
-            interrupted = True
-            raise
-        finally:
-            final = _statuses(workflow, manifest.records(), retry_failed=retry_failed)
-            ran = [s for s in final if s.record is not None and s.record.run_id == run_id]
-            body = _summary(workflow, final, run_id, started, t0, cluster, interrupted, len(ran))
-            summary = write_run_summary(folder, started, body)
-            counts = ", ".join(f"{k} {v}" for k, v in body["counts"].items())
-            log.event("stopped" if interrupted else "end", str(workflow.path), counts)
-            log.close()
-    return BatchResult(run_id=run_id, scenes=tuple(final), summary=summary, ran=len(ran))
-
-
-def _summary(
-    workflow: Workflow,
-    final: Sequence[SceneStatus],
-    run_id: str,
-    started: datetime,
-    t0: float,
-    cluster: str,
-    interrupted: bool,
-    ran: int,
-) -> dict[str, Any]:
-    counts = {"scenes": len(final), "ran": ran}
-    counts |= {k: sum(s.status == k for s in final) for k in ("done", "failed", "pending")}
-    scenes = []
-    for s in final:
-        r = s.record
-        scenes.append(
-            {
-                "input": s.scene.input,
-                "status": s.status,
-                "ran": r is not None and r.run_id == run_id,
-                "note": s.reason,
-                "seconds": r.seconds if r else None,
-                "gpkg": str(s.scene.gpkg),
-                "outputs": [str(p) for p in s.scene.outputs],
-                "features": dict(r.features) if r else {},
-                "error": r.error if r and s.status != "done" else None,
-            }
-        )
-    return {
-        "workflow": str(workflow.path),
-        "name": workflow.name,
-        "run_id": run_id,
-        "geoseg_version": __version__,
-        "config_hash": workflow.config_hash,
-        "started": started.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "seconds": round(time.perf_counter() - t0, 3),
-        "cluster": cluster,
-        "interrupted": interrupted,
-        "counts": counts,
-        "scenes": scenes,
-    }
-
-
-def _execute(
-    workflow: Workflow,
-    todo: Sequence[SceneStatus],
-    manifest: Manifest,
-    log: BatchLog,
-    emit: Callable[[BatchEvent], None],
-    run_id: str,
-    execution: Execution | None,
-) -> str:
-    if execution is not None:
-        _run_scenes(workflow, todo, execution, manifest, log, emit, run_id)
-        return execution.description
-    with open_execution(
-        workflow.scheduler, n_workers=workflow.workers, threads_per_worker=workflow.threads
-    ) as ex:
-        _run_scenes(workflow, todo, ex, manifest, log, emit, run_id)
-        return ex.description
-
-
-def _run_scenes(
-    workflow: Workflow,
-    todo: Sequence[SceneStatus],
-    ex: Execution,
-    manifest: Manifest,
-    log: BatchLog,
-    emit: Callable[[BatchEvent], None],
-    run_id: str,
-) -> None:
-    """Run scenes in client-side threads sharing one client.
-
-    ``run_scene`` blocks its thread while Dask runs its blocks; with ``k`` scenes at once,
-    each keeps ``2 x threads / k`` blocks in flight, so memory stays what one scene at
-    ``2 x threads`` would use.
-    """
-    client = ex.client
-    budget = 2 * sum(client.nthreads().values()) if client is not None else 1
-    k = max(1, min(workflow.concurrency, budget, len(todo))) if client is not None else 1
-    config = workflow.config
-    if ex.torch_threads and not config.inference.threads:
-        config = replace(config, inference=replace(config.inference, threads=ex.torch_threads))
-    stop = threading.Event()
-
-    def one(status: SceneStatus) -> None:
-        _run_one(
-            status,
-            config=config,
-            overwrite=workflow.overwrite,
-            config_hash=workflow.config_hash,
-            manifest=manifest,
-            log=log,
-            emit=emit,
-            stop=stop,
-            run_id=run_id,
-            ex=ex,
-            max_in_flight=max(1, budget // k),
-        )
-
-    queue = iter(todo)
-    with ThreadPoolExecutor(max_workers=k, thread_name_prefix="geoseg-scene") as pool:
-        running: set[Future[None]] = set()
-        try:
-            while True:
-                while len(running) < k and (nxt := next(queue, None)) is not None:
-                    running.add(pool.submit(one, nxt))
-                if not running:
-                    break
-                # A timeout keeps the main thread responsive to SIGINT/SIGTERM.
-                finished, running = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    fut.result()  # scenes record their own failures; this raises only bugs
-        except BaseException:
-            stop.set()  # each running scene stops at its next block and cleans up
-            wait(running)
-            raise
-
-
-def _run_one(
-    status: SceneStatus,
-    *,
-    config: RunConfig,
-    overwrite: bool,
-    config_hash: str,
-    manifest: Manifest,
-    log: BatchLog,
-    emit: Callable[[BatchEvent], None],
-    stop: threading.Event,
-    run_id: str,
-    ex: Execution,
-    max_in_flight: int,
-) -> None:
-    if stop.is_set():
-        return
-    scene, record = status.scene, status.record
-    # Outputs this workflow wrote before (also by a run killed after the rename) are ours.
-    ours = record is not None and record.gpkg == str(scene.gpkg)
-    manifest.mark_running(
-        scene.input,
-        item=scene.item,
-        stamp=scene.stamp,
-        config_hash=config_hash,
-        gpkg=scene.gpkg,
-        outputs=scene.outputs,
-        run_id=run_id,
-    )
-    log.event("start", scene.label, status.reason)
-    emit(BatchEvent(kind="start", scene=scene.label, message=status.reason))
-    t0 = time.perf_counter()
-
-    def progress(done: int, total: int) -> None:
-        if stop.is_set():
-            raise _Stopped
-        emit(BatchEvent(kind="progress", scene=scene.label, done=done, total=total))
-
-    try:
-        foreign = [p for p in scene.outputs if p.exists() and not (ours or overwrite)]
-        if foreign:
-            raise OutputExistsError(
-                f"{str(foreign[0])!r} exists and was not written by this workflow; "
-                "set output.overwrite: true to replace it"
-            )
-        scene.gpkg.parent.mkdir(parents=True, exist_ok=True)
-        summary = run_scene(
-            scene.input,
-            scene.gpkg,
-            replace(config, overwrite=True),
-            client=ex.client,
-            progress=progress,
-            max_in_flight=max_in_flight,
-            resources=ex.resources,
-            resume=True,
-        )
-    except _Stopped:
-        _stopped(scene, manifest, log, emit)
-        return
-    except Exception as err:  # one bad scene must not stop the batch
-        if stop.is_set():  # e.g. Dask workers killed with the batch: not the scene's fault
-            _stopped(scene, manifest, log, emit)
-            return
-        error = _reason(err)
-        manifest.mark_failed(scene.input, seconds=time.perf_counter() - t0, error=error)
-        log.event("failed", scene.label, error)
-        emit(BatchEvent(kind="failed", scene=scene.label, message=error))
-        return
-    manifest.mark_done(
-        scene.input, seconds=summary.seconds, features=summary.features, timings=summary.timings
-    )
-    counts = " ".join(f"{k}={v}" for k, v in summary.features.items())
-    log.event("done", scene.label, f"{summary.seconds:.1f}s {counts}")
-    emit(BatchEvent(kind="done", scene=scene.label, message=f"{summary.seconds:.1f} s, {counts}"))
-
-
-def _stopped(
-    scene: Scene, manifest: Manifest, log: BatchLog, emit: Callable[[BatchEvent], None]
-) -> None:
-    manifest.mark_interrupted(scene.input)
-    log.event("stopped", scene.label, "batch interrupted; pending again")
-    emit(BatchEvent(kind="stopped", scene=scene.label))
+        return getattr(geoseg.batch, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,8 +19,9 @@ import pytest
 import rasterio
 from click.testing import CliRunner
 
-import geoseg.manifest
+import geoseg.batch
 from geoseg.cli import main
+from geoseg.errors import GeosegError
 from geoseg.manifest import MANIFEST_NAME
 from geoseg.workflow import load_workflow, run_workflow
 from tests.helpers import write_scene
@@ -76,13 +77,13 @@ def _fingerprints(folder: Path) -> dict[str, tuple[int, int]]:
 def run_scene_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The scenes the batch really ran ``run_scene`` for."""
     calls: list[str] = []
-    real = geoseg.manifest.run_scene
+    real = geoseg.batch.run_scene
 
     def spy(scene: str, *args: Any, **kwargs: Any) -> Any:
         calls.append(Path(scene).name)
         return real(scene, *args, **kwargs)
 
-    monkeypatch.setattr(geoseg.manifest, "run_scene", spy)
+    monkeypatch.setattr(geoseg.batch, "run_scene", spy)
     return calls
 
 
@@ -131,8 +132,15 @@ def test_a_bad_scene_fails_alone_and_a_rerun_only_retries_it(
 
     runs = sorted((out / "runs").glob("*.json"))
     assert len(runs) == 2
-    last = json.loads(runs[-1].read_text())
-    assert last["counts"] == {"scenes": 4, "ran": 1, "done": 3, "failed": 1, "pending": 0}
+    first, last = (json.loads(r.read_text()) for r in runs)
+    counts = {"scenes": 4, "ran": 1, "stopped": 0, "done": 3, "failed": 1, "pending": 0}
+    assert last["counts"] == counts and last["error"] is None
+    # Each scene's note says what this run did with it; "next" what the next run will do.
+    notes = {Path(s["input"]).stem: (s["note"], s["next"]) for s in last["scenes"]}
+    assert notes["s2"] == ("retry 2 of 3: failed", "run: retry 3 of 3")
+    assert notes["s0"] == ("skipped: up to date", "skip: up to date")
+    assert first["scenes"][0]["note"].startswith("new: done in ")
+    assert first["scenes"][0]["outcome"] == "done" and last["scenes"][0]["seconds"] is None
     log = [line.split(maxsplit=4) for line in (out / "geoseg-batch.log").read_text().splitlines()]
     events = [(kind, scene) for _, _, kind, scene, *_ in log]
     assert events.count(("done", "scenes/s0.tif")) == 1
@@ -226,7 +234,11 @@ def test_a_killed_batch_loses_no_finished_scene_and_a_rerun_completes(
             rows = _manifest_rows(out)
             done = [k for k, v in rows.items() if v == "done"]
             if 1 <= len(done) < n and list(out.glob(".s*")):
-                break
+                running = [r for r in _status(wf).values() if r["status"] == "running"]
+                if running:  # status tells the scene the live batch is on
+                    assert running[0]["note"].startswith("running since 20")
+                    assert f"pid {proc.pid})" in running[0]["note"]
+                    break
             assert proc.poll() is None, "the batch ended before it could be killed"
             assert time.monotonic() < deadline
             time.sleep(0.01)
@@ -247,6 +259,12 @@ def test_a_killed_batch_loses_no_finished_scene_and_a_rerun_completes(
     else:
         assert proc.returncode == -signal.SIGKILL
         assert list(out.glob(".s*"))  # what it was writing is left, under hidden names
+        (killed,) = [Path(k).stem for k, v in rows.items() if v == "running"]
+        row = _status(wf)[killed]  # no batch holds the folder: not "running" any more
+        assert (row["status"], row["note"]) == (
+            "pending",
+            "interrupted: the batch was killed while it ran",
+        )
     _assert_complete_or_absent(out)
     finished = {
         k: v for k, v in _fingerprints(out).items() if Path(k).stem.removesuffix("_classes") in done
@@ -271,7 +289,7 @@ def test_scenes_share_one_local_cluster_within_the_block_budget(
     wf = _batch(tmp_path, 4, size=160, extra=extra)
     wf.write_text(wf.read_text().replace("scheduler: sync", "scheduler: local"))
     lock, active, seen = threading.Lock(), [0], []
-    real: Callable[..., Any] = geoseg.manifest.run_scene
+    real: Callable[..., Any] = geoseg.batch.run_scene
 
     def counting(scene: str, *args: Any, **kwargs: Any) -> Any:
         with lock:
@@ -283,7 +301,7 @@ def test_scenes_share_one_local_cluster_within_the_block_budget(
             with lock:
                 active[0] -= 1
 
-    monkeypatch.setattr(geoseg.manifest, "run_scene", counting)
+    monkeypatch.setattr(geoseg.batch, "run_scene", counting)
     result = run_workflow(load_workflow(wf))
     assert result.exit_code == 0 and result.count("done") == 4
     assert max(a for a, _, _ in seen) == 2  # two scenes at once on one cluster ...
@@ -303,3 +321,193 @@ def test_scenes_share_one_local_cluster_within_the_block_budget(
         a = pyogrio.read_dataframe(tmp_path / "out" / f"s{i}.gpkg", layer="water")
         b = pyogrio.read_dataframe(tmp_path / "out-sync" / f"s{i}.gpkg", layer="water")
         assert a.geometry.to_wkb().tolist() == b.geometry.to_wkb().tolist()
+
+
+# Run the CLI with SIGINT raising KeyboardInterrupt, as in a terminal, even if the test
+# runner ignores SIGINT (its Dask workers then start with Python's SIGINT handler too).
+_AS_IN_A_TERMINAL = (
+    "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "from geoseg.cli import main; sys.exit(main())"
+)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["Ctrl-C", "SIGTERM"])
+def test_a_batch_on_a_local_cluster_stops_at_once_and_says_so_in_one_line(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    """Ctrl-C in a terminal, or ``kill -TERM -PGID``: the signal reaches every process of the
+    group, the Dask workers too. They must neither die noisily nor hang the batch."""
+    n = 6
+    extra = "tiling: {block: 64, tile: 64, overlap: 0}\nworkers: 1\nthreads: 1\nconcurrency: 1\n"
+    wf = _batch(tmp_path, n, size=320, extra=extra)
+    wf.write_text(wf.read_text().replace("scheduler: sync", "scheduler: local"))
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _AS_IN_A_TERMINAL, "batch", str(wf)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # once a scene is done and another is being written
+            done = [k for k, v in _manifest_rows(out).items() if v == "done"]
+            if 1 <= len(done) < n and list(out.glob(".s*.partial*")):
+                break
+            assert proc.poll() is None, proc.communicate()[1].decode()
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        os.killpg(proc.pid, sig)
+        signalled = time.monotonic()
+        _, stderr = proc.communicate(timeout=30)
+        stopped_in = time.monotonic() - signalled
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    err = stderr.decode()
+    assert proc.returncode == 130, err
+    *lines, last = err.splitlines()
+    assert all(line.startswith("geoseg: done scenes/") for line in lines), err  # no traceback
+    assert last.startswith("geoseg: wf: interrupted; ") and "done scenes are kept" in last.lower()
+    assert f"`geoseg batch {wf}` does the " in last, last
+    assert stopped_in < 15, f"took {stopped_in:.1f} s to stop"
+    for _ in range(50):  # the workers are gone with the batch
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("processes of the batch outlived it")
+
+    rows = _manifest_rows(out)
+    assert "running" not in rows.values() and not list(out.glob(".*partial*"))
+    (summary,) = [json.loads(p.read_text()) for p in (out / "runs").glob("*.json")]
+    assert summary["interrupted"] and summary["cluster"].startswith("1 local worker(s)")
+    counts = summary["counts"]
+    assert counts["ran"] == counts["done"] >= 1 and counts["done"] + counts["pending"] == n
+    outcomes = {s["outcome"] for s in summary["scenes"]}
+    assert outcomes <= {"done", "stopped", "not started"} and "not started" in outcomes
+    stopped = [s for s in summary["scenes"] if s["outcome"] == "stopped"]
+    assert counts["stopped"] == len(stopped)
+    assert all(s["note"] == "new: stopped (batch interrupted)" for s in stopped)
+    log = (out / "geoseg-batch.log").read_text().splitlines()
+    assert log[-1].split()[2] == "interrupted"
+
+    before = _fingerprints(out)
+    wf.write_text(wf.read_text().replace("scheduler: local", "scheduler: sync"))  # quicker
+    code, _, err = _cli("batch", str(wf), "-q")
+    assert code == 0, err
+    assert {r["status"] for r in _status(wf).values()} == {"done"}
+    assert {k: v for k, v in _fingerprints(out).items() if k in before} == before
+    _assert_complete_or_absent(out)
+
+
+def _set_date(path: Path, day: str) -> None:
+    t = time.mktime(time.strptime(f"{day} 12", "%Y-%m-%d %H"))
+    os.utime(path, (t, t))
+
+
+def test_a_redone_scene_removes_the_outputs_its_earlier_run_left(tmp_path: Path) -> None:
+    wf = _batch(tmp_path, 2)
+    wf.write_text(
+        wf.read_text().replace("{folder: out}", '{folder: out, name: "{date}/{stem}.gpkg"}')
+    )
+    out, scenes = tmp_path / "out", tmp_path / "scenes"
+    for i in range(2):
+        _set_date(scenes / f"s{i}.tif", "2026-01-01")
+    assert _cli("batch", str(wf), "-q")[0] == 0
+    jan = out / "2026-01-01"
+    assert sorted(p.name for p in jan.iterdir()) == [
+        f"s{i}{end}" for i in range(2) for end in (".gpkg", "_classes.qml", "_classes.tif")
+    ]
+    (jan / "notes.txt").write_text("mine")  # the manifest never recorded it: never touched
+
+    _set_date(scenes / "s0.tif", "2026-02-01")  # a new acquisition date: a new output path
+    assert _cli("batch", str(wf), "-q")[0] == 0
+    assert sorted(p.name for p in (out / "2026-02-01").iterdir()) == [
+        "s0.gpkg",
+        "s0_classes.qml",
+        "s0_classes.tif",
+    ]
+    assert sorted(p.name for p in jan.iterdir()) == [
+        "notes.txt",
+        "s1.gpkg",
+        "s1_classes.qml",
+        "s1_classes.tif",
+    ]
+    log = (out / "geoseg-batch.log").read_text()
+    assert "removed  scenes/s0.tif earlier outputs: 2026-01-01/s0.gpkg, " in log
+
+    # No class raster any more: the rasters go; a flat name: the date folders go (when empty).
+    wf.write_text(
+        wf.read_text().replace('name: "{date}/{stem}.gpkg"}', 'name: "{stem}.gpkg", raster: false}')
+    )
+    assert _cli("batch", str(wf), "-q")[0] == 0
+    files = [p for p in out.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    assert sorted(p.relative_to(out).as_posix() for p in files) == [
+        "2026-01-01/notes.txt",
+        "geoseg-batch.log",
+        "geoseg-manifest.sqlite",
+        *[f"runs/{p.name}" for p in sorted((out / "runs").iterdir())],
+        "s0.gpkg",
+        "s1.gpkg",
+    ]
+    _assert_complete_or_absent(out)
+
+    # A batch killed after committing a scene, before removing its earlier outputs: the
+    # manifest still lists them, and the next run removes them first.
+    left = out / "s1_classes.tif"
+    left.write_bytes(b"left by the run before")
+    with sqlite3.connect(out / MANIFEST_NAME) as db:
+        db.execute(
+            "UPDATE scenes SET stale = ? WHERE input = ?",
+            (json.dumps([str(left)]), str(scenes / "s1.tif")),
+        )
+    db.close()
+    assert _cli("batch", str(wf), "-q")[0] == 0
+    assert not left.exists()
+
+
+def test_outputs_that_change_hands_between_scenes_are_not_removed(tmp_path: Path) -> None:
+    """s0's old name is s1's new one (and back): each scene's earlier output is the other's."""
+    wf = _batch(tmp_path, 2)
+    wf.write_text(wf.read_text().replace("{folder: out}", '{folder: out, name: "{date}.gpkg"}'))
+    scenes, out = tmp_path / "scenes", tmp_path / "out"
+    _set_date(scenes / "s0.tif", "2026-01-01")
+    _set_date(scenes / "s1.tif", "2026-02-01")
+    assert _cli("batch", str(wf), "-q")[0] == 0
+    _set_date(scenes / "s0.tif", "2026-02-01")
+    _set_date(scenes / "s1.tif", "2026-01-01")
+    code, _, err = _cli("batch", str(wf), "-q")
+    assert code == 0, err  # neither is refused as "not written by this workflow"
+    for day, scene in (("2026-01-01", "s1.tif"), ("2026-02-01", "s0.tif")):
+        with sqlite3.connect(out / f"{day}.gpkg") as db:
+            (source,) = db.execute(
+                "SELECT value FROM geoseg_provenance WHERE key = 'input_path'"
+            ).fetchone()
+        assert Path(source).name == scene
+        assert (out / f"{day}_classes.tif").is_file()
+    assert "removed" not in (out / "geoseg-batch.log").read_text()
+
+
+def test_a_run_that_cannot_start_says_why_in_its_log_and_summary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wf = _batch(tmp_path, 2)
+    wf.write_text(wf.read_text().replace("scheduler: sync", "scheduler: tcp://10.0.0.1:8786"))
+    reason = "cannot reach the Dask scheduler at tcp://10.0.0.1:8786: timed out after 20 s"
+
+    def unreachable(*args: Any, **kwargs: Any) -> Any:
+        raise GeosegError(reason)
+
+    monkeypatch.setattr(geoseg.batch, "open_execution", unreachable)
+    code, _, err = _cli("batch", str(wf))
+    assert code == 1 and err.strip() == f"geoseg: error: {reason}"
+    log = (tmp_path / "out" / "geoseg-batch.log").read_text().splitlines()
+    assert log[-2].split(maxsplit=4)[2:] == ["error", str(wf), reason]
+    (summary,) = [json.loads(p.read_text()) for p in (tmp_path / "out" / "runs").glob("*.json")]
+    assert summary["error"] == reason and summary["cluster"] == "none"
+    assert summary["counts"]["ran"] == 0 and summary["counts"]["pending"] == 2
+    assert {s["note"] for s in summary["scenes"]} == {"not started: the run failed (see error)"}

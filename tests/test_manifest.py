@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
 import sqlite3
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from geoseg.batch import clean_partials, remove_outputs, write_run_summary
 from geoseg.errors import GeosegError
 from geoseg.manifest import (
     MANIFEST_NAME,
@@ -14,11 +18,12 @@ from geoseg.manifest import (
     Manifest,
     Scene,
     SceneRecord,
-    clean_partials,
     decide,
     folder_lock,
+    lock_holder,
     lock_is_held,
     read_manifest,
+    scene_statuses,
 )
 
 STAMP = InputStamp(size=100, mtime_ns=1)
@@ -72,7 +77,12 @@ def test_decide_retries_failed_scenes_up_to_the_limit(outputs: tuple[Path, Path]
     assert _decide(exhausted, outputs, retry_failed=True).startswith("run: retry (retries used")
     # A changed input or config starts over, whatever the attempts.
     assert _decide(exhausted, outputs, config_hash="h2") == "run: config changed"
-    assert _decide(_record(status="pending", attempts=1), outputs) == "run: interrupted"
+    started = "2026-11-25T03:00:00Z"
+    assert _decide(_record(status="pending", attempts=0), outputs) == "run: pending"
+    stopped = _record(status="pending", attempts=0, started=started)  # a clean stop
+    assert _decide(stopped, outputs) == "run: interrupted"
+    killed = _record(status="running", attempts=1, started=started)  # no batch holds it
+    assert _decide(killed, outputs) == "run: interrupted: the batch was killed while it ran"
     assert _decide(_record(status="pending", attempts=3), outputs).startswith("give-up")
 
 
@@ -128,7 +138,8 @@ def test_rows_left_running_by_a_killed_batch_become_pending(tmp_path: Path) -> N
         rows = m.records()
     assert (rows["a"].status, rows["a"].attempts) == ("pending", 1)  # a kill counts
     assert (rows["b"].status, rows["b"].attempts) == ("pending", 0)
-    assert "interrupted" in (rows["a"].error or "")
+    assert rows["a"].error == "the batch was killed while it ran"
+    assert rows["b"].error == "the batch was stopped while it ran"
 
 
 def test_an_output_folder_belongs_to_one_workflow(tmp_path: Path) -> None:
@@ -148,6 +159,125 @@ def test_reading_a_missing_manifest_creates_nothing(tmp_path: Path) -> None:
         Manifest(tmp_path / MANIFEST_NAME, workflow="w", readonly=True)._db.execute(
             "DELETE FROM scenes"
         )
+
+
+def _scene(folder: Path, name: str) -> Scene:
+    gpkg = folder / f"{name}.gpkg"
+    return Scene(input=name, label=name, gpkg=gpkg, outputs=(gpkg,), stamp=STAMP)
+
+
+def test_a_scene_is_running_only_while_the_batch_that_started_it_holds_the_lock(
+    tmp_path: Path,
+) -> None:
+    with Manifest(tmp_path / MANIFEST_NAME, workflow="w") as m:
+        _start(m, "a")  # run r1
+    scenes = [_scene(tmp_path, "a")]
+
+    def status() -> tuple[str, str]:
+        records, _ = read_manifest(tmp_path, workflow="w")
+        (s,) = scene_statuses(
+            scenes, records, config_hash="h1", max_attempts=3, holder=lock_holder(tmp_path)
+        )
+        return s.status, s.reason
+
+    assert lock_holder(tmp_path) is None
+    assert status() == ("pending", "interrupted: the batch was killed while it ran")
+    with folder_lock(tmp_path, run_id="r1"):
+        holder = lock_holder(tmp_path)
+        assert holder is not None and (holder.pid, holder.run_id) == (os.getpid(), "r1")
+        state, note = status()
+        assert state == "running" and note.startswith("running since 20")
+        assert note.endswith(f"(run r1, pid {os.getpid()})")
+    with folder_lock(tmp_path, run_id="r2"):  # a newer batch: r1's row was left by a kill
+        assert status() == ("pending", "interrupted: the batch was killed while it ran")
+
+
+def test_outputs_of_earlier_runs_are_remembered_until_removed(tmp_path: Path) -> None:
+    old, new = Path("/out/2026-01-01/a.gpkg"), Path("/out/2026-02-01/a.gpkg")
+    with Manifest(tmp_path / MANIFEST_NAME, workflow="w") as m:
+        _start(m, "a")
+        m.mark_done("a", seconds=1, features={}, timings={})
+        kw: dict = {"item": None, "stamp": STAMP, "config_hash": "h1", "run_id": "r2"}
+        m.mark_running("a", gpkg=old, outputs=(old, old.with_suffix(".tif")), **kw)
+        assert m.get("a").stale == ("/out/a.gpkg",)  # type: ignore[union-attr]
+        m.mark_failed("a", seconds=1, error="boom")  # a failed run: its paths stay stale too
+        m.mark_running("a", gpkg=new, outputs=(new, old.with_suffix(".tif")), **kw)
+        assert m.get("a").stale == (  # type: ignore[union-attr]
+            "/out/a.gpkg",
+            "/out/2026-01-01/a.gpkg",
+        )
+        assert m.stale_done() == {}  # only done scenes' stale outputs are removed
+        m.mark_done("a", seconds=1, features={}, timings={})
+        assert m.stale_done() == {"a": ("/out/a.gpkg", "/out/2026-01-01/a.gpkg")}
+        m.set_stale("a", [])
+        assert m.stale_done() == {}
+
+
+def test_a_manifest_from_before_the_stale_column_is_upgraded(tmp_path: Path) -> None:
+    path = tmp_path / MANIFEST_NAME
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE scenes (input TEXT PRIMARY KEY, item TEXT, size INTEGER, "
+            "mtime_ns INTEGER, checksum TEXT, config_hash TEXT NOT NULL, status TEXT NOT NULL, "
+            "attempts INTEGER NOT NULL DEFAULT 0, gpkg TEXT, outputs TEXT, started TEXT, "
+            "finished TEXT, seconds REAL, features TEXT, timings TEXT, error TEXT, run_id TEXT, "
+            "updated TEXT NOT NULL)"
+        )
+        db.execute(
+            "INSERT INTO scenes (input, config_hash, status, outputs, updated) "
+            "VALUES ('a', 'h1', 'done', '[\"/out/a.gpkg\"]', 'now')"
+        )
+    db.close()
+    assert read_manifest(tmp_path, workflow="w")[0]["a"].stale == ()  # read-only: as it is
+    with Manifest(path, workflow="w") as m:
+        assert m.get("a").outputs == ("/out/a.gpkg",)  # type: ignore[union-attr]
+        new = Path("/out/new/a.gpkg")
+        m.mark_running(
+            "a", item=None, stamp=STAMP, config_hash="h1", gpkg=new, outputs=(new,), run_id="r"
+        )
+        assert m.get("a").stale == ("/out/a.gpkg",)  # type: ignore[union-attr]
+
+
+def test_only_recorded_files_inside_the_output_folder_are_removed(tmp_path: Path) -> None:
+    out, day = tmp_path / "out", tmp_path / "out" / "2026-01-01"
+    day.mkdir(parents=True)
+    names = ["a.gpkg", "a_classes.tif", ".a.gpkg.journal", ".a_classes.tif.partial", "b.gpkg"]
+    for name in names:
+        (day / name).write_bytes(b"x")
+    outside = tmp_path / "a.gpkg"
+    outside.write_bytes(b"x")
+    stale = [str(day / "a.gpkg"), str(day / "a_classes.tif"), str(day / "b.gpkg"), str(outside)]
+    stale.append(str(out / "2026-01-01" / ".." / ".." / "a.gpkg"))  # normalised: outside too
+    removed, retry = remove_outputs(stale, folder=out, keep=lambda p: p.endswith("b.gpkg"))
+    assert removed == [day / "a.gpkg", day / "a_classes.tif"] and retry == []
+    assert sorted(p.name for p in day.iterdir()) == ["b.gpkg"]  # kept: another scene's now
+    assert outside.exists()
+    remove_outputs([str(day / "b.gpkg")], folder=out, keep=lambda p: False)
+    assert not day.exists() and out.is_dir()  # a subfolder left empty goes, the folder stays
+
+
+def test_run_summaries_keep_the_newest(tmp_path: Path) -> None:
+    start = datetime(2026, 11, 25, 3, 0, tzinfo=UTC)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "notes.json").write_text("{}")  # not a summary: never deleted
+    paths = [
+        write_run_summary(tmp_path, start + timedelta(days=i), {"i": i}, keep=3) for i in range(5)
+    ]
+    clash = write_run_summary(tmp_path, start + timedelta(days=4), {"i": 5}, keep=3)
+    assert clash.name == "2026-11-29T03-00-00.000000Z-2.json"
+    left = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert left == sorted([paths[3].name, paths[4].name, clash.name, "notes.json"])
+    assert json.loads(clash.read_text()) == {"i": 5}
+
+
+def test_runner_names_still_import_from_the_manifest_module() -> None:
+    import geoseg.batch
+    import geoseg.manifest
+
+    for name in ("run_workflow", "clean_partials", "BatchResult", "write_run_summary"):
+        assert getattr(geoseg.manifest, name) is getattr(geoseg.batch, name)
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        geoseg.manifest.nothing  # noqa: B018
 
 
 def test_one_batch_at_a_time_per_output_folder(tmp_path: Path) -> None:
