@@ -9,8 +9,9 @@ problem is collected and reported at once as ``file:line: key: problem`` in one
 :class:`Workflow`: the scenes, one :class:`~geoseg.config.RunConfig` and the config hash that
 tells the manifest whether a done scene is still up to date.
 
-Running a workflow (:func:`run_workflow`) and its state (:func:`workflow_status`) live in
-:mod:`geoseg.manifest`. The schema is documented in ``workflows/README.md``.
+Running a workflow (:func:`run_workflow`) lives in :mod:`geoseg.batch`, its state
+(:func:`workflow_status`) in :mod:`geoseg.manifest`. The schema is documented in
+``workflows/README.md``.
 """
 
 from __future__ import annotations
@@ -18,38 +19,33 @@ from __future__ import annotations
 import difflib
 import glob
 import hashlib
+import itertools
 import json
 import os
 import re
 import string
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 import yaml  # type: ignore[import-untyped, unused-ignore]
 
 from geoseg import __version__
+from geoseg.batch import BatchEvent, BatchInterrupted, BatchResult, run_workflow
 from geoseg.config import RunConfig, parse_class_list
 from geoseg.errors import ConfigError, GeosegError, WorkflowError
-from geoseg.manifest import (
-    BatchEvent,
-    BatchResult,
-    InputStamp,
-    Scene,
-    SceneStatus,
-    run_workflow,
-    workflow_status,
-)
+from geoseg.manifest import InputStamp, Scene, SceneStatus, workflow_status
 from geoseg.models.defaults import DEFAULT_MODELS, WEIGHTS_DIR
 from geoseg.models.predictor import InferenceOptions
 from geoseg.outputs import output_paths
+from geoseg.stac import is_remote, stac_asset
 
 __all__ = [
     "TEMPLATE_FIELDS",
     "BatchEvent",
+    "BatchInterrupted",
     "BatchResult",
     "Scene",
     "SceneStatus",
@@ -90,12 +86,16 @@ _SECTION_KEYS = {
     "output": ("folder", "name", "overwrite", "raster", "probabilities", "cog", "crs"),
 }
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
-_REMOTE = {"http": "/vsicurl/", "https": "/vsicurl/", "s3": "/vsis3/", "gs": "/vsigs/"}
+_MAGIC = re.compile(r"[*?[]")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Workflow:
-    """A validated workflow file."""
+    """A validated workflow file.
+
+    ``warnings``: what is valid but likely not what was meant, as ``file:line: key: text``
+    (an input pattern whose folder holds no matching file yet).
+    """
 
     path: Path
     name: str
@@ -110,6 +110,7 @@ class Workflow:
     retries: int
     config_hash: str
     settings: Mapping[str, Any] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
 
     @property
     def max_attempts(self) -> int:
@@ -169,6 +170,7 @@ class _Parser:
         self.path = path
         self.base = path.parent
         self.problems: list[tuple[int, str, str]] = []
+        self.warnings: list[str] = []
         self.loader = yaml.SafeLoader(text)
 
     def problem(self, line: int, key: str, message: str) -> None:
@@ -190,8 +192,12 @@ class _Parser:
     def _value(self, node: yaml.Node) -> Any:
         return self.loader.construct_object(node, deep=True)
 
-    def fields(self, f: _Field | None, allowed: Sequence[str]) -> dict[str, _Field]:
-        """The keys of a mapping; unknown and repeated keys are problems."""
+    def fields(self, f: _Field | None, allowed: Sequence[str] | None) -> dict[str, _Field]:
+        """The keys of a mapping; unknown (not in ``allowed``) and repeated keys are problems.
+
+        ``allowed`` None: any key (the classes a ``models`` mapping may name are unknown when
+        ``classes`` itself is invalid; its models are still checked).
+        """
         if f is None or f.value is None:
             return {}
         if not isinstance(f.node, yaml.MappingNode):
@@ -201,7 +207,7 @@ class _Parser:
         for knode, vnode in f.node.value:
             name = str(self._value(knode))
             key, line = (f"{f.key}.{name}" if f.key else name), knode.start_mark.line + 1
-            if name not in allowed:
+            if allowed is not None and name not in allowed:
                 near = difflib.get_close_matches(name, allowed, n=1)
                 hint = f"did you mean {near[0]!r}?" if near else f"valid: {', '.join(allowed)}"
                 self.problem(line, key, f"unknown key; {hint}")
@@ -248,6 +254,15 @@ class _Parser:
             root = self.loader.get_single_node()
             if root is None:
                 self.problem(1, "(file)", "empty; start from an example in workflows/")
+                return None
+            if not isinstance(root, yaml.MappingNode):
+                what = _type_name(self._value(root))
+                self.problem(
+                    root.start_mark.line + 1,
+                    "(file)",
+                    f"must be a mapping of workflow keys (version, inputs, classes, output, "
+                    f"...), not {what}; start from an example in workflows/",
+                )
                 return None
             top = self.fields(_Field("", root, self._value(root), 1), _TOP_KEYS)
             return self._build(top, root.start_mark.line + 1)
@@ -344,6 +359,7 @@ class _Parser:
             retries=retries,
             config_hash=_hash(settings),
             settings=settings,
+            warnings=tuple(self.warnings),
         )
 
     # ---- what to run
@@ -371,30 +387,32 @@ class _Parser:
         from geoseg.models.card import ModelCard, read_card
         from geoseg.models.spectral import is_spectral, spectral_card
 
-        if not classes:
-            return (), {}  # nothing to check models against
-        given = self.fields(f, classes)
+        # Invalid classes (reported at their key) do not hide problems with the models:
+        # each one is still checked, against the class it is named for.
+        given = self.fields(f, classes or None)
         chosen: dict[str, tuple[str, ModelCard]] = {}
         hashes: dict[str, str] = {}
         for cls in classes:
-            g = given.get(cls)
-            line, key = (g.line, g.key) if g else (f.at if f else first, "models")
-            if g is None:
-                # The package default: chosen per scene (by its bands) when the scene runs.
-                if cls in DEFAULT_MODELS:
-                    hashes[cls] = _default_identity(cls)
-                else:
-                    hint = f"models: {{{cls}: FILE.safetensors}}"
-                    have = ", ".join(DEFAULT_MODELS)
-                    self.problem(
-                        line,
-                        key,
-                        f"no model for class {cls!r} (defaults exist for {have}); add {hint}",
-                    )
+            if cls in given:
                 continue
-            source = g.value
+            # The package default: chosen per scene (by its bands) when the scene runs.
+            if cls in DEFAULT_MODELS:
+                hashes[cls] = _default_identity(cls)
+            else:
+                hint = f"models: {{{cls}: FILE.safetensors}}"
+                have = ", ".join(DEFAULT_MODELS)
+                self.problem(
+                    f.at if f else first,
+                    "models",
+                    f"no model for class {cls!r} (defaults exist for {have}); add {hint}",
+                )
+        for cls, g in given.items():
+            line, key, source = g.line, g.key, g.value
             if not isinstance(source, str) or not source.strip():
-                self.problem(line, key, "must be a model file or a built-in method (e.g. ndwi)")
+                what = _type_name(source)
+                self.problem(
+                    line, key, f"must be a model file or a built-in method (e.g. ndwi), not {what}"
+                )
                 continue
             try:
                 if is_spectral(source):
@@ -411,6 +429,8 @@ class _Parser:
                 self.problem(line, key, f"model {card.name!r} gives {gives}, not {cls!r}")
                 continue
             chosen[cls], hashes[cls] = (source, card), digest
+        if not classes:
+            return (), {}  # nothing to run; every problem above is reported
         # plan_run gives each model, in order, every remaining class it produces: a model goes
         # after any model named for a class it also produces.
         remaining = list(dict.fromkeys(src for src, _ in chosen.values()))
@@ -575,11 +595,11 @@ class _Parser:
             # A glob over a tree that holds the output folder must not pick up class rasters.
             matches = [m for m in matches if folder is None or not m.is_relative_to(folder)]
             if not matches:
-                self.problem(line, "inputs.glob", f"{pattern!r} matches no file")
+                self._nothing_yet(line, "inputs.glob", pattern, _glob_root(self.base / pattern))
             for m in matches:
                 found.setdefault(str(m), _Input(path=str(m), label=self._label(m)))
         for name, line in self.paths(fields.get("files")):
-            if _is_remote(name):
+            if is_remote(name):
                 found.setdefault(name, _Input(path=name, label=name))
                 continue
             path = (self.base / name).resolve()
@@ -601,12 +621,29 @@ class _Parser:
     def _label(self, path: Path) -> str:
         return os.path.relpath(path, self.base)
 
+    def _nothing_yet(self, line: int, key: str, pattern: str, folder: Path) -> None:
+        """A pattern or STAC folder that finds no scene.
+
+        Its folder missing is a problem (a typo, a share not mounted: the run would silently
+        do nothing). An existing folder with nothing in it yet is how a monitoring workflow
+        starts: a warning, and the file is valid. A file named in ``files`` must exist.
+        """
+        folder = folder.resolve()
+        if not folder.is_dir():
+            self.problem(line, key, f"{pattern!r} matches no file: {str(folder)!r} does not exist")
+        else:
+            self.warnings.append(
+                f"{self.path}:{line}: {key}: {pattern!r} matches no file in {str(folder)!r} yet"
+            )
+
     def _stac(self, name: str, line: int, asset_key: str | None) -> list[_Input]:
         where = (self.base / name).resolve()
         files = sorted(where.glob("*.json")) if where.is_dir() else [where]
-        if not where.exists() or not files:
-            what = "does not exist" if not where.exists() else "holds no STAC item .json files"
-            self.problem(line, "inputs.stac", f"{name!r} {what}")
+        if not where.exists():
+            self.problem(line, "inputs.stac", f"{name!r} does not exist")
+            return []
+        if not files:
+            self._nothing_yet(line, "inputs.stac", name, where)
             return []
         out = []
         for file in files:
@@ -617,18 +654,28 @@ class _Parser:
                 self.problem(line, "inputs.stac", f"{label}: not a JSON file: {err}")
                 continue
             try:
-                inp = _stac_input(doc, file, asset_key)
+                asset = stac_asset(doc, file, asset_key)
             except ValueError as err:
                 self.problem(line, "inputs.stac", f"{label}: {err}")
                 continue
-            if inp is not None:
-                label = inp.label if _is_remote(inp.path) else self._label(Path(inp.path))
-                out.append(replace(inp, label=label))
+            if asset is not None:
+                remote = is_remote(asset.path)
+                out.append(
+                    _Input(
+                        path=asset.path,
+                        label=asset.path if remote else self._label(Path(asset.path)),
+                        item=asset.item,
+                        item_id=asset.item_id,
+                        date=asset.date,
+                        checksum=asset.checksum,
+                    )
+                )
         return out
 
     def _scenes(self, inputs: list[_Input], out: _OutputSpec, *, checksum: bool) -> list[Scene]:
-        if out.folder is None:
-            return []
+        # Without a valid output.folder (reported at its key) the names are still checked,
+        # against a stand-in: whether they stay inside it or collide does not depend on it.
+        root = out.folder or Path(os.path.abspath(os.sep)) / "output.folder"
         scenes: list[Scene] = []
         seen: dict[Path, str] = {}
         for inp in inputs:
@@ -646,9 +693,10 @@ class _Parser:
             except (ValueError, KeyError, IndexError) as err:
                 self.problem(out.line, "output.name", f"{out.template!r}: {err}")
                 break
-            gpkg = Path(os.path.normpath(out.folder / rel))
-            if not gpkg.is_relative_to(out.folder):
-                msg = f"{rel!r} (for {inp.label}) lies outside output.folder {str(out.folder)!r}"
+            gpkg = Path(os.path.normpath(root / rel))
+            if not gpkg.is_relative_to(root):
+                where = f" {str(out.folder)!r}" if out.folder else ""
+                msg = f"{rel!r} (for {inp.label}) lies outside output.folder{where}"
                 self.problem(out.line, "output.name", msg)
                 break
             if gpkg in seen:
@@ -670,77 +718,17 @@ class _Parser:
         return scenes
 
 
-def _stac_input(doc: Any, file: Path, asset_key: str | None) -> _Input | None:
-    """The scene a STAC item points at (None for catalogs and collections).
-
-    Raises
-    ------
-    ValueError
-        Saying what is wrong with the item.
-    """
-    kind = doc.get("type") if isinstance(doc, dict) else None
-    if kind in ("Catalog", "Collection"):
-        return None
-    assets = doc.get("assets") if isinstance(doc, dict) else None
-    if kind != "Feature" or not isinstance(assets, dict):
-        raise ValueError("not a STAC item (a Feature with assets)")
-    if asset_key is not None:
-        if asset_key not in assets:
-            raise ValueError(f"has no asset {asset_key!r}; it has {', '.join(assets)}")
-        key = asset_key
-    else:
-        tiffs = [k for k, a in assets.items() if isinstance(a, dict) and _is_geotiff(a)]
-        data = [k for k in tiffs if "data" in (assets[k].get("roles") or [])]
-        if len(tiffs) != 1 and len(data) != 1:
-            found = ", ".join(tiffs) or "none"
-            raise ValueError(f"needs one GeoTIFF asset (found: {found}); pick with stac_asset")
-        key = tiffs[0] if len(tiffs) == 1 else data[0]
-    asset = assets[key]
-    href = asset.get("href") if isinstance(asset, dict) else None
-    path = _href_path(href, file.parent) if isinstance(href, str) and href else None
-    if path is None:
-        raise ValueError(f"asset {key!r} has no usable href ({href!r})")
-    if not _is_remote(path) and not os.path.isfile(path):
-        raise ValueError(f"asset {key!r}: {href!r} does not exist")
-    props = doc.get("properties") or {}
-    when = props.get("datetime") or props.get("start_datetime")
-    version = asset.get("file:checksum") or props.get("updated")
-    return _Input(
-        path=path,
-        label=path,
-        item=str(file),
-        item_id=str(doc.get("id") or file.stem),
-        date=str(when)[:10] if when else None,
-        checksum=f"stac:{version}" if version and _is_remote(path) else None,
-    )
-
-
-def _is_remote(path: str) -> bool:
-    return path.startswith("/vsi") or "://" in path
-
-
-def _is_geotiff(asset: Mapping[str, Any]) -> bool:
-    media = str(asset.get("type", "")).lower()
-    href = str(asset.get("href", "")).lower().split("?")[0]
-    return "geotiff" in media or media.startswith("image/tiff") or href.endswith((".tif", ".tiff"))
-
-
-def _href_path(href: str, item_dir: Path) -> str | None:
-    """A STAC asset href as a path GDAL opens: relative hrefs resolve against the item."""
-    parsed = urlparse(href)
-    if parsed.scheme in _REMOTE:
-        if parsed.scheme in ("http", "https"):
-            return _REMOTE[parsed.scheme] + href
-        return f"{_REMOTE[parsed.scheme]}{parsed.netloc}{parsed.path}"
-    if parsed.scheme == "file":
-        return str(Path(unquote(parsed.path)).resolve())
-    if parsed.scheme == "" or len(parsed.scheme) == 1:  # relative, absolute, or C:\...
-        return str((item_dir / href).resolve())
-    return None
+def _glob_root(pattern: Path) -> Path:
+    """The folder a glob pattern searches: its leading parts without wildcards."""
+    parts = pattern.parts
+    fixed = [p for p in itertools.takewhile(lambda p: not _MAGIC.search(p), parts)]
+    if len(fixed) == len(parts):  # no wildcard: a file name
+        fixed = fixed[:-1]
+    return Path(*fixed) if fixed else Path(".")
 
 
 def _stamp(inp: _Input, *, checksum: bool) -> tuple[InputStamp, float | None]:
-    if _is_remote(inp.path):
+    if is_remote(inp.path):
         return InputStamp(checksum=inp.checksum), None
     st = os.stat(inp.path)
     digest = f"sha256:{_sha256(Path(inp.path))}" if checksum else None
