@@ -5,9 +5,10 @@ is only imported by Airflow; geoseg does not depend on Airflow). One task per wo
 ``geoseg batch FILE``; a re-run does only what is missing, so Airflow retries and backfills
 are safe. Exit code 1 (some scenes failed) fails the task so Airflow's alerting fires; the
 next try retries only the failed scenes, within the workflow's ``retries``. A task killed
-by Airflow (timeout, mark as failed) gets SIGTERM: geoseg stops each running scene at its
-next block and keeps every finished scene. After each batch, ``geoseg batch status`` logs
-the manifest as a table.
+by Airflow (timeout, mark as failed) gets SIGTERM, its whole process group: geoseg stops at
+once, keeps every finished scene (and the finished blocks of the others) and exits 130; its
+Dask workers ignore the signal and are closed by geoseg. After each batch,
+``geoseg batch status`` logs the manifest as a table.
 """
 
 from __future__ import annotations
