@@ -67,6 +67,7 @@ def make_weights(workdir: Path) -> tuple[Path, Path]:
             "64",
             "-o",
             str(model),
+            "--overwrite",
             "-q",
         )
     )

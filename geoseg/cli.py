@@ -1,14 +1,18 @@
 """The ``geoseg`` command line.
 
-Usage errors exit 2 (click's convention); any :class:`~geoseg.errors.GeosegError` exits 1
-with one line on stderr, and a traceback only with ``-v``. Progress is drawn with rich on
-stderr when it is a terminal, unless ``--quiet``.
+A malformed command line exits 2: click's own checks (a missing option, a bad choice) and
+option values geoseg rejects (a :class:`~geoseg.errors.ConfigError` while the options are
+read: ``--tile 100``, ``--scheduler foo``). Any other :class:`~geoseg.errors.GeosegError`
+(a missing or corrupt scene, an existing output, a class no model has, no GPU) exits 1.
+Either way one line on stderr, and a traceback only with ``-v``. Progress is drawn with rich
+on stderr when it is a terminal, unless ``--quiet``.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -50,6 +54,18 @@ def _handles_errors(fn: F) -> F:
             sys.exit(130)
 
     return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def _usage_errors(
+    *, verbose: bool, kinds: tuple[type[GeosegError], ...] = (ConfigError,)
+) -> Iterator[None]:
+    """Errors in the command line's option values: one line and exit 2 (STYLE.md)."""
+    try:
+        yield
+    except kinds as err:
+        _fail(err, verbose=verbose)
+        sys.exit(2)
 
 
 def _setup_logging(*, verbose: bool, quiet: bool) -> None:
@@ -234,39 +250,58 @@ def run(
     from geoseg.models.predictor import InferenceOptions
     from geoseg.outputs import output_paths
     from geoseg.pipeline import plan_run, run_scene
-    from geoseg.scheduler import open_execution
+    from geoseg.plan import check_outputs
+    from geoseg.scheduler import check_address, cpu_cluster_shape, open_execution
 
     _setup_logging(verbose=verbose, quiet=quiet)
     out = output or f"{Path(scene).stem}.gpkg"
-    config = RunConfig(
-        classes=parse_class_list(classes),
-        models=models,
-        bands=parse_band_list(bands) if bands else None,
-        sensor=sensor,
-        block=block,
-        inference=InferenceOptions(
-            device=device, precision=precision, batch_size=batch_size, tile=tile, overlap=overlap
-        ),
-        smooth=smooth,
-        smooth_params=smooth_params,
-        min_area_m2=min_area,
-        simplify_m=simplify,
-        raster=raster,
-        probabilities=probabilities,
-        cog=cog,
-        dst_crs=dst_crs,
-        centerlines=centerlines,
-        prune_m=prune,
-        overwrite=overwrite,
-    )
-    # Validate before starting a cluster: bad input fails in a fraction of a second.
-    output_paths(out, raster=raster, probabilities=probabilities)
-    plan_run(scene, config)
+    # Everything is checked before a cluster starts, so bad input fails in a fraction of a
+    # second: first the option values (exit 2), then the files and the scene (exit 1).
+    with _usage_errors(verbose=verbose):
+        config = RunConfig(
+            classes=parse_class_list(classes),
+            models=models,
+            bands=parse_band_list(bands) if bands else None,
+            sensor=sensor,
+            block=block,
+            inference=InferenceOptions(
+                device=device,
+                precision=precision,
+                batch_size=batch_size,
+                tile=tile,
+                overlap=overlap,
+            ),
+            smooth=smooth,
+            smooth_params=smooth_params,
+            min_area_m2=min_area,
+            simplify_m=simplify,
+            raster=raster,
+            probabilities=probabilities,
+            cog=cog,
+            dst_crs=dst_crs,
+            centerlines=centerlines,
+            prune_m=prune,
+            overwrite=overwrite,
+        )
+        paths = output_paths(out, raster=raster, probabilities=probabilities)
+        check_address(scheduler)
+        if scheduler == "local":
+            cpu_cluster_shape(os.cpu_count() or 1, n_workers=workers, threads_per_worker=threads)
+    check_outputs(paths.all(), overwrite=overwrite)
+    if report:
+        _check_report_path(report)
+    with _usage_errors(verbose=verbose):  # a ConfigError here is an option (--tile, --bands...)
+        plan = plan_run(scene, config)
     with open_execution(
-        scheduler, n_workers=workers, threads_per_worker=threads, dashboard=dashboard
+        scheduler,
+        n_workers=workers,
+        threads_per_worker=threads,
+        dashboard=dashboard,
+        worker_log_level=logging.INFO if verbose else logging.CRITICAL,
     ) as ex:
         if ex.torch_threads and not config.inference.threads:
             config = replace(config, inference=replace(config.inference, threads=ex.torch_threads))
+            plan = replace(plan, inference=config.inference)
         if ex.client is not None and dashboard and not quiet:
             click.echo(f"geoseg: dashboard at {ex.client.dashboard_link}", err=True)
         with _progress(quiet=quiet, label=f"{Path(scene).name}") as progress:
@@ -278,25 +313,50 @@ def run(
                 progress=progress,
                 resources=ex.resources,
                 resume=resume,
+                plan=plan,
             )
     if report:
         import json
 
+        from geoseg.errors import OutputWriteError
+
         body = summary.report() | {"cluster": ex.description, "scene": scene}
-        Path(report).write_text(json.dumps(body, indent=2) + "\n")
+        try:
+            Path(report).write_text(json.dumps(body, indent=2) + "\n")
+        except OSError as err:
+            raise OutputWriteError(
+                f"wrote {summary.gpkg} but not the report {report!r}: {err}"
+            ) from err
     if not quiet:
-        counts = ", ".join(f"{k}: {v}" for k, v in summary.features.items())
+        counts = ", ".join(
+            f"{k}: {v}" for k, v in summary.features.items() if k not in summary.line_layers
+        )
+        lines = ", ".join(
+            f"{k}: {v}" for k, v in summary.features.items() if k in summary.line_layers
+        )
+        counts = f"{counts} polygons" + (f"; {lines} lines" if lines else "")
         raster_note = f" and {summary.raster}" if summary.raster else ""
         resumed = f", {summary.resumed_blocks} blocks resumed" if summary.resumed_blocks else ""
         rss = summary.report()["peak_rss_mb"]["total"]
         click.echo(
-            f"geoseg: wrote {summary.gpkg}{raster_note} ({counts} polygons) in "
+            f"geoseg: wrote {summary.gpkg}{raster_note} ({counts}) in "
             f"{summary.seconds:.1f} s, {summary.mpx_per_s:.2f} Mpx/s on "
             f"{', '.join(summary.devices) or 'cpu'} "
             f"({', '.join(summary.precisions) or 'fp32'}; {ex.description}){resumed}; "
             f"peak memory {rss:.0f} MB",
             err=True,
         )
+
+
+def _check_report_path(report: str) -> None:
+    """``--report`` must be writable before the run, not found wanting after it."""
+    folder = Path(report).absolute().parent
+    if not folder.is_dir():
+        raise ConfigError(
+            f"--report {report!r}: folder {str(folder)!r} does not exist; create it first"
+        )
+    if not os.access(folder, os.W_OK):
+        raise ConfigError(f"--report {report!r}: folder {str(folder)!r} is not writable")
 
 
 def _resolve_relative(data: dict[str, Any], base: Path) -> dict[str, Any]:
@@ -385,20 +445,11 @@ def train(
                 total = p.epochs * p.steps
                 bar((p.epoch - 1) * p.steps + p.step, total)
             elif p.stage == "epoch" and p.record is not None and not quiet:
-                rec = p.record
-                score = rec.validation.mean_iou_foreground if rec.validation else float("nan")
-                click.echo(
-                    f"geoseg: epoch {p.epoch}/{p.epochs} loss {rec.loss:.4f} val mIoU {score:.3f}",
-                    err=True,
-                )
+                click.echo(f"geoseg: epoch {p.epoch}/{p.epochs} {p.record.describe()}", err=True)
 
         result = run_training(config, progress=report)
     if not quiet:
-        click.echo(
-            f"geoseg: wrote {result.model_path} (best epoch {result.best_epoch}, "
-            f"score {result.best_score:.3f}, {result.wall_time_s / 60:.1f} min)",
-            err=True,
-        )
+        click.echo(f"geoseg: wrote {result.model_path} ({result.describe()})", err=True)
 
 
 def _parse_value_map(text: str | None) -> dict[str, str]:
@@ -417,7 +468,22 @@ def _parse_value_map(text: str | None) -> dict[str, str]:
 @click.argument("image", type=str)
 @click.argument("label", type=str)
 @click.option("--attribute", help="Vector labels: the column holding the class.")
-@click.option("--map", "value_map", help="Label value -> class, e.g. 6=water,2=crops.")
+@click.option("--layer", help="Vector labels: the layer to read (default: the first).")
+@click.option(
+    "--outside",
+    type=click.Choice(["ignore", "background"]),
+    help="Vector labels: pixels outside every polygon are not scored (ignore, the default: "
+    "sparse polygons) or are background (a wall-to-wall map).",
+)
+@click.option(
+    "--all-touched", is_flag=True, help="Vector labels: label every pixel a polygon touches."
+)
+@click.option(
+    "--values",
+    "--map",
+    "value_map",
+    help="Label value -> class, e.g. 6=water,2=crops (other values: background).",
+)
 @click.option("--classes", help="Classes to score (default: all of the model's).")
 @click.option("--region", help="Score only ROW,COL,HEIGHT,WIDTH (a held-out window).")
 @click.option("--smooth", type=click.Choice(["none", "morph", "crf", "crf+morph"]))
@@ -432,6 +498,9 @@ def evaluate(
     image: str,
     label: str,
     attribute: str | None,
+    layer: str | None,
+    outside: str | None,
+    all_touched: bool,
     value_map: str | None,
     classes: str | None,
     region: str | None,
@@ -446,18 +515,23 @@ def evaluate(
     """Score MODEL on IMAGE against LABEL (raster on the same grid or vector file).
 
     Runs the real `geoseg run` pipeline (tiling, blending, smoothing) and reports per-class
-    IoU, F1, precision and recall.
+    IoU, F1, precision and recall over the labelled pixels only (with vector labels, by
+    default the pixels inside the polygons).
     """
     import json
 
     from geoseg.config import parse_band_list, parse_class_list
     from geoseg.evaluate import evaluate as run_evaluation
+    from geoseg.evaluate import evaluation_labels
     from geoseg.models.card import ClassInfo, read_card
-    from geoseg.models.labels import ClassMap, LabelSource
+    from geoseg.models.labels import ClassMap
     from geoseg.models.spectral import is_spectral, spectral_card
     from geoseg.scheduler import open_execution
     from geoseg.tiling.grid import PixelWindow
 
+    labels = evaluation_labels(
+        label, attribute=attribute, layer=layer, outside=outside, all_touched=all_touched
+    )
     card = spectral_card(model) if is_spectral(model) else read_card(model)
     names = parse_class_list(classes) if classes else card.class_names[1:]
     mapping = _parse_value_map(value_map)
@@ -478,7 +552,7 @@ def evaluate(
         result = run_evaluation(
             model,
             image,
-            LabelSource(path=label, attribute=attribute),
+            labels,
             class_map=cmap,
             classes=names,
             region=window,
@@ -497,7 +571,12 @@ def evaluate(
             f"{name:<14} {sc.iou:7.3f} {sc.f1:7.3f} {sc.precision:10.3f} {sc.recall:7.3f} "
             f"{sc.support:9d}"
         )
-    click.echo(f"labelled pixels: {result.labelled_pixels}, run {result.run.seconds:.1f} s")
+    share = 100 * result.labelled_pixels / result.region_pixels
+    pct = f"{share:.2g}" if share < 10 else f"{share:.0f}"  # sparse labels: 0.015 %
+    click.echo(
+        f"labelled pixels: {result.labelled_pixels} of {result.region_pixels} ({pct} %), "
+        f"run {result.run.seconds:.1f} s"
+    )
 
 
 @main.group()
@@ -578,13 +657,16 @@ def models_show(model_file: str, as_json: bool, verbose: bool, quiet: bool) -> N
     "--classes", required=True, help="Output channels in order, background first: bg,water."
 )
 @click.option("--colors", help="Class colours '#rrggbb' in the same order.")
-@click.option("--mean", help="Per-band mean of the training inputs (scene units).")
-@click.option("--std", help="Per-band std of the training inputs (scene units).")
+@click.option(
+    "--mean", help="Per-band mean of the training inputs (scene units), required: 1200,1100,900."
+)
+@click.option("--std", help="Per-band std of the training inputs (scene units), required.")
 @click.option("--tile", default=512, show_default=True)
 @click.option("--overlap", default=64, show_default=True)
 @click.option("--resolution", type=float, help="Training ground resolution, metres.")
 @click.option("--name", help="Model name (default: the output file stem).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
+@click.option("--overwrite", is_flag=True, help="Replace an existing model file.")
 @_common
 @_handles_errors
 def models_import(
@@ -601,37 +683,54 @@ def models_import(
     resolution: float | None,
     name: str | None,
     output: str,
+    overwrite: bool,
     verbose: bool,
     quiet: bool,
 ) -> None:
-    """Wrap a plain smp STATE_DICT (.pth / .safetensors) into a geoseg model file."""
-    from geoseg.models.card import ClassInfo, ModelCard
-    from geoseg.models.registry import import_state_dict
+    """Wrap a plain smp STATE_DICT (.pth / .safetensors) into a geoseg model file.
 
-    band_names = _split(bands)
-    class_names = _split(classes)
-    color_list = _split(colors) or tuple(
-        _PALETTE[i % len(_PALETTE)] for i in range(len(class_names))
-    )
-    if len(color_list) != len(class_names):
-        raise ConfigError(f"{len(color_list)} colours for {len(class_names)} classes")
-    means = _floats(mean, "--mean") or (0.0,) * len(band_names)
-    stds = _floats(std, "--std") or (1.0,) * len(band_names)
-    card = ModelCard(
-        name=name or Path(output).stem,
-        architecture=arch,
-        encoder=encoder,
-        bands=band_names,
-        mean=means,
-        std=stds,
-        classes=tuple(
-            ClassInfo(name=n, color=c) for n, c in zip(class_names, color_list, strict=True)
-        ),
-        tile_size=tile,
-        overlap=overlap,
-        resolution_m=resolution,
-        training={"imported_from": Path(state_dict).name},
-    )
+    --mean and --std are required: the network only works on inputs normalised as in its
+    training, and no default (0 and 1) is right for scene values.
+    """
+    from geoseg.errors import ModelCardError, OutputExistsError
+    from geoseg.models.card import ClassInfo, ModelCard
+    from geoseg.models.registry import ARCHITECTURES, import_state_dict
+
+    with _usage_errors(verbose=verbose, kinds=(ConfigError, ModelCardError)):
+        band_names = _split(bands)
+        class_names = _split(classes)
+        color_list = _split(colors) or tuple(
+            _PALETTE[i % len(_PALETTE)] for i in range(len(class_names))
+        )
+        if len(color_list) != len(class_names):
+            raise ConfigError(f"{len(color_list)} colours for {len(class_names)} classes")
+        if arch not in ARCHITECTURES:
+            raise ConfigError(f"unknown --arch {arch!r}; valid: {', '.join(ARCHITECTURES)}")
+        missing = [opt for opt, value in (("--mean", mean), ("--std", std)) if not value]
+        if missing:
+            raise ConfigError(
+                f"{' and '.join(missing)} required: the per-band mean and std of the inputs the "
+                "model was trained on, in scene units, one per band (e.g. --mean "
+                "1200,1100,900 --std 400,380,350); the model sees (x - mean) / std, and no "
+                "default fits every model"
+            )
+        card = ModelCard(
+            name=name or Path(output).stem,
+            architecture=arch,
+            encoder=encoder,
+            bands=band_names,
+            mean=_floats(mean, "--mean"),
+            std=_floats(std, "--std"),
+            classes=tuple(
+                ClassInfo(name=n, color=c) for n, c in zip(class_names, color_list, strict=True)
+            ),
+            tile_size=tile,
+            overlap=overlap,
+            resolution_m=resolution,
+            training={"imported_from": Path(state_dict).name},
+        )
+    if Path(output).exists() and not overwrite:
+        raise OutputExistsError(f"{output!r} exists; pass --overwrite to replace it")
     path = import_state_dict(state_dict, card, output)
     if not quiet:
         click.echo(f"geoseg: wrote {path}", err=True)
@@ -701,7 +800,7 @@ def _batch_progress(*, quiet: bool) -> Iterator[Callable[[Any], None]]:
     if not sys.stderr.isatty():
 
         def line(event: Any) -> None:
-            if event.kind in ("done", "failed", "stopped"):
+            if event.kind in ("done", "failed"):  # a stop is told once, at the end
                 note = f": {event.message}" if event.message else ""
                 click.echo(f"geoseg: {event.kind} {event.scene}{note}", err=True)
 
@@ -735,8 +834,9 @@ def _batch_progress(*, quiet: bool) -> Iterator[Callable[[Any], None]]:
                 elif event.kind in ("done", "failed", "stopped"):
                     if event.scene in tasks:
                         bar.remove_task(tasks.pop(event.scene))
-                    if event.kind != "stopped":
-                        bar.advance(overall)
+                    if event.kind == "stopped":  # told once, at the end
+                        return
+                    bar.advance(overall)
                     colour = {"done": "green", "failed": "red"}.get(event.kind, "yellow")
                     note = f": {escape(event.message)}" if event.message else ""
                     bar.console.print(
@@ -744,6 +844,25 @@ def _batch_progress(*, quiet: bool) -> Iterator[Callable[[Any], None]]:
                     )
 
         yield update
+
+
+def _interrupted_line(workflow: Any, result: Any) -> str:
+    """One line for a stopped batch: what was kept and what a re-run does."""
+    if result is None:  # interrupted again while stopping: no summary of the stop
+        return (
+            f"{workflow.name}: interrupted; finished scenes are kept, the others are pending: "
+            f"`geoseg batch {workflow.path}` goes on with them"
+        )
+    done, pending, failed = (result.count(s) for s in ("done", "pending", "failed"))
+    stopped = f" ({result.stopped} stopped mid-scene)" if result.stopped else ""
+    return (
+        f"{workflow.name}: interrupted; {done} done ({result.ran} in this run), {pending} "
+        f"pending{stopped}" + (f", {failed} failed" if failed else "") + ". Done scenes are "
+        f"kept; `geoseg batch {workflow.path}` "
+        + (f"does the {pending} pending" if pending else "has nothing pending to do")
+        + (" (reusing the blocks they finished)" if result.stopped else "")
+        + (" and retries the failed" if failed else "")
+    )
 
 
 @batch.command("run")
@@ -759,15 +878,14 @@ def batch_run(workflow_file: str, retry_failed: bool, verbose: bool, quiet: bool
 
     workflow = _workflow_or_exit(workflow_file, verbose=verbose)
     _setup_logging(verbose=verbose, quiet=quiet)
+    if not quiet:
+        for warning in workflow.warnings:
+            click.echo(f"geoseg: warning: {warning}", err=True)
     try:
         with _sigterm_as_interrupt(), _batch_progress(quiet=quiet) as on_event:
             result = run_workflow(workflow, on_event=on_event, retry_failed=retry_failed)
-    except KeyboardInterrupt:
-        click.echo(
-            "geoseg: batch interrupted; finished scenes are kept, the others are pending: "
-            "run it again to go on",
-            err=True,
-        )
+    except KeyboardInterrupt as err:
+        click.echo(f"geoseg: {_interrupted_line(workflow, getattr(err, 'result', None))}", err=True)
         sys.exit(130)
     if not quiet:
         counts = ", ".join(
@@ -794,6 +912,9 @@ def batch_status(workflow_file: str, as_json: bool, verbose: bool, quiet: bool) 
     from geoseg.workflow import workflow_status
 
     workflow = _workflow_or_exit(workflow_file, verbose=verbose)
+    if not quiet and not as_json:
+        for warning in workflow.warnings:
+            click.echo(f"geoseg: warning: {warning}", err=True)
     rows: list[dict[str, Any]] = []
     for s in workflow_status(workflow):
         r = s.record

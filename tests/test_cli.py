@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,7 +40,7 @@ def test_run_writes_gpkg_and_raster(tiny_model: Path, scene: Path, tmp_path: Pat
         "run",
         str(scene),
         "--classes",
-        "water",
+        "water,roads",
         "-m",
         str(tiny_model),
         "-o",
@@ -49,7 +50,8 @@ def test_run_writes_gpkg_and_raster(tiny_model: Path, scene: Path, tmp_path: Pat
     )
     assert code == 0, text
     assert out.exists() and (tmp_path / "res_classes.tif").exists()
-    assert "wrote" in text and "water:" in text
+    # road centrelines are counted as lines, not polygons
+    assert re.search(r"\(water: \d+, roads: \d+ polygons; roads_centerlines: \d+ lines\)", text)
 
 
 @pytest.mark.parametrize(
@@ -124,8 +126,56 @@ def test_run_writes_gpkg_and_raster(tiny_model: Path, scene: Path, tmp_path: Pat
                 "--tile",
                 "100",
             ],
-            1,
+            2,
             "tile size 100 is not a positive multiple of 32; try 96",
+        ),
+        (
+            lambda s, m, o: [
+                "run",
+                str(s),
+                "-c",
+                "water",
+                "-m",
+                str(m),
+                "-o",
+                str(o),
+                "--block",
+                "32",
+            ],
+            2,
+            "block size 32 is too small; use at least 64",
+        ),
+        (
+            lambda s, m, o: [
+                "run",
+                str(s),
+                "-c",
+                "water",
+                "-m",
+                str(m),
+                "-o",
+                str(o),
+                "--workers",
+                "0",
+            ],
+            2,
+            "--workers 0 must be at least 1",
+        ),
+        (
+            lambda s, m, o: [
+                "run",
+                str(s),
+                "-c",
+                "water",
+                "-m",
+                str(m),
+                "-o",
+                str(o),
+                "--scheduler",
+                "foo",
+            ],
+            2,
+            "--scheduler 'foo' is not a scheduler address",
         ),
         (
             lambda s, m, o: [
@@ -138,7 +188,7 @@ def test_run_writes_gpkg_and_raster(tiny_model: Path, scene: Path, tmp_path: Pat
                 "-o",
                 str(o.with_suffix(".shp")),
             ],
-            1,
+            2,
             "must end in .gpkg",
         ),
         (lambda s, m, o: ["run", str(s), "-m", str(m)], 2, "Missing option '--classes'"),
@@ -171,6 +221,8 @@ def test_bad_input_is_one_clear_line(
     assert got == code, text
     assert message in text
     assert "Traceback" not in text
+    if code == 1 or "geoseg: error" in text:
+        assert text.count("\n") == 1, text
     assert not out.exists() and not (tmp_path / "out_classes.tif").exists()
     assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
 
@@ -223,7 +275,7 @@ def test_models_show_and_import(tiny_model: Path, tmp_path: Path) -> None:
     pth = tmp_path / "plain.pth"
     torch.save(state, pth)
     out = tmp_path / "imported.safetensors"
-    code, text = _run(
+    base = [
         "models",
         "import",
         str(pth),
@@ -237,10 +289,211 @@ def test_models_show_and_import(tiny_model: Path, tmp_path: Path) -> None:
         "background,water,roads",
         "-o",
         str(out),
-    )
+    ]
+    norm = ["--mean", "900,1000,1000,2000", "--std", "400,400,500,900"]
+    # no silent mean 0 / std 1: the normalisation is part of the model
+    code, text = _run(*base)
+    assert code == 2 and "--mean and --std required" in text and "(x - mean) / std" in text
+    code, text = _run(*base, "--std", "1,1,1,1")
+    assert code == 2 and "--mean required" in text
+    code, text = _run(*base, *norm, "--tile", "512", "--overlap", "300")
+    assert code == 2
+    assert "overlap 300 must be between 0 and half the tile size 512" in text
+    assert "use an overlap of at most 256" in text
+    assert not out.exists()
     # the tiny model has a non-default decoder, so a plain import must fail clearly
+    code, text = _run(*base, *norm)
     assert code == 1 and "do not fit the card's architecture" in text
     assert not out.exists()
+    out.write_bytes(b"precious")
+    code, text = _run(*base, *norm)
+    assert code == 1 and "exists; pass --overwrite to replace it" in text
+    code, text = _run(*base, *norm, "--overwrite")
+    assert code == 1 and "do not fit the card's architecture" in text, "--overwrite goes on"
+    assert out.read_bytes() == b"precious"
+
+
+def test_malformed_scheduler_is_one_usage_line(tiny_model: Path, scene: Path) -> None:
+    result = CliRunner().invoke(
+        main, ["run", str(scene), "-c", "water", "-m", str(tiny_model), "--scheduler", "foo"]
+    )
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert result.stderr.splitlines() == [
+        "geoseg: error: --scheduler 'foo' is not a scheduler address (missing port number in "
+        "address 'foo'); use local (a new cluster on this machine), sync (no Dask) or an "
+        "address like tcp://host:8786"
+    ]
+
+
+def test_existing_output_is_refused_before_a_cluster_starts(
+    tiny_model: Path, scene: Path, tmp_path: Path
+) -> None:
+    """No cluster to reach here: the check must come first to give this message."""
+    out = tmp_path / "keep.gpkg"
+    out.write_bytes(b"precious")
+    code, text = _run(
+        "run",
+        str(scene),
+        "-c",
+        "water",
+        "-m",
+        str(tiny_model),
+        "-o",
+        str(out),
+        "--scheduler",
+        "tcp://127.0.0.1:9",
+    )
+    assert code == 1 and "exists; pass --overwrite to replace it" in text, text
+    assert out.read_bytes() == b"precious"
+
+
+def test_report_folder_is_checked_before_any_work(
+    tiny_model: Path, scene: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "r.gpkg"
+    code, text = _run(
+        "run",
+        str(scene),
+        "-c",
+        "water",
+        "-m",
+        str(tiny_model),
+        "-o",
+        str(out),
+        "--scheduler",
+        "sync",
+        "--report",
+        str(tmp_path / "missing" / "report.json"),
+    )
+    assert code == 1, text
+    assert text.splitlines() == [
+        f"geoseg: error: --report '{tmp_path / 'missing' / 'report.json'}': folder "
+        f"'{tmp_path / 'missing'}' does not exist; create it first"
+    ]
+    assert not out.exists(), "nothing was run"
+
+
+def test_scene_without_crs_warns_once(tiny_model: Path, tmp_path: Path) -> None:
+    truth = synthetic_truth(64, 64)
+    write_array(tmp_path / "nocrs.tif", synthetic_image(truth), crs=None, transform=UTM_TRANSFORM)
+    code, text = _run(
+        "run",
+        str(tmp_path / "nocrs.tif"),
+        "-c",
+        "water",
+        "-m",
+        str(tiny_model),
+        "-o",
+        str(tmp_path / "n.gpkg"),
+        "--scheduler",
+        "sync",
+    )
+    assert code == 0, text
+    assert text.count("has no CRS") == 1, text
+
+
+def _leftovers(folder: Path, keep: set[str]) -> list[str]:
+    """Every file in ``folder`` (hidden ones too) but ``keep``."""
+    return sorted(p.name for p in folder.iterdir() if p.name not in keep)
+
+
+@pytest.mark.parametrize("failure", ["truncated scene", "no GPU"])
+def test_worker_errors_on_a_local_cluster_are_one_line_and_leave_nothing(
+    tiny_model: Path, make_scene, tmp_path: Path, failure: str
+) -> None:
+    """A geoseg error in a Dask task (not the client) reaches the user as one line, exit 1.
+
+    Before: the truncated scene's SceneReadError could not be unpickled (its GDAL cause) and
+    came back as a bare Exception with a traceback; the device error was retried 3 times
+    with a page of distributed.worker log each; both left the hidden journal behind.
+    """
+    from tests.tiling.test_io import write_truncated_scene
+
+    if failure == "truncated scene":
+        scene = write_truncated_scene(tmp_path / "cut.tif")
+        extra: list[str] = []
+    else:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("needs a machine without CUDA")
+        scene, _ = make_scene(200, 200, seed=2)
+        extra = ["--device", "cuda"]
+    keep = {p.name for p in tmp_path.iterdir()}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "geoseg.cli",
+            "run",
+            str(scene),
+            "-c",
+            "water",
+            "-m",
+            str(tiny_model),
+            "-o",
+            str(tmp_path / "out.gpkg"),
+            "--block",
+            "128",
+            "--scheduler",
+            "local",
+            "--workers",
+            "1",
+            "--threads",
+            "1",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("geoseg: error: "), proc.stderr
+    if failure == "truncated scene":
+        assert "cannot read" in lines[0] and "Read error" in lines[0]
+    else:
+        assert "device 'cuda' requested but CUDA is not available here" in lines[0]
+    assert _leftovers(tmp_path, keep) == [], "no output, partial file or journal is left"
+
+
+def test_relative_scene_path_works_on_an_attached_cluster(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers of an attached cluster keep their own working directory."""
+    import logging
+
+    from distributed import LocalCluster
+
+    here = tmp_path / "client"
+    here.mkdir()
+    truth = synthetic_truth(96, 96, seed=4)
+    write_array(here / "rel.tif", synthetic_image(truth), crs="EPSG:32617", transform=UTM_TRANSFORM)
+    with LocalCluster(
+        n_workers=1,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        silence_logs=logging.CRITICAL,
+    ) as cluster:  # its workers' working directory is the test's, not `here`
+        monkeypatch.chdir(here)
+        code, text = _run(
+            "run",
+            "rel.tif",
+            "-c",
+            "water",
+            "-m",
+            str(tiny_model),
+            "-o",
+            "rel.gpkg",
+            "--scheduler",
+            cluster.scheduler_address,
+            "-q",
+        )
+    assert code == 0, text
+    assert (here / "rel.gpkg").exists()
 
 
 def test_console_script_reports_errors_without_traceback(tmp_path: Path) -> None:
