@@ -241,6 +241,20 @@ def sample_band_medians(
     return np.median(np.concatenate(values, axis=1), axis=1)
 
 
+def _plain_bands(profile: Mapping[str, Any]) -> dict[str, Any]:
+    """``profile`` with several bands marked as plain data, not colours.
+
+    GDAL writes a 3- or 4-band 8-bit GeoTIFF without ``PHOTOMETRIC`` as RGB(A): a
+    probability raster of four classes would show as a colour image and its fourth band
+    would become an alpha mask (every pixel with value 0 transparent, and no-data to
+    readers that honour the mask).
+    """
+    out = dict(profile)
+    if out.get("count", 1) > 1:
+        out.setdefault("photometric", "MINISBLACK")
+    return out
+
+
 class RasterWriter:
     """Writes one GeoTIFF window by window under a temporary name; renamed on commit.
 
@@ -263,7 +277,7 @@ class RasterWriter:
         self.tmp_path = self.path.with_name(f".{self.path.name}.partial")
         try:
             with rasterio.Env(**GDAL_ENV):
-                self._dst = rasterio.open(self.tmp_path, "w", **profile)
+                self._dst = rasterio.open(self.tmp_path, "w", **_plain_bands(profile))
         except (RasterioError, OSError) as err:
             raise OutputWriteError(f"cannot create {self.path}: {_first_line(err)}") from err
         if colormap:
@@ -355,5 +369,5 @@ def write_array(
         "nodata": nodata,
         "compress": "deflate",
     }
-    with rasterio.Env(**GDAL_ENV), rasterio.open(path, "w", **profile) as dst:
+    with rasterio.Env(**GDAL_ENV), rasterio.open(path, "w", **_plain_bands(profile)) as dst:
         dst.write(arr)

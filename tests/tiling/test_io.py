@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
+from rasterio.enums import ColorInterp
 
 from geoseg.errors import SceneReadError
 from geoseg.tiling.grid import PixelWindow
@@ -188,6 +189,7 @@ _WRITE_BIG = """
 import sys
 import numpy as np
 from affine import Affine
+from rasterio.enums import ColorInterp
 from geoseg.blocks import peak_rss_mb
 from geoseg.tiling.grid import PixelWindow
 from geoseg.tiling.io import RasterWriter
@@ -223,3 +225,31 @@ def test_raster_writer_memory_does_not_grow_with_the_raster(tmp_path: Path) -> N
     with rasterio.open(tmp_path / "big.tif") as ds:
         assert ds.shape == (16384, 16384)
         assert ds.read(1, window=((0, 8), (0, 8))).shape == (8, 8)
+
+
+@pytest.mark.parametrize("cog", [False, True])
+def test_several_8_bit_bands_are_written_as_data_not_rgba(tmp_path: Path, cog: bool) -> None:
+    # Four probability bands: GDAL's default would make them RGBA, the 4th an alpha mask
+    # hiding every pixel whose value is 0.
+    profile = {
+        "driver": "GTiff",
+        "width": 64,
+        "height": 64,
+        "count": 4,
+        "dtype": "uint8",
+        "crs": "EPSG:32633",
+        "transform": T,
+        "tiled": True,
+        "blockxsize": 32,
+        "blockysize": 32,
+    }
+    probs = np.zeros((4, 64, 64), np.uint8)
+    probs[3, :32] = 254
+    w = RasterWriter(tmp_path / "p.tif", profile=profile)
+    w.write(probs, PixelWindow(row_off=0, col_off=0, height=64, width=64))
+    w.commit(cog=cog)
+    write_array(tmp_path / "a.tif", probs, crs="EPSG:32633", transform=T)
+    for name in ("p.tif", "a.tif"):
+        with rasterio.open(tmp_path / name) as src:
+            assert ColorInterp.alpha not in src.colorinterp, name
+            assert src.read_masks(1).all(), f"{name}: no pixel is masked"
