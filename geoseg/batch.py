@@ -8,8 +8,8 @@ an earlier run of a scene left under names its current outputs no longer use.
 Interrupted (Ctrl-C, SIGTERM), it stops at once: the Dask tasks of running scenes are
 cancelled (blocks already finished stay in each scene's journal for the next run), their
 temporary files removed, the scenes left pending, and the run summary written; then it
-raises :class:`BatchInterrupted`. Local Dask workers ignore SIGINT and SIGTERM (this module is
-their preload, see :func:`dask_setup`): a Ctrl-C reaches every process of the terminal's
+raises :class:`BatchInterrupted`. Local Dask workers ignore SIGINT and SIGTERM
+(:func:`geoseg.scheduler.dask_setup`): a Ctrl-C reaches every process of the terminal's
 group, and the batch, not each worker, decides how they stop.
 
 Beside the manifest (:mod:`geoseg.manifest`), in the output folder:
@@ -27,7 +27,6 @@ import logging
 import os
 import queue
 import re
-import signal
 import threading
 import time
 import uuid
@@ -67,7 +66,6 @@ __all__ = [
     "BatchLog",
     "BatchResult",
     "clean_partials",
-    "dask_setup",
     "remove_outputs",
     "run_workflow",
     "write_run_summary",
@@ -493,20 +491,6 @@ def _summary(
 # --------------------------------------------------------------------------- executing scenes
 
 
-def dask_setup(worker: Any) -> None:
-    """Dask preload of the batch's local workers: SIGINT and SIGTERM are the batch's.
-
-    Ctrl-C in a terminal (and ``kill`` of a process group) signals every process of the
-    group. A worker killed that way prints a traceback and takes its blocks and the
-    scattered plan with it, which Dask reports as lost data. Ignoring both, the workers
-    are closed by the batch when it has stopped; they still exit when the batch process
-    dies (their nanny's pipe closes).
-    """
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
 class _LogMute:
     """Silences Dask's loggers from :meth:`now` to the end of the ``with`` block.
 
@@ -544,7 +528,6 @@ def _execute(todo: Sequence[SceneStatus], ctx: _Context, execution: Execution | 
         return
     with (
         _LogMute() as mute,
-        _local_worker_preload(workflow.scheduler),
         open_execution(
             workflow.scheduler, n_workers=workflow.workers, threads_per_worker=workflow.threads
         ) as ex,
@@ -555,18 +538,6 @@ def _execute(todo: Sequence[SceneStatus], ctx: _Context, execution: Execution | 
         except BaseException:
             mute.now()  # until the cluster is closed
             raise
-
-
-def _local_worker_preload(scheduler: str) -> Any:
-    """Dask config making this module the preload of the local workers started now."""
-    import contextlib
-
-    if scheduler != "local":
-        return contextlib.nullcontext()
-    import dask
-
-    preload = list(dask.config.get("distributed.worker.preload", None) or [])
-    return dask.config.set({"distributed.worker.preload": [*preload, __name__]})
 
 
 def _run_scenes(todo: Sequence[SceneStatus], ex: Execution, ctx: _Context) -> None:

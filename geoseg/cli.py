@@ -37,20 +37,39 @@ def _fail(err: BaseException, *, verbose: bool) -> None:
     click.echo(f"geoseg: error: {err}", err=True)
 
 
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (systemd, Airflow, kill) stops a command as cleanly as Ctrl-C."""
+    import signal
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _handles_errors(fn: F) -> F:
-    """Turn GeosegError into one line and exit 1; Ctrl-C into exit 130."""
+    """Turn GeosegError into one line and exit 1; Ctrl-C or SIGTERM into exit 130."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         verbose = bool(kwargs.get("verbose"))
         _setup_logging(verbose=verbose, quiet=bool(kwargs.get("quiet")))
         try:
-            return fn(*args, **kwargs)
+            with _sigterm_as_interrupt():
+                return fn(*args, **kwargs)
         except GeosegError as err:
             _fail(err, verbose=verbose)
             sys.exit(1)
         except KeyboardInterrupt:
-            click.echo("geoseg: interrupted; no output was finished", err=True)
+            hint = ""
+            if fn.__name__ == "run":  # its finished blocks are journalled
+                hint = "; the same command with --resume reuses the blocks already done"
+            click.echo(f"geoseg: interrupted; no output was finished{hint}", err=True)
             sys.exit(130)
 
     return wrapper  # type: ignore[return-value]
@@ -773,21 +792,6 @@ def _workflow_or_exit(path: str, *, verbose: bool) -> Any:
         sys.exit(2)
 
 
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (systemd, Airflow, kill) stops a batch as cleanly as Ctrl-C."""
-    import signal
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 _BATCH_STYLE = {"done": "green", "failed": "red", "pending": "yellow", "running": "cyan"}
 
 
@@ -882,7 +886,7 @@ def batch_run(workflow_file: str, retry_failed: bool, verbose: bool, quiet: bool
         for warning in workflow.warnings:
             click.echo(f"geoseg: warning: {warning}", err=True)
     try:
-        with _sigterm_as_interrupt(), _batch_progress(quiet=quiet) as on_event:
+        with _batch_progress(quiet=quiet) as on_event:
             result = run_workflow(workflow, on_event=on_event, retry_failed=retry_failed)
     except KeyboardInterrupt as err:
         click.echo(f"geoseg: {_interrupted_line(workflow, getattr(err, 'result', None))}", err=True)

@@ -18,6 +18,8 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import signal
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ __all__ = [
     "Execution",
     "check_address",
     "cpu_cluster_shape",
+    "dask_setup",
     "gpu_worker_specs",
     "open_execution",
     "task_resources",
@@ -133,6 +136,20 @@ def _gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+def dask_setup(worker: Any) -> None:
+    """Dask preload of geoseg's local workers: SIGINT and SIGTERM belong to the client.
+
+    Ctrl-C in a terminal (and ``kill`` of a process group) signals every process of the
+    group. A worker killed that way prints a traceback and takes its blocks and the
+    scattered plan with it, which Dask reports as lost data. Ignoring both, the workers
+    are closed by the client when it has stopped; they still exit when the client process
+    dies (their nanny's pipe closes).
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def _worker_config(torch_threads: int) -> dict[str, Any]:
     """Dask settings for local model workers (read by the nannies when they spawn workers).
 
@@ -191,7 +208,7 @@ def open_execution(
         yield Execution(client=None, torch_threads=0, resources=None, description="in-process")
         return
     import dask
-    from distributed import Client, LocalCluster, SpecCluster
+    from distributed import Client
 
     if address not in (None, "local"):
         check_address(address)
@@ -223,6 +240,44 @@ def open_execution(
             )
     gpus = _gpu_count()
     cluster: Any
+    # Every local worker runs dask_setup (this module) when it starts.
+    preload = list(dask.config.get("distributed.worker.preload", None) or [])
+    with dask.config.set({"distributed.worker.preload": [*preload, __name__]}):
+        cluster, torch_threads, desc = _start_local_cluster(
+            gpus,
+            cores=cores,
+            n_workers=n_workers,
+            threads_per_worker=threads_per_worker,
+            dashboard_address=dash,
+            log_level=worker_log_level,
+        )
+    try:
+        with Client(cluster) as client:
+            yield Execution(
+                client=client,
+                torch_threads=torch_threads,
+                resources={GPU: 1} if gpus else None,
+                description=desc,
+            )
+    finally:
+        cluster.close()
+
+
+def _start_local_cluster(
+    gpus: int,
+    *,
+    cores: int,
+    n_workers: int | None,
+    threads_per_worker: int | None,
+    dashboard_address: str,
+    log_level: int,
+) -> tuple[Any, int, str]:
+    """A local cluster (one worker per GPU, else CPU workers); its torch threads; a label."""
+    import dask
+    from distributed import LocalCluster, SpecCluster
+
+    dash = dashboard_address
+    cluster: Any
     if gpus:
         threads = threads_per_worker or 2
         try:
@@ -232,7 +287,7 @@ def open_execution(
                 threads_per_worker=threads,
                 resources={GPU: 1},
                 dashboard_address=dash,
-                silence_logs=worker_log_level,
+                silence_logs=log_level,
             )
         except ImportError:
             from distributed import Scheduler
@@ -240,7 +295,7 @@ def open_execution(
             cluster = SpecCluster(
                 workers=gpu_worker_specs(gpus, threads_per_worker=threads),
                 scheduler={"cls": Scheduler, "options": {"dashboard_address": dash}},
-                silence_logs=worker_log_level,
+                silence_logs=log_level,
             )
         torch_threads, desc = max(1, cores // gpus), f"{gpus} GPU worker(s)"
     else:
@@ -253,16 +308,7 @@ def open_execution(
                 threads_per_worker=threads,
                 processes=True,
                 dashboard_address=dash,
-                silence_logs=worker_log_level,
+                silence_logs=log_level,
             )
         desc = f"{workers} local worker(s) x {threads} threads, {torch_threads} torch threads"
-    try:
-        with Client(cluster) as client:
-            yield Execution(
-                client=client,
-                torch_threads=torch_threads,
-                resources={GPU: 1} if gpus else None,
-                description=desc,
-            )
-    finally:
-        cluster.close()
+    return cluster, torch_threads, desc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -516,3 +517,78 @@ def test_console_script_reports_errors_without_traceback(tmp_path: Path) -> None
     assert proc.returncode == 1
     assert proc.stderr.strip().count("\n") == 0, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("how", ["Ctrl-C to the terminal's group", "SIGTERM to geoseg"])
+def test_interrupted_run_on_a_local_cluster_is_one_line_and_resumes(
+    tiny_model: Path, make_scene, tmp_path: Path, how: str
+) -> None:
+    """Ctrl-C reaches the workers too: they ignore it and the client stops them cleanly.
+
+    Before: a worker killed by the Ctrl-C took the scattered plan with it and Dask logged an
+    ERROR about lost data; SIGTERM killed geoseg outright, leaving hidden partial files.
+    """
+    import os
+    import signal
+    import time
+
+    scene, _ = make_scene(1024, 1024, seed=5)
+    keep = {p.name for p in tmp_path.iterdir()}
+    cmd = [
+        sys.executable,
+        "-m",
+        "geoseg.cli",
+        "run",
+        str(scene),
+        "-c",
+        "water",
+        "-m",
+        str(tiny_model),
+        "-o",
+        str(tmp_path / "out.gpkg"),
+        "--block",
+        "128",
+        "--smooth",
+        "none",
+        "--scheduler",
+        "local",
+        "--workers",
+        "1",
+        "--threads",
+        "1",
+        "-q",
+    ]
+    proc = subprocess.Popen(
+        cmd, stderr=subprocess.PIPE, text=True, cwd=tmp_path, start_new_session=True
+    )
+    journal = tmp_path / ".out.gpkg.journal"
+
+    def blocks_done() -> int:
+        if not journal.exists():
+            return 0
+        try:
+            db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
+            try:  # closed at once: an open reader would keep the writer's WAL file
+                return int(db.execute("SELECT count(*) FROM blocks").fetchone()[0])
+            finally:
+                db.close()
+        except sqlite3.Error:  # not created yet
+            return 0
+
+    deadline = time.monotonic() + 120
+    while blocks_done() < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert proc.poll() is None, "the run must still be going when it is interrupted"
+    if how.startswith("Ctrl-C"):
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("geoseg: interrupted;"), err
+    assert "--resume" in lines[0]
+    assert _leftovers(tmp_path, keep) == [".out.gpkg.journal"], "only the journal stays"
+    done = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out.gpkg").exists() and not journal.exists()
