@@ -47,6 +47,10 @@ class OutputWriteError(GeosegError, OSError):
     """An output could not be written."""
 
 
+class WorkerLostError(GeosegError, RuntimeError):
+    """Dask lost the workers running a block too many times (killed, out of memory)."""
+
+
 class WorkflowError(GeosegError, ValueError):
     """A batch workflow file is invalid."""
 

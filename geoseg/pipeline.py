@@ -35,7 +35,7 @@ from geoseg.blocks import (
     process_block,
 )
 from geoseg.config import RunConfig
-from geoseg.errors import GeosegError, OutputWriteError, TaskFailure
+from geoseg.errors import GeosegError, OutputWriteError, TaskFailure, WorkerLostError
 from geoseg.journal import Journal, fingerprint
 from geoseg.models.card import card_to_json
 from geoseg.outputs import RunOutputs, output_paths
@@ -167,7 +167,7 @@ def _iter_results(
         return
     if not blocks:
         return
-    from distributed import as_completed
+    from distributed import KilledWorker, as_completed
 
     plan_future = client.scatter(plan, broadcast=True, hash=False)
     run_id = uuid.uuid4().hex[:12]
@@ -193,7 +193,14 @@ def _iter_results(
     queue = as_completed(first)
     try:
         for fut in queue:
-            result = fut.result()
+            try:
+                result = fut.result()
+            except KilledWorker as err:
+                raise WorkerLostError(
+                    f"block {submitted[fut].index} was lost with the worker running it "
+                    "several times (killed, or out of memory?): try a smaller --block, "
+                    "fewer --threads, or a machine with more memory"
+                ) from err
             del submitted[fut]
             fut.release()
             if isinstance(result, TaskFailure):
@@ -209,7 +216,8 @@ def _iter_results(
 
 def _close_journal(journal: Journal, err: BaseException, *, blocks: int) -> None:
     """After a failure keep the journal only when ``--resume`` could use it (module docs)."""
-    if blocks > 0 and (not isinstance(err, GeosegError) or isinstance(err, OutputWriteError)):
+    rerun_helps = (OutputWriteError, WorkerLostError)
+    if blocks > 0 and (not isinstance(err, GeosegError) or isinstance(err, rerun_helps)):
         journal.close()
     else:
         journal.finish()

@@ -11,7 +11,7 @@ import rasterio
 from distributed import Client, LocalCluster
 
 from geoseg.config import RunConfig
-from geoseg.errors import ConfigError, SceneReadError
+from geoseg.errors import ConfigError, SceneReadError, WorkerLostError
 from geoseg.models.predictor import InferenceOptions
 from geoseg.pipeline import plan_run, run_scene
 from geoseg.scheduler import (
@@ -248,3 +248,43 @@ def test_killed_worker_is_survived_with_identical_output(
     assert _read(summary.gpkg) == _read(reference.gpkg)
     with rasterio.open(summary.raster) as a, rasterio.open(reference.raster) as b:
         assert (a.read() == b.read()).all()
+
+
+def test_a_block_that_keeps_losing_its_worker_is_one_clear_error(
+    tiny_model: Path, make_scene, tmp_path: Path
+) -> None:
+    """Dask gives up on a task whose workers die (KilledWorker): one geoseg error, journal kept."""
+    import os
+    import signal
+
+    import dask
+
+    scene, _ = make_scene(420, 420, seed=6)
+    config = RunConfig(
+        classes=("water",),
+        models=(str(tiny_model),),
+        block=128,
+        inference=InferenceOptions(threads=1),
+    )
+    # Give up at the first death, as Dask does after `allowed-failures` (3) by default.
+    with (
+        dask.config.set({"distributed.scheduler.allowed-failures": 0}),
+        LocalCluster(
+            n_workers=1,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.CRITICAL,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        (pid,) = client.run(os.getpid).values()
+
+        def kill(done: int, total: int) -> None:
+            if done == 2:
+                os.kill(pid, signal.SIGKILL)
+
+        with pytest.raises(WorkerLostError, match=r"block \d+ was lost with the worker"):
+            run_scene(scene, tmp_path / "out.gpkg", config, client=client, progress=kill)
+    assert not (tmp_path / "out.gpkg").exists()
+    assert (tmp_path / ".out.gpkg.journal").exists(), "--resume can reuse the finished blocks"
