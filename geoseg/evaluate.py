@@ -193,7 +193,7 @@ def evaluate(
     reader = LabelReader(labels, image=info, class_map=cmap)
     cm = np.zeros((len(names), len(names)), dtype=np.int64)
     with tempfile.TemporaryDirectory(prefix="geoseg-eval-") as tmp:
-        run = run_scene(image, Path(tmp) / "eval.gpkg", config, client=client)
+        run = run_scene(image, Path(tmp) / "eval.gpkg", config, client=client, plan=plan)
         raster = str(run.raster)  # RunConfig.raster defaults to True
         labelled = 0
         for win in _windows(region):
