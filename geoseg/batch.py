@@ -14,7 +14,8 @@ group, and the batch, not each worker, decides how they stop.
 
 Beside the manifest (:mod:`geoseg.manifest`), in the output folder:
 
-- ``geoseg-batch.log``: appended, one line per event.
+- ``geoseg-batch.log``: appended, one line per event; past :data:`LOG_MAX_BYTES` it
+  becomes ``geoseg-batch.log.1`` when the next run starts.
 - ``runs/<UTC start time, to the microsecond>.json``: what one run did; the newest
   :data:`KEEP_RUNS` are kept.
 """
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "KEEP_RUNS",
+    "LOG_MAX_BYTES",
     "LOG_NAME",
     "RUNS_FOLDER",
     "STOP_GRACE_S",
@@ -74,6 +76,7 @@ __all__ = [
 LOG_NAME = "geoseg-batch.log"
 RUNS_FOLDER = "runs"
 KEEP_RUNS = 100
+LOG_MAX_BYTES = 5 * 2**20
 """Run summaries kept in ``runs/``: older ones are deleted when a run writes its own."""
 STOP_GRACE_S = 60.0
 """How long an interrupted batch waits for its running scenes to stop (a scene writing its
@@ -145,12 +148,18 @@ def remove_outputs(
 
 
 class BatchLog:
-    """``geoseg-batch.log``: one line per event, appended and flushed at once."""
+    """``geoseg-batch.log``: one line per event, appended and flushed at once.
 
-    def __init__(self, path: Path, *, run_id: str) -> None:
+    A log over ``max_bytes`` when a run opens it becomes ``geoseg-batch.log.1`` (replacing
+    the previous one), so a nightly batch keeps between one and two logs' worth of history.
+    """
+
+    def __init__(self, path: Path, *, run_id: str, max_bytes: int = LOG_MAX_BYTES) -> None:
         self.path = path
         self.run_id = run_id
         self._lock = threading.Lock()
+        if path.exists() and path.stat().st_size > max_bytes:
+            path.replace(path.with_name(path.name + ".1"))
         self._fh: TextIO = path.open("a", encoding="utf-8")
 
     def event(self, kind: str, subject: str, detail: str = "") -> None:

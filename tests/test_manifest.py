@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from geoseg.batch import clean_partials, remove_outputs, write_run_summary
+from geoseg.batch import BatchLog, clean_partials, remove_outputs, write_run_summary
 from geoseg.errors import GeosegError
 from geoseg.manifest import (
     MANIFEST_NAME,
@@ -268,6 +268,19 @@ def test_run_summaries_keep_the_newest(tmp_path: Path) -> None:
     left = sorted(p.name for p in (tmp_path / "runs").iterdir())
     assert left == sorted([paths[3].name, paths[4].name, clash.name, "notes.json"])
     assert json.loads(clash.read_text()) == {"i": 5}
+
+
+def test_the_batch_log_rolls_over_when_it_grows_too_big(tmp_path: Path) -> None:
+    path = tmp_path / "geoseg-batch.log"
+    for run in ("a", "b", "c"):
+        log = BatchLog(path, run_id=run, max_bytes=300)
+        for i in range(4):
+            log.event("done", f"scene{i}.tif", "water=3")
+        log.close()
+    # a: 4 lines; b: appended (under 300 bytes when it opened); c: rolled the log over first
+    assert [ln.split()[1] for ln in path.read_text().splitlines()] == ["run=c"] * 4
+    old = (tmp_path / "geoseg-batch.log.1").read_text().splitlines()
+    assert [ln.split()[1] for ln in old] == ["run=a"] * 4 + ["run=b"] * 4
 
 
 def test_runner_names_still_import_from_the_manifest_module() -> None:
