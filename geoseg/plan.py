@@ -189,6 +189,17 @@ def _resolve_models(
     return given + [load(src) for src in defaults if src not in config.models]
 
 
+UNRELIABLE_IOU = 0.1
+"""A class a model's card says it segments with a held-out IoU below this gets a warning."""
+
+
+def validated_iou(card: ModelCard, name: str) -> float | None:
+    """The held-out IoU of class ``name`` recorded in ``card``'s training summary, if any."""
+    classes = (card.training.get("validation") or {}).get("classes") or {}
+    iou = (classes.get(name) or {}).get("iou")
+    return float(iou) if isinstance(iou, int | float) else None
+
+
 def plan_run(scene_path: str | os.PathLike[str], config: RunConfig) -> RunPlan:
     """Validate a run and plan its blocks, reading only headers.
 
@@ -229,6 +240,13 @@ def plan_run(scene_path: str | os.PathLike[str], config: RunConfig) -> RunPlan:
         if not outputs:
             continue
         remaining = [c for c in remaining if c not in dict(outputs)]
+        for c, _ in outputs:
+            if (iou := validated_iou(card, c)) is not None and iou < UNRELIABLE_IOU:
+                log.warning(
+                    "model %r scored %s IoU %.2f on its held-out data (its card): expect its "
+                    "%s polygons to be mostly wrong; pass a model that validates for %s",
+                    card.name, c, iou, c, c,
+                )  # fmt: skip
         bands = resolve_bands(
             card.bands,
             count=scene.count,

@@ -357,3 +357,16 @@ def test_a_class_prefixed_smoothing_parameter_changes_only_that_class_in_a_run(t
     assert every["vegetation"].morph.min_object_area_m2 == 500.0
     with pytest.raises(ConfigError, match=r"class 'watr'.*\(classes: water, vegetation\)"):
         recipes("watr.min_object_area_m2=500")
+
+
+def test_a_class_its_model_does_not_validate_for_gets_a_warning(tmp_path: Path, caplog):
+    from geoseg.config import RunConfig
+    from geoseg.plan import plan_run
+
+    scene = _landsat_like(tmp_path / "l7.tif", 1.0, "uint8")
+    landsat = str(WEIGHTS_DIR / LANDSAT_FILE)
+    caplog.clear()
+    plan_run(scene, RunConfig(classes=("water",), models=(landsat,), sensor="landsat7"))
+    assert "held-out" not in caplog.text  # water validates at 0.68
+    plan_run(scene, RunConfig(classes=("crops",), models=(landsat,), sensor="landsat7"))
+    assert "scored crops IoU 0.00 on its held-out data" in caplog.text
