@@ -15,12 +15,13 @@ plan's fingerprint, which makes the journal useless anyway.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,7 +160,7 @@ def _iter_results(
     client: Any,
     max_in_flight: int,
     resources: Mapping[str, float] | None,
-) -> Iterator[BlockResult]:
+) -> Generator[BlockResult, None, None]:
     """Yield block results as they complete, never more than ``max_in_flight`` pending."""
     if client is None:
         for block in blocks:
@@ -308,17 +309,21 @@ def run_scene(
         journalled = resumed
         done_blocks = journal.done()
         todo = [b for b in plan.blocks if b.index not in done_blocks]
-        results = _iter_results(
-            plan, todo, client=client, max_in_flight=max_in_flight, resources=resources
-        )
-        for done, result in enumerate(results, start=resumed + 1):
-            collect(result)
-            t0 = time.perf_counter()
-            journal.record(result.index, encode_result(result))
-            journalled = done
-            timings["journal"] = timings.get("journal", 0.0) + time.perf_counter() - t0
-            if progress:
-                progress(done, total)
+        # closing(): an interrupt between two results cancels the pending blocks now, while
+        # the client is alive, not when the generator is collected after it has closed.
+        with contextlib.closing(
+            _iter_results(
+                plan, todo, client=client, max_in_flight=max_in_flight, resources=resources
+            )
+        ) as results:
+            for done, result in enumerate(results, start=resumed + 1):
+                collect(result)
+                t0 = time.perf_counter()
+                journal.record(result.index, encode_result(result))
+                journalled = done
+                timings["journal"] = timings.get("journal", 0.0) + time.perf_counter() - t0
+                if progress:
+                    progress(done, total)
         t0 = time.perf_counter()
         provenance = run_provenance(
             plan,

@@ -399,6 +399,32 @@ def _leftovers(folder: Path, keep: set[str]) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name not in keep)
 
 
+def _local_run(scene: Path, model: Path, out: Path, *extra: str) -> list[str]:
+    """`geoseg run` as a console command on a local cluster of one single-thread worker."""
+    return [
+        sys.executable,
+        "-m",
+        "geoseg.cli",
+        "run",
+        str(scene),
+        "-c",
+        "water",
+        "-m",
+        str(model),
+        "-o",
+        str(out),
+        "--block",
+        "128",
+        "--scheduler",
+        "local",
+        "--workers",
+        "1",
+        "--threads",
+        "1",
+        *extra,
+    ]
+
+
 @pytest.mark.parametrize("failure", ["truncated scene", "no GPU"])
 def test_worker_errors_on_a_local_cluster_are_one_line_and_leave_nothing(
     tiny_model: Path, make_scene, tmp_path: Path, failure: str
@@ -423,28 +449,7 @@ def test_worker_errors_on_a_local_cluster_are_one_line_and_leave_nothing(
         extra = ["--device", "cuda"]
     keep = {p.name for p in tmp_path.iterdir()}
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "geoseg.cli",
-            "run",
-            str(scene),
-            "-c",
-            "water",
-            "-m",
-            str(tiny_model),
-            "-o",
-            str(tmp_path / "out.gpkg"),
-            "--block",
-            "128",
-            "--scheduler",
-            "local",
-            "--workers",
-            "1",
-            "--threads",
-            "1",
-            *extra,
-        ],
+        _local_run(scene, tiny_model, tmp_path / "out.gpkg", *extra),
         capture_output=True,
         text=True,
         timeout=300,
@@ -534,30 +539,7 @@ def test_interrupted_run_on_a_local_cluster_is_one_line_and_resumes(
 
     scene, _ = make_scene(1024, 1024, seed=5)
     keep = {p.name for p in tmp_path.iterdir()}
-    cmd = [
-        sys.executable,
-        "-m",
-        "geoseg.cli",
-        "run",
-        str(scene),
-        "-c",
-        "water",
-        "-m",
-        str(tiny_model),
-        "-o",
-        str(tmp_path / "out.gpkg"),
-        "--block",
-        "128",
-        "--smooth",
-        "none",
-        "--scheduler",
-        "local",
-        "--workers",
-        "1",
-        "--threads",
-        "1",
-        "-q",
-    ]
+    cmd = _local_run(scene, tiny_model, tmp_path / "out.gpkg", "--smooth", "none", "-q")
     proc = subprocess.Popen(
         cmd, stderr=subprocess.PIPE, text=True, cwd=tmp_path, start_new_session=True
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -184,6 +185,16 @@ def test_geographic_scene_polygons_land_in_place_with_metric_areas(
     assert big.area_m2 == pytest.approx(100 * 80 * px_w * px_h, rel=0.03)
 
 
+def _interrupt_after(blocks: int) -> Callable[[int, int], None]:
+    """A progress callback that stops the run (as Ctrl-C does) after ``blocks`` blocks."""
+
+    def progress(done: int, total: int) -> None:
+        if done == blocks:
+            raise KeyboardInterrupt
+
+    return progress
+
+
 def test_interrupted_run_resumes_without_recomputing(
     tiny_model: Path, make_scene, tmp_path: Path, monkeypatch
 ) -> None:
@@ -201,13 +212,9 @@ def test_interrupted_run_resumes_without_recomputing(
 
     monkeypatch.setattr(pipeline, "process_block", counting)
 
-    def interrupt_after_4(done: int, total: int) -> None:
-        if done == 4:
-            raise KeyboardInterrupt
-
     out = tmp_path / "resumed.gpkg"
     with pytest.raises(KeyboardInterrupt):
-        run_scene(scene, out, config, progress=interrupt_after_4)
+        run_scene(scene, out, config, progress=_interrupt_after(4))
     assert not out.exists() and not out.with_name("resumed_classes.tif").exists()
     first = list(calls)
     calls.clear()
@@ -230,12 +237,10 @@ def test_interrupted_run_resumes_without_recomputing(
 def test_resume_of_a_changed_job_starts_over(tiny_model: Path, make_scene, tmp_path: Path) -> None:
     scene, _ = make_scene(256, 256, seed=8)
 
-    def stop(done: int, total: int) -> None:
-        if done == 2:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        run_scene(scene, tmp_path / "o.gpkg", _config(tiny_model, block=128), progress=stop)
+        run_scene(
+            scene, tmp_path / "o.gpkg", _config(tiny_model, block=128), progress=_interrupt_after(2)
+        )
     summary = run_scene(
         scene, tmp_path / "o.gpkg", _config(tiny_model, block=128, min_area_m2=500.0), resume=True
     )
@@ -265,12 +270,10 @@ def test_bad_input_leaves_no_journal_even_after_completed_blocks(
 def test_interrupted_run_keeps_its_journal(tiny_model: Path, make_scene, tmp_path: Path) -> None:
     scene, _ = make_scene(256, 256, seed=8)
 
-    def stop(done: int, total: int) -> None:
-        if done == 2:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        run_scene(scene, tmp_path / "o.gpkg", _config(tiny_model, block=128), progress=stop)
+        run_scene(
+            scene, tmp_path / "o.gpkg", _config(tiny_model, block=128), progress=_interrupt_after(2)
+        )
     assert (tmp_path / ".o.gpkg.journal").exists()
     assert not (tmp_path / "o.gpkg").exists()
 

@@ -202,6 +202,13 @@ def test_cuda_run_uses_the_gpu(tiny_model: Path, make_scene, tmp_path: Path) -> 
     assert summary.devices == ("cuda",)
 
 
+def _small_blocks(model: Path, *classes: str) -> RunConfig:
+    """Many small blocks, one torch thread: a run long enough to lose a worker in."""
+    return RunConfig(
+        classes=classes, models=(str(model),), block=128, inference=InferenceOptions(threads=1)
+    )
+
+
 def test_killed_worker_is_survived_with_identical_output(
     tiny_model: Path, make_scene, tmp_path: Path
 ) -> None:
@@ -209,12 +216,7 @@ def test_killed_worker_is_survived_with_identical_output(
     import signal
 
     scene, _ = make_scene(420, 420, seed=6)
-    config = RunConfig(
-        classes=("water", "roads"),
-        models=(str(tiny_model),),
-        block=128,
-        inference=InferenceOptions(threads=1),
-    )
+    config = _small_blocks(tiny_model, "water", "roads")
     reference = run_scene(scene, tmp_path / "ref.gpkg", config)
     killed: list[int] = []
     with (
@@ -260,12 +262,7 @@ def test_a_block_that_keeps_losing_its_worker_is_one_clear_error(
     import dask
 
     scene, _ = make_scene(420, 420, seed=6)
-    config = RunConfig(
-        classes=("water",),
-        models=(str(tiny_model),),
-        block=128,
-        inference=InferenceOptions(threads=1),
-    )
+    config = _small_blocks(tiny_model, "water")
     # Give up at the first death, as Dask does after `allowed-failures` (3) by default.
     with (
         dask.config.set({"distributed.scheduler.allowed-failures": 0}),

@@ -1,0 +1,5 @@
+"""``python -m geoseg.cli``."""
+
+from geoseg.cli import main
+
+main()

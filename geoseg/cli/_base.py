@@ -1,0 +1,138 @@
+"""Shared pieces of the commands: the ``geoseg`` group, error handling, logging, progress."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import click
+
+from geoseg import __version__
+from geoseg.errors import ConfigError, GeosegError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_PALETTE = ("#000000", "#1f78b4", "#e31a1c", "#33a02c", "#ff7f00", "#6a3d9a", "#b15928")
+
+
+def _fail(err: BaseException, *, verbose: bool) -> None:
+    if verbose:
+        import traceback
+
+        traceback.print_exception(err, file=sys.stderr)
+    click.echo(f"geoseg: error: {err}", err=True)
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (systemd, Airflow, kill) stops a command as cleanly as Ctrl-C."""
+    import signal
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _handles_errors(fn: F) -> F:
+    """Turn GeosegError into one line and exit 1; Ctrl-C or SIGTERM into exit 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        verbose = bool(kwargs.get("verbose"))
+        _setup_logging(verbose=verbose, quiet=bool(kwargs.get("quiet")))
+        try:
+            with _sigterm_as_interrupt():
+                return fn(*args, **kwargs)
+        except GeosegError as err:
+            _fail(err, verbose=verbose)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            hint = ""
+            if fn.__name__ == "run":  # its finished blocks are journalled
+                hint = "; the same command with --resume reuses the blocks already done"
+            click.echo(f"geoseg: interrupted; no output was finished{hint}", err=True)
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def _usage_errors(
+    *, verbose: bool, kinds: tuple[type[GeosegError], ...] = (ConfigError,)
+) -> Iterator[None]:
+    """Errors in the command line's option values: one line and exit 2 (STYLE.md)."""
+    try:
+        yield
+    except kinds as err:
+        _fail(err, verbose=verbose)
+        sys.exit(2)
+
+
+def _setup_logging(*, verbose: bool, quiet: bool) -> None:
+    level = logging.DEBUG if verbose else logging.ERROR if quiet else logging.WARNING
+    logging.basicConfig(level=level, format="geoseg: %(levelname)s: %(message)s", force=True)
+    for noisy in ("distributed", "bokeh", "tornado", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.ERROR if not verbose else logging.INFO)
+
+
+def _common(fn: F) -> F:
+    fn = click.option("-v", "--verbose", is_flag=True, help="Debug logging and tracebacks.")(fn)
+    return click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")(fn)
+
+
+@contextmanager
+def _progress(*, quiet: bool, label: str) -> Iterator[Callable[[int, int], None]]:
+    """A ``(done, total)`` callback drawing a rich bar on stderr when it is a terminal."""
+    if quiet or not sys.stderr.isatty():
+        yield lambda done, total: None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=False,
+    ) as bar:
+        task = bar.add_task(label, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="geoseg")
+def main() -> None:
+    """Segment large satellite GeoTIFFs into georeferenced polygons."""
+
+
+def _split(text: str | None) -> tuple[str, ...]:
+    return tuple(t.strip() for t in (text or "").split(",") if t.strip())
+
+
+def _floats(text: str | None, what: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(t) for t in _split(text))
+    except ValueError:
+        raise ConfigError(f"{what} {text!r} must be comma-separated numbers") from None
