@@ -307,7 +307,8 @@ REPO = Path(__file__).resolve().parents[1]
 def test_shipped_examples_are_valid() -> None:
     water = load_workflow(REPO / "workflows" / "water-monitoring.yaml")
     assert [Path(s.input).name for s in water.scenes] == ["beaufort_s2.tif"]
-    assert water.config.smooth == "crf+morph" and water.config.min_area_m2 == 500
+    assert water.config.models == ("ndwi:0.35",)
+    assert water.config.smooth == "morph" and water.config.min_area_m2 == 500
     assert water.warnings == ()
     # roads.yaml reads the Massachusetts Roads tiles at a fixed place, ../shared/data.
     data = REPO.parent / "shared" / "data"
