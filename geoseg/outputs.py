@@ -126,7 +126,7 @@ class RunOutputs:
                 "assign it first (gdal_edit.py -a_srs EPSG:xxxx) or drop --dst-crs"
             )
         self.gpkg = GeoPackageWriter(paths.gpkg, crs=self.dst_crs or plan.scene.crs)
-        self.merger = SeamMerger(plan.grid_shape)
+        self.merger = SeamMerger.for_blocks(plan.blocks)
         self.store = PolygonStore(
             paths.gpkg.with_name(f".{paths.gpkg.name}.staging.gpkg"),
             crs=self.dst_crs or plan.scene.crs,

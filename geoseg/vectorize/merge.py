@@ -4,7 +4,15 @@ Blocks report, for every inner side of their core, the component id of each pixe
 the border. Two components in neighbouring blocks belong to one object when they hold the
 same class on the two sides of a shared border pixel edge (4-connectivity, the rule used
 inside blocks). A union-find over ``(block, component)`` finds the objects; their pieces
-are unioned in exact integer pixel coordinates, so shared edges cancel exactly.
+are joined in exact integer pixel coordinates, so shared edges cancel exactly.
+
+The pieces of an object tile it without overlapping: they are a polygon *coverage*. Once
+the edges lying on block borders carry a vertex at every pixel corner (:func:`node_borders`),
+the two sides of a shared border have identical segments and GEOS's coverage union drops
+them, twice as fast as a general overlay union (``union_all``) and with about 60 % of its
+peak memory (170 against 290 MB for a 0.9 million vertex object in 64 pieces). An object
+spanning the scene (an ocean, a mirror-tiled estuary) is still the client's largest
+allocation: it must be whole in memory to be written as one polygon.
 
 Memory stays bounded on any scene size: an object can only grow through the border of a
 member block with an unprocessed neighbour, so once every member block is *closed* (it and
@@ -15,14 +23,16 @@ touching the last two rows of blocks are held.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import shapely
 
+from geoseg.tiling.grid import Block
 from geoseg.vectorize.polygons import BlockPolygons
 
-__all__ = ["MergedPolygons", "SeamMerger"]
+__all__ = ["MergedPolygons", "SeamMerger", "drop_collinear", "node_borders"]
 
 Node = tuple[int, int]  # (block index, component id)
 Borders = tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None, np.ndarray | None]
@@ -63,6 +73,73 @@ def _empty() -> MergedPolygons:
     )
 
 
+def node_borders(
+    polygons: Sequence[shapely.Geometry], *, xs: np.ndarray, ys: np.ndarray
+) -> np.ndarray:
+    """``polygons`` with a vertex at every integer point of their edges on the border lines.
+
+    Parameters
+    ----------
+    polygons
+        Polygons with integer (pixel corner) coordinates and axis-parallel edges.
+    xs, ys
+        The vertical lines ``x = xs[i]`` and horizontal lines ``y = ys[j]`` (block borders).
+
+    Returns
+    -------
+    numpy.ndarray
+        The polygons (MultiPolygons split into their parts), same shapes, more vertices.
+    """
+    parts = shapely.get_parts(np.asarray(polygons, dtype=object))
+    rings, ring_of = shapely.get_rings(parts, return_index=True)  # exterior first
+    coords, ring_idx = shapely.get_coordinates(rings, return_index=True)
+    n = len(coords)
+    is_edge = np.zeros(n, dtype=bool)  # coords[i] -> coords[i + 1] is an edge of one ring
+    is_edge[:-1] = ring_idx[:-1] == ring_idx[1:]
+    step = np.zeros_like(coords)
+    step[:-1] = coords[1:] - coords[:-1]
+    on_line = is_edge & (
+        ((step[:, 0] == 0) & np.isin(coords[:, 0], xs))
+        | ((step[:, 1] == 0) & np.isin(coords[:, 1], ys))
+    )
+    count = np.where(on_line, np.abs(step).sum(axis=1), 1).astype(np.int64)
+    count = np.maximum(count, 1)
+    src = np.repeat(np.arange(n), count)
+    offset = np.arange(len(src)) - np.repeat(np.cumsum(count) - count, count)
+    unit = np.where(on_line[:, None], np.sign(step), 0.0)
+    dense = coords[src] + offset[:, None] * unit[src]
+    noded_rings = shapely.linearrings(dense, indices=ring_idx[src])
+    return np.asarray(shapely.polygons(noded_rings, indices=ring_of), dtype=object)
+
+
+def drop_collinear(geom: shapely.Geometry) -> shapely.Geometry:
+    """``geom`` (axis-parallel polygonal, integer coordinates) without collinear vertices."""
+    parts = shapely.get_parts(np.asarray([geom], dtype=object))
+    rings, ring_of = shapely.get_rings(parts, return_index=True)
+    coords, ring_idx = shapely.get_coordinates(rings, return_index=True)
+    # Work on each ring without its closing point, cyclically.
+    last = np.r_[ring_idx[1:] != ring_idx[:-1], True]
+    pts, idx = coords[~last], ring_idx[~last]
+    first = np.r_[True, idx[1:] != idx[:-1]]
+    starts = np.flatnonzero(first)
+    lengths = np.diff(np.r_[starts, len(pts)])
+    pos = np.arange(len(pts)) - np.repeat(starts, lengths)
+    base = np.repeat(starts, lengths)
+    prev = pts[base + (pos - 1) % np.repeat(lengths, lengths)]
+    nxt = pts[base + (pos + 1) % np.repeat(lengths, lengths)]
+    keep = ~(((prev[:, 0] == pts[:, 0]) & (pts[:, 0] == nxt[:, 0]))
+             | ((prev[:, 1] == pts[:, 1]) & (pts[:, 1] == nxt[:, 1])))  # fmt: skip
+    kept, kidx = pts[keep], idx[keep]
+    # Close each ring again with its first kept vertex.
+    kfirst = np.r_[True, kidx[1:] != kidx[:-1]]
+    kstarts = np.flatnonzero(kfirst)
+    closed = np.insert(kept, np.r_[kstarts[1:], len(kept)], kept[kstarts], axis=0)
+    cidx = np.insert(kidx, np.r_[kstarts[1:], len(kidx)], kidx[kstarts])
+    new_rings = shapely.linearrings(closed, indices=cidx)
+    new_parts = shapely.polygons(new_rings, indices=ring_of)
+    return new_parts[0] if len(new_parts) == 1 else shapely.multipolygons(new_parts)
+
+
 @dataclass(slots=True)
 class _ClassState:
     parent: dict[Node, Node] = field(default_factory=dict)
@@ -94,14 +171,35 @@ class SeamMerger:
     ----------
     grid_shape
         ``(rows, cols)`` of the block grid, to know when a block's neighbours are done.
+    row_borders, col_borders
+        Pixel rows and columns where block cores meet (see :meth:`for_blocks`).
     """
 
-    def __init__(self, grid_shape: tuple[int, int]) -> None:
+    def __init__(
+        self,
+        grid_shape: tuple[int, int],
+        *,
+        row_borders: Sequence[int],
+        col_borders: Sequence[int],
+    ) -> None:
         self.grid_shape = grid_shape
+        self._xs = np.asarray(col_borders, dtype=np.float64)
+        self._ys = np.asarray(row_borders, dtype=np.float64)
         self._state: dict[str, _ClassState] = {}
         self._done: set[tuple[int, int]] = set()
         self._closed: set[tuple[int, int]] = set()
         self._newly_closed: list[tuple[int, int]] = []
+
+    @classmethod
+    def for_blocks(cls, blocks: Sequence[Block]) -> SeamMerger:
+        """A merger for a scene's block grid (:func:`geoseg.tiling.grid.plan_blocks`)."""
+        rows = max(b.row for b in blocks) + 1
+        cols = max(b.col for b in blocks) + 1
+        return cls(
+            (rows, cols),
+            row_borders=sorted({b.core.row_off for b in blocks if b.row > 0}),
+            col_borders=sorted({b.core.col_off for b in blocks if b.col > 0}),
+        )
 
     def add(self, name: str, *, block: int, row: int, col: int, polygons: BlockPolygons) -> None:
         """Register a block's seam polygons of class ``name`` (``polygons.seam`` all True)."""
@@ -171,8 +269,15 @@ class SeamMerger:
             return _empty()
         return self._pop(st, sorted(st.members))
 
-    @staticmethod
-    def _pop(st: _ClassState, roots: list[Node]) -> MergedPolygons:
+    def _join(self, pieces: Sequence[shapely.Geometry]) -> shapely.Geometry:
+        """The union of one object's pieces (a coverage: they never overlap)."""
+        # Piece by piece: the noding's temporaries stay the size of one piece.
+        noded = np.concatenate([node_borders([p], xs=self._xs, ys=self._ys) for p in pieces])
+        union = shapely.coverage_union_all(noded)
+        del noded
+        return drop_collinear(union)
+
+    def _pop(self, st: _ClassState, roots: list[Node]) -> MergedPolygons:
         if not roots:
             return _empty()
         geoms = np.empty(len(roots), dtype=object)
@@ -186,7 +291,7 @@ class SeamMerger:
             if len(pieces) == 1:
                 geoms[i] = pieces[0].geometry
             else:
-                geoms[i] = shapely.union_all([p.geometry for p in pieces])
+                geoms[i] = self._join([p.geometry for p in pieces])
             pixels[i] = sum(p.pixels for p in pieces)
             conf[i] = sum(p.conf_sum for p in pieces)
         return MergedPolygons(

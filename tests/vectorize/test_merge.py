@@ -24,8 +24,7 @@ def _blobs(seed: int, h: int, w: int) -> np.ndarray:
 def _blockwise(mask: np.ndarray, *, order_seed: int) -> tuple[list[shapely.Geometry], int]:
     h, w = mask.shape
     blocks = plan_blocks(h, w, spec=TilingSpec(tile=32, overlap=0, block=32))
-    grid = (max(b.row for b in blocks) + 1, max(b.col for b in blocks) + 1)
-    merger = SeamMerger(grid)
+    merger = SeamMerger.for_blocks(blocks)
     out: list[shapely.Geometry] = []
     held_max = 0
     for i in np.random.default_rng(order_seed).permutation(len(blocks)):
@@ -83,7 +82,7 @@ def test_finished_objects_are_released_while_the_run_goes_on() -> None:
     mask = _blobs(3, 320, 320)
     h, w = mask.shape
     blocks = plan_blocks(h, w, spec=TilingSpec(tile=32, overlap=0, block=32))
-    merger = SeamMerger((10, 10))
+    merger = SeamMerger.for_blocks(blocks)
     released = held_max = total = 0
     for b in blocks:  # row-major, as the pipeline submits them
         c = b.core
@@ -116,3 +115,20 @@ def test_keys_are_the_smallest_piece() -> None:
     mask[10:50, 10:50] = True
     out, _ = _blockwise(mask, order_seed=1)
     assert len(out) == 1 and out[0].area == pytest.approx(1600.0)
+
+
+def test_pieces_meeting_on_a_border_with_different_vertices_join_exactly() -> None:
+    from geoseg.vectorize.merge import drop_collinear, node_borders
+
+    # Above the border y = 10 the object spans x 0-6, below it x 2-9: the two sides of the
+    # border carry different vertices, which a coverage union cannot match until noded.
+    top = shapely.box(0, 0, 6, 10)
+    bottom = shapely.Polygon(
+        [(2, 10), (9, 10), (9, 20), (2, 20)], [[(4, 12), (5, 12), (5, 13), (4, 13)]]
+    )
+    noded = node_borders([top, bottom], xs=np.array([]), ys=np.array([10.0]))
+    assert shapely.get_num_coordinates(noded).tolist() == [5 + 5, 5 + 6 + 5]  # unit steps
+    joined = drop_collinear(shapely.coverage_union_all(noded))
+    assert joined.is_valid and joined.equals(shapely.union_all([top, bottom]))
+    assert shapely.get_num_coordinates(joined) == 9 + 5  # 8 corners (+ closing) and the hole
+    assert joined.area == pytest.approx(60 + 70 - 1)
