@@ -114,30 +114,42 @@ def node_borders(
 
 def drop_collinear(geom: shapely.Geometry) -> shapely.Geometry:
     """``geom`` (axis-parallel polygonal, integer coordinates) without collinear vertices."""
-    parts = shapely.get_parts(np.asarray([geom], dtype=object))
-    rings, ring_of = shapely.get_rings(parts, return_index=True)
-    coords, ring_idx = shapely.get_coordinates(rings, return_index=True)
-    # Work on each ring without its closing point, cyclically.
-    last = np.r_[ring_idx[1:] != ring_idx[:-1], True]
-    pts, idx = coords[~last], ring_idx[~last]
-    first = np.r_[True, idx[1:] != idx[:-1]]
-    starts = np.flatnonzero(first)
-    lengths = np.diff(np.r_[starts, len(pts)])
-    pos = np.arange(len(pts)) - np.repeat(starts, lengths)
-    base = np.repeat(starts, lengths)
-    prev = pts[base + (pos - 1) % np.repeat(lengths, lengths)]
-    nxt = pts[base + (pos + 1) % np.repeat(lengths, lengths)]
-    keep = ~(((prev[:, 0] == pts[:, 0]) & (pts[:, 0] == nxt[:, 0]))
-             | ((prev[:, 1] == pts[:, 1]) & (pts[:, 1] == nxt[:, 1])))  # fmt: skip
-    kept, kidx = pts[keep], idx[keep]
-    # Close each ring again with its first kept vertex.
-    kfirst = np.r_[True, kidx[1:] != kidx[:-1]]
-    kstarts = np.flatnonzero(kfirst)
-    closed = np.insert(kept, np.r_[kstarts[1:], len(kept)], kept[kstarts], axis=0)
-    cidx = np.insert(kidx, np.r_[kstarts[1:], len(kidx)], kidx[kstarts])
-    new_rings = shapely.linearrings(closed, indices=cidx)
-    new_parts = shapely.polygons(new_rings, indices=ring_of)
-    return new_parts[0] if len(new_parts) == 1 else shapely.multipolygons(new_parts)
+    return _without_collinear(*shapely.to_ragged_array(np.asarray([geom], dtype=object)))
+
+
+def _without_collinear(
+    kind: shapely.GeometryType, coords: np.ndarray, offsets: tuple[np.ndarray, ...]
+) -> shapely.Geometry:
+    """Rebuild a ragged polygon array (:func:`shapely.to_ragged_array`) of one geometry
+    without the vertices lying between two others on a horizontal or vertical line.
+
+    Works on the flat coordinate array (rings closed, ``offsets[0]`` their bounds): no
+    GEOS copy of the rings is made, which matters for an object of millions of vertices.
+    """
+    ring_off = offsets[0]
+    first, last = ring_off[:-1], ring_off[1:] - 1  # each ring's first and closing point
+    prev = np.empty_like(coords)
+    prev[1:] = coords[:-1]
+    prev[first] = coords[last - 1]  # the ring is cyclic: before the first, its last point
+    nxt = np.empty_like(coords)
+    nxt[:-1] = coords[1:]
+    nxt[last] = coords[last]  # closing points are dropped below whatever this says
+    keep = ~(
+        ((prev[:, 0] == coords[:, 0]) & (coords[:, 0] == nxt[:, 0]))
+        | ((prev[:, 1] == coords[:, 1]) & (coords[:, 1] == nxt[:, 1]))
+    )
+    del prev, nxt
+    keep[last] = False
+    counts = np.add.reduceat(keep, first) if len(first) else np.zeros(0, dtype=np.int64)
+    new_off = np.zeros(len(first) + 1, dtype=ring_off.dtype)
+    np.cumsum(counts + 1, out=new_off[1:])
+    out = np.empty((int(new_off[-1]), 2), dtype=coords.dtype)
+    closing = new_off[1:] - 1
+    body = np.ones(len(out), dtype=bool)
+    body[closing] = False
+    out[body] = coords[keep]
+    out[closing] = out[new_off[:-1]]  # close each ring with its first kept vertex
+    return shapely.from_ragged_array(kind, out, (new_off, *offsets[1:]))[0]
 
 
 @dataclass(slots=True)
@@ -271,11 +283,14 @@ class SeamMerger:
 
     def _join(self, pieces: Sequence[shapely.Geometry]) -> shapely.Geometry:
         """The union of one object's pieces (a coverage: they never overlap)."""
-        # Piece by piece: the noding's temporaries stay the size of one piece.
+        # Piece by piece: the noding's temporaries stay the size of one piece. The union
+        # lives only until its coordinates are out: two copies of an ocean are enough.
         noded = np.concatenate([node_borders([p], xs=self._xs, ys=self._ys) for p in pieces])
-        union = shapely.coverage_union_all(noded)
+        ragged = shapely.to_ragged_array(
+            np.asarray([shapely.coverage_union_all(noded)], dtype=object)
+        )
         del noded
-        return drop_collinear(union)
+        return _without_collinear(*ragged)
 
     def _pop(self, st: _ClassState, roots: list[Node]) -> MergedPolygons:
         if not roots:
