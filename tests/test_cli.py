@@ -228,7 +228,11 @@ def test_bad_input_is_one_clear_line(
     assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
 
 
-def test_existing_output_needs_overwrite(tiny_model: Path, scene: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("scheduler", ["sync", "tcp://127.0.0.1:9"])
+def test_existing_output_needs_overwrite(
+    tiny_model: Path, scene: Path, tmp_path: Path, scheduler: str
+) -> None:
+    """Refused before any cluster is reached (there is none at port 9 to give this message)."""
     out = tmp_path / "keep.gpkg"
     out.write_bytes(b"precious")
     code, text = _run(
@@ -241,11 +245,13 @@ def test_existing_output_needs_overwrite(tiny_model: Path, scene: Path, tmp_path
         "-o",
         str(out),
         "--scheduler",
-        "sync",
+        scheduler,
     )
-    assert code == 1 and "exists; pass --overwrite to replace it" in text
+    assert code == 1 and "exists; pass --overwrite to replace it" in text, text
     assert out.read_bytes() == b"precious"
     assert not (tmp_path / "keep_classes.tif").exists()
+    if scheduler != "sync":
+        return
     code, text = _run(
         "run",
         str(scene),
@@ -325,28 +331,6 @@ def test_malformed_scheduler_is_one_usage_line(tiny_model: Path, scene: Path) ->
         "address 'foo'); use local (a new cluster on this machine), sync (no Dask) or an "
         "address like tcp://host:8786"
     ]
-
-
-def test_existing_output_is_refused_before_a_cluster_starts(
-    tiny_model: Path, scene: Path, tmp_path: Path
-) -> None:
-    """No cluster to reach here: the check must come first to give this message."""
-    out = tmp_path / "keep.gpkg"
-    out.write_bytes(b"precious")
-    code, text = _run(
-        "run",
-        str(scene),
-        "-c",
-        "water",
-        "-m",
-        str(tiny_model),
-        "-o",
-        str(out),
-        "--scheduler",
-        "tcp://127.0.0.1:9",
-    )
-    assert code == 1 and "exists; pass --overwrite to replace it" in text, text
-    assert out.read_bytes() == b"precious"
 
 
 def test_report_folder_is_checked_before_any_work(

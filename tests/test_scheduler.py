@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyogrio
@@ -22,6 +24,22 @@ from geoseg.scheduler import (
     open_execution,
     task_resources,
 )
+
+
+@contextmanager
+def _process_cluster(workers: int) -> Iterator[Client]:
+    """A client of a real LocalCluster of single-thread worker processes, logs silenced."""
+    with (
+        LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.CRITICAL,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
 
 
 def _read(gpkg: Path) -> dict[str, list[tuple[bytes, float]]]:
@@ -44,16 +62,7 @@ def test_two_workers_give_the_same_output_as_one(
             block=128,
             inference=InferenceOptions(threads=1),
         )
-        with (
-            LocalCluster(
-                n_workers=n,
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=None,
-                silence_logs=logging.ERROR,
-            ) as cluster,
-            Client(cluster) as client,
-        ):
+        with _process_cluster(n) as client:
             summary = run_scene(
                 scene, tmp_path / f"w{n}.gpkg", config, client=client, max_in_flight=3
             )
@@ -219,16 +228,7 @@ def test_killed_worker_is_survived_with_identical_output(
     config = _small_blocks(tiny_model, "water", "roads")
     reference = run_scene(scene, tmp_path / "ref.gpkg", config)
     killed: list[int] = []
-    with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            silence_logs=logging.CRITICAL,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+    with _process_cluster(2) as client:
         pids = client.run(os.getpid)
 
         def kill_one(done: int, total: int) -> None:
@@ -266,14 +266,7 @@ def test_a_block_that_keeps_losing_its_worker_is_one_clear_error(
     # Give up at the first death, as Dask does after `allowed-failures` (3) by default.
     with (
         dask.config.set({"distributed.scheduler.allowed-failures": 0}),
-        LocalCluster(
-            n_workers=1,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            silence_logs=logging.CRITICAL,
-        ) as cluster,
-        Client(cluster) as client,
+        _process_cluster(1) as client,
     ):
         (pid,) = client.run(os.getpid).values()
 
