@@ -118,7 +118,7 @@ def test_keys_are_the_smallest_piece() -> None:
 
 
 def test_pieces_meeting_on_a_border_with_different_vertices_join_exactly() -> None:
-    from geoseg.vectorize.merge import drop_collinear, node_borders
+    from geoseg.vectorize.lattice import drop_collinear, node_borders
 
     # Above the border y = 10 the object spans x 0-6, below it x 2-9: the two sides of the
     # border carry different vertices, which a coverage union cannot match until noded.
