@@ -61,9 +61,14 @@ def join_pieces(
         shapely.get_parts(np.asarray(pieces, dtype=object))
     )
     pieces.clear()
-    joined = _cancel(kind, coords, offsets, xs=xs, ys=ys)
-    if joined is not None:
-        return joined
+    lattice = coords.astype(np.int32)  # pixel corners: exact, and half the memory
+    if np.array_equal(lattice, coords):
+        del coords
+        joined = _cancel(kind, lattice, offsets, xs=xs, ys=ys)
+        if joined is not None:
+            return joined
+        coords = lattice.astype(np.float64)
+    del lattice
     parts = shapely.from_ragged_array(kind, coords, offsets)
     del coords
     # Noded piece by piece: the temporaries stay the size of one piece.
@@ -94,8 +99,8 @@ def _cancel(
         return None
     x0, y0 = int(min(sx.min(), ex.min())), int(min(sy.min(), ey.min()))
     width = int(max(sx.max(), ex.max())) - x0 + 1
-    sv = (sy - y0) * width + (sx - x0)
-    ev = (ey - y0) * width + (ex - x0)
+    sv = (sy.astype(np.int64) - y0) * width + (sx - x0)  # vertex ids need 64 bits
+    ev = (ey.astype(np.int64) - y0) * width + (ex - x0)
     del ex, ey
     keep = ~_shared(sv, ev, d, on_line)
     sx, sy, sv, ev, d = sx[keep], sy[keep], sv[keep], ev[keep], d[keep]
@@ -114,10 +119,10 @@ def _oriented_edges(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Edge start points of every ring (closing points dropped), interior on the left.
 
-    Returns the start x, start y (int64) and each ring's first edge index (length
-    ``rings + 1``).
+    Returns the start x, start y (``coords``' integer type) and each ring's first edge
+    index (length ``rings + 1``).
     """
-    x = coords[:, 0].astype(np.int64)
+    x = coords[:, 0].astype(np.int64)  # products of coordinates need 64 bits
     y = coords[:, 1].astype(np.int64)
     n_rings = len(ring_off) - 1
     first, closing = ring_off[:-1], ring_off[1:] - 1
@@ -134,13 +139,13 @@ def _oriented_edges(
     flipped = flip[ring_of]
     # A reversed closed ring is the same sequence read backwards: still closed.
     idx[flipped] = (first + closing)[ring_of[flipped]] - idx[flipped]
-    del ring_of, flipped
-    body = np.ones(len(x), dtype=bool)
+    del ring_of, flipped, x, y
+    body = np.ones(len(idx), dtype=bool)
     body[closing] = False
     idx = idx[body]
     ring_start = np.zeros(n_rings + 1, dtype=np.int64)
     np.cumsum(np.diff(ring_off) - 1, out=ring_start[1:])
-    return x[idx], y[idx], ring_start
+    return coords[idx, 0], coords[idx, 1], ring_start
 
 
 def _node(
@@ -152,10 +157,14 @@ def _node(
     del ex, ey
     on = ((dx == 0) & np.isin(sx, xs)) | ((dy == 0) & np.isin(sy, ys))
     count = np.where(on, np.abs(dx) + np.abs(dy), 1)
+    ux = np.where(on, np.sign(dx), 0).astype(np.int8)
+    uy = np.where(on, np.sign(dy), 0).astype(np.int8)
+    del dx, dy
     src = np.repeat(np.arange(len(sx)), count)
     step = np.arange(len(src), dtype=np.int64) - np.repeat(np.cumsum(count) - count, count)
-    nx = sx[src] + step * np.where(on, np.sign(dx), 0)[src]
-    ny = sy[src] + step * np.where(on, np.sign(dy), 0)[src]
+    nx = (sx[src] + step * ux[src]).astype(sx.dtype)
+    ny = (sy[src] + step * uy[src]).astype(sy.dtype)
+    del step
     starts = np.concatenate([[0], np.cumsum(count)])[ring_start]
     return nx, ny, starts, on[src]
 
@@ -249,7 +258,9 @@ def _polygon(sx: np.ndarray, sy: np.ndarray, offsets: np.ndarray) -> shapely.Geo
     ring_of = np.repeat(np.arange(n_rings), np.diff(offsets))
     nxt = np.arange(1, len(sx) + 1)
     nxt[offsets[1:] - 1] = offsets[:-1]
-    area2 = np.bincount(ring_of, weights=sx * sy[nxt] - sx[nxt] * sy, minlength=n_rings)
+    x, y = sx.astype(np.float64), sy.astype(np.float64)  # exact: |x * y| < 2**53
+    area2 = np.bincount(ring_of, weights=x * y[nxt] - x[nxt] * y, minlength=n_rings)
+    del x, y
     del nxt
     shells = np.flatnonzero(area2 > 0)
     if len(shells) != 1:
