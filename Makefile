@@ -38,11 +38,12 @@ lint: $(STAMP)
 train-defaults: $(STAMP)
 	$(BIN)/python -m geoseg.models.train_defaults all
 
-# Speed and memory tables (README "Performance"); ../shared/data needed; about 45 minutes.
+# Speed and memory tables (README "Performance"); ../shared/data needed; about 50 minutes.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py
 	$(BIN)/python benchmarks/smoothing.py
 	$(BIN)/python benchmarks/scale.py
+	$(BIN)/python benchmarks/merge.py --size 32768
 
 # geoseg against geoai-py, which lives in its own environment (never a geoseg dependency).
 GEOAI_VENV ?= /tmp/geoai/venv

@@ -55,7 +55,8 @@ def join_pieces(
     -------
     shapely.Geometry
         One polygon. Pieces that break the assumptions above (say, two objects) get
-        GEOS's coverage union of the noded pieces instead, whatever its shape.
+        GEOS's coverage union of the noded pieces instead (its general union if they are
+        not even a coverage), whatever its shape.
     """
     kind, coords, offsets = shapely.to_ragged_array(
         shapely.get_parts(np.asarray(pieces, dtype=object))
@@ -73,10 +74,12 @@ def join_pieces(
     del coords
     # Noded piece by piece: the temporaries stay the size of one piece.
     noded = np.concatenate([node_borders([p], xs=xs, ys=ys) for p in parts])
-    del parts
-    ragged = shapely.to_ragged_array(np.asarray([shapely.coverage_union_all(noded)], dtype=object))
-    del noded
-    return without_collinear(*ragged)
+    try:
+        union = shapely.coverage_union_all(noded)
+    except shapely.errors.GEOSException:  # not a coverage after all (off the lattice)
+        union = shapely.union_all(parts)
+    del noded, parts
+    return without_collinear(*shapely.to_ragged_array(np.asarray([union], dtype=object)))
 
 
 def _cancel(

@@ -112,3 +112,9 @@ def test_two_objects_fall_back_to_a_general_union() -> None:
     a, b = shapely.box(0, 0, 4, 4), shapely.box(6, 0, 8, 4)
     joined = join_pieces([a, b], xs=np.array([4.0]), ys=np.array([]))
     assert joined.geom_type == "MultiPolygon" and joined.equals(shapely.union_all([a, b]))
+
+
+def test_off_lattice_pieces_fall_back_to_a_general_union() -> None:
+    a, b = shapely.box(0.5, 0, 4, 4), shapely.box(4, 0, 8, 4.25)
+    joined = join_pieces([a, b], xs=np.array([4.0]), ys=np.array([]))
+    assert joined.is_valid and joined.equals(shapely.union_all([a, b]))
