@@ -49,9 +49,7 @@ def _join_with(method: str):  # type: ignore[no-untyped-def]
             joined = shapely.union_all(np.asarray(pieces, dtype=object))
             pieces.clear()
             return lattice.drop_collinear(joined)
-        noded = np.concatenate([lattice.node_borders([p], xs=xs, ys=ys) for p in pieces])
-        pieces.clear()
-        return lattice.drop_collinear(shapely.coverage_union_all(noded))
+        return lattice.union_noded(pieces, xs=xs, ys=ys)
 
     return lattice.join_pieces if method == "lattice" else geos
 

@@ -97,10 +97,6 @@ class RunPlan:
     centerlines: tuple[str, ...] = ()
     prune_m: float = 20.0
 
-    @property
-    def grid_shape(self) -> tuple[int, int]:
-        return (max(b.row for b in self.blocks) + 1, max(b.col for b in self.blocks) + 1)
-
 
 def check_outputs(paths: Sequence[Path], *, overwrite: bool) -> None:
     """Fail before any work when an output folder is missing or a file would be replaced."""

@@ -28,12 +28,7 @@ from collections.abc import Sequence
 import numpy as np
 import shapely
 
-__all__ = ["drop_collinear", "join_pieces", "node_borders", "without_collinear"]
-
-# Directions of axis-parallel edges: +x, +y, -x, -y. The reverse of d is (d + 2) % 4 and
-# the right turn from d is (d + 3) % 4.
-_DX = np.array([1, 0, -1, 0], dtype=np.int64)
-_DY = np.array([0, 1, 0, -1], dtype=np.int64)
+__all__ = ["drop_collinear", "join_pieces", "node_borders", "union_noded", "without_collinear"]
 
 
 def join_pieces(
@@ -70,15 +65,28 @@ def join_pieces(
             return joined
         coords = lattice.astype(np.float64)
     del lattice
-    parts = shapely.from_ragged_array(kind, coords, offsets)
+    parts = list(shapely.from_ragged_array(kind, coords, offsets))
     del coords
+    return union_noded(parts, xs=xs, ys=ys)
+
+
+def union_noded(
+    pieces: list[shapely.Geometry], *, xs: np.ndarray, ys: np.ndarray
+) -> shapely.Geometry:
+    """GEOS's union of ``pieces`` (see :func:`join_pieces`), without collinear vertices.
+
+    The pieces are noded on the border lines (:func:`node_borders`) so that their coverage
+    union can drop the shared edges; pieces that are not a coverage even then (off the
+    lattice) get the general union. ``pieces`` is emptied once noded.
+    """
     # Noded piece by piece: the temporaries stay the size of one piece.
-    noded = np.concatenate([node_borders([p], xs=xs, ys=ys) for p in parts])
+    noded = np.concatenate([node_borders([p], xs=xs, ys=ys) for p in pieces])
+    pieces.clear()
     try:
         union = shapely.coverage_union_all(noded)
     except shapely.errors.GEOSException:  # not a coverage after all (off the lattice)
-        union = shapely.union_all(parts)
-    del noded, parts
+        union = shapely.union_all(noded)
+    del noded
     return without_collinear(*shapely.to_ragged_array(np.asarray([union], dtype=object)))
 
 
@@ -125,30 +133,36 @@ def _oriented_edges(
     Returns the start x, start y (``coords``' integer type) and each ring's first edge
     index (length ``rings + 1``).
     """
-    x = coords[:, 0].astype(np.int64)  # products of coordinates need 64 bits
-    y = coords[:, 1].astype(np.int64)
     n_rings = len(ring_off) - 1
-    first, closing = ring_off[:-1], ring_off[1:] - 1
-    cross = np.zeros(len(x), dtype=np.int64)
-    cross[:-1] = x[:-1] * y[1:] - x[1:] * y[:-1]
-    cross[closing] = 0  # a closing point does not pair with the next ring's first
-    area2 = np.add.reduceat(cross, first) if n_rings else np.zeros(0, dtype=np.int64)
-    del cross
+    body = np.ones(len(coords), dtype=bool)
+    body[ring_off[1:] - 1] = False
+    x, y = coords[body, 0], coords[body, 1]
+    del body
+    ring_start = np.asarray(ring_off, dtype=np.int64) - np.arange(n_rings + 1)
     exterior = np.zeros(n_rings, dtype=bool)
     exterior[part_off[:-1]] = True
-    flip = (area2 > 0) != exterior
+    flip = (_areas2(x, y, ring_start) > 0) != exterior
     idx = np.arange(len(x), dtype=np.int64)
-    ring_of = np.repeat(np.arange(n_rings), np.diff(ring_off))
+    ring_of = np.repeat(np.arange(n_rings), np.diff(ring_start))
     flipped = flip[ring_of]
-    # A reversed closed ring is the same sequence read backwards: still closed.
-    idx[flipped] = (first + closing)[ring_of[flipped]] - idx[flipped]
-    del ring_of, flipped, x, y
-    body = np.ones(len(idx), dtype=bool)
-    body[closing] = False
-    idx = idx[body]
-    ring_start = np.zeros(n_rings + 1, dtype=np.int64)
-    np.cumsum(np.diff(ring_off) - 1, out=ring_start[1:])
-    return coords[idx, 0], coords[idx, 1], ring_start
+    # Ring [s, e) read backwards from its first point: s, e - 1, e - 2, ..., s + 1.
+    s, e = ring_start[:-1][ring_of[flipped]], ring_start[1:][ring_of[flipped]]
+    idx[flipped] = s + (e - idx[flipped]) % (e - s)
+    del ring_of, flipped, s, e
+    return x[idx], y[idx], ring_start
+
+
+def _areas2(x: np.ndarray, y: np.ndarray, ring_start: np.ndarray) -> np.ndarray:
+    """Twice the signed area of each ring given by its edge start points (shoelace).
+
+    int64: exact, products of coordinates included (wrapping partial sums still add up
+    to the exact total, which fits).
+    """
+    if len(ring_start) < 2:
+        return np.zeros(0, dtype=np.int64)
+    ex, ey = _ends(x, y, ring_start)
+    cross = x.astype(np.int64) * ey - ex.astype(np.int64) * y
+    return np.add.reduceat(cross, ring_start[:-1])
 
 
 def _node(
@@ -258,13 +272,7 @@ def _cycles(nxt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _polygon(sx: np.ndarray, sy: np.ndarray, offsets: np.ndarray) -> shapely.Geometry | None:
     """One polygon from closed-up rings (shell = the one counter-clockwise ring)."""
     n_rings = len(offsets) - 1
-    ring_of = np.repeat(np.arange(n_rings), np.diff(offsets))
-    nxt = np.arange(1, len(sx) + 1)
-    nxt[offsets[1:] - 1] = offsets[:-1]
-    x, y = sx.astype(np.float64), sy.astype(np.float64)  # exact: |x * y| < 2**53
-    area2 = np.bincount(ring_of, weights=x * y[nxt] - x[nxt] * y, minlength=n_rings)
-    del x, y
-    del nxt
+    area2 = _areas2(sx, sy, offsets)
     shells = np.flatnonzero(area2 > 0)
     if len(shells) != 1:
         return None
