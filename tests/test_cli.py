@@ -508,6 +508,40 @@ def test_console_script_reports_errors_without_traceback(tmp_path: Path) -> None
     assert "Traceback" not in proc.stderr
 
 
+def test_an_interrupt_masked_by_a_cleanup_error_is_still_an_interrupt(
+    tiny_model: Path, make_scene, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ctrl-C landing inside np.savez's zip file made zipfile raise a ValueError while
+    # handling it: the run printed a traceback and exit 1 instead of the interrupt's line.
+    import geoseg.pipeline
+
+    encode = geoseg.pipeline.encode_result
+    calls = []
+
+    def interrupted_encode(result: object) -> bytes:
+        calls.append(1)
+        if len(calls) == 2:
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                raise ValueError("Can't close the ZIP file while there is an open handle") from None
+        return encode(result)
+
+    monkeypatch.setattr(geoseg.pipeline, "encode_result", interrupted_encode)
+    path, _ = make_scene(200, 200, seed=2)
+    out = tmp_path / "o.gpkg"
+    args = ["run", str(path), "--classes", "water", "-m", str(tiny_model), "-o", str(out)]
+    code, text = _run(*args, "--block", "64", "--scheduler", "sync")
+    assert code == 130, text
+    assert "interrupted" in text and "--resume" in text
+    assert "Traceback" not in text and "ZIP" not in text
+    assert not out.exists()
+    monkeypatch.setattr(geoseg.pipeline, "encode_result", encode)
+    code, text = _run(*args, "--block", "64", "--scheduler", "sync", "--resume")
+    assert code == 0, text
+    assert "1 blocks resumed" in text
+
+
 @pytest.mark.parametrize("how", ["Ctrl-C to the terminal's group", "SIGTERM to geoseg"])
 def test_interrupted_run_on_a_local_cluster_is_one_line_and_resumes(
     tiny_model: Path, make_scene, tmp_path: Path, how: str

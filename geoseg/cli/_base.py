@@ -42,6 +42,22 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _interrupt_in(err: BaseException) -> bool:
+    """Whether ``err`` is, or was raised while handling, a Ctrl-C or SIGTERM.
+
+    An interrupt can land inside a library's cleanup (``np.savez``'s zip file, say), whose
+    own error then replaces it: the run was still interrupted, not broken.
+    """
+    seen: set[int] = set()
+    cur: BaseException | None = err
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, KeyboardInterrupt):
+            return True
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
 def _handles_errors(fn: F) -> F:
     """Turn GeosegError into one line and exit 1; Ctrl-C or SIGTERM into exit 130."""
 
@@ -52,17 +68,25 @@ def _handles_errors(fn: F) -> F:
         try:
             with _sigterm_as_interrupt():
                 return fn(*args, **kwargs)
-        except GeosegError as err:
-            _fail(err, verbose=verbose)
-            sys.exit(1)
+        except Exception as err:
+            if _interrupt_in(err):
+                _interrupted(fn.__name__)
+            if isinstance(err, GeosegError):
+                _fail(err, verbose=verbose)
+                sys.exit(1)
+            raise
         except KeyboardInterrupt:
-            hint = ""
-            if fn.__name__ == "run":  # its finished blocks are journalled
-                hint = "; the same command with --resume reuses the blocks already done"
-            click.echo(f"geoseg: interrupted; no output was finished{hint}", err=True)
-            sys.exit(130)
+            _interrupted(fn.__name__)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _interrupted(command: str) -> None:
+    hint = ""
+    if command == "run":  # its finished blocks are journalled
+        hint = "; the same command with --resume reuses the blocks already done"
+    click.echo(f"geoseg: interrupted; no output was finished{hint}", err=True)
+    sys.exit(130)
 
 
 @contextmanager
