@@ -3,7 +3,8 @@
 A :class:`Segmenter` turns a block of raw scene pixels into blended class probabilities.
 :class:`TorchSegmenter` does it for smp networks: it normalises with the card, cuts tiles
 on the block's grid, runs batches under autocast (bf16 on CPUs with AVX-512 bf16 / AMX,
-fp16 on CUDA) with channels_last memory, and blends tiles with
+fp16 on CUDA) with channels_last memory, batch norms folded into the convolutions and
+weights pre-cast (:mod:`geoseg.models.fusion`), and blends tiles with
 :class:`~geoseg.tiling.blend.BlendAccumulator`.
 
 Dask workers keep one loaded model per process (:func:`cached_segmenter`). Every forward
@@ -22,6 +23,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -30,6 +32,7 @@ import numpy as np
 
 from geoseg.errors import ConfigError
 from geoseg.models.card import ModelCard
+from geoseg.models.fusion import cast_weights, fold_batchnorm
 from geoseg.tiling.blend import BlendAccumulator
 from geoseg.tiling.grid import tile_origins
 
@@ -154,8 +157,19 @@ class TorchSegmenter:
     """An smp network loaded on a device, with the card that describes it."""
 
     def __init__(
-        self, card: ModelCard, network: torch.nn.Module, *, options: InferenceOptions
+        self,
+        card: ModelCard,
+        network: torch.nn.Module,
+        *,
+        options: InferenceOptions,
+        copy: bool = True,
     ) -> None:
+        """Prepare ``network`` for inference (see the module docs).
+
+        Preparing rewrites the network (batch norms folded, weights cast), so it works on a
+        copy unless ``copy=False`` hands the network over (a freshly loaded one). A network
+        still being trained must be copied.
+        """
         import torch
 
         self.card = card
@@ -172,7 +186,10 @@ class TorchSegmenter:
         if self._device.startswith("cuda"):
             # Fixed tile shapes: let cuDNN pick the fastest convolution algorithms once.
             torch.backends.cudnn.benchmark = True
-        net = network.to(self._device).eval()
+        net = (deepcopy(network) if copy else network).eval().to(self._device)
+        fold_batchnorm(net)
+        if self.autocast_dtype is not None:
+            cast_weights(net, self.autocast_dtype)
         self.network = net.to(memory_format=torch.channels_last)
         self._mean = np.asarray(card.mean, dtype=np.float32)[:, None, None]
         self._std = np.asarray(card.std, dtype=np.float32)[:, None, None]
@@ -293,7 +310,7 @@ def load_segmenter(path: str | os.PathLike[str], *, options: InferenceOptions) -
     from geoseg.models.registry import load_network
 
     card, net = load_network(path)
-    return TorchSegmenter(card, net, options=options)
+    return TorchSegmenter(card, net, options=options, copy=False)
 
 
 _cache_lock = threading.Lock()

@@ -134,7 +134,7 @@ class TrainConfig:
         Fraction of class-balanced chips; minimum labelled fraction of a chip; augmentations.
     validation, validate_every, patience
         Held-out split; validate every n epochs; stop after ``patience`` validations without
-        improvement (``None``: never stop early).
+        improvement, a mean IoU at least 0.001 above the best (``None``: never stop early).
     keep
         Which epoch's weights the model file gets: ``"best"`` (highest validation score) or
         ``"last"``. With ``"last"`` the validation set chooses nothing, so its scores are an
