@@ -8,9 +8,10 @@ geoai-py lives in its own virtual environment, never in geoseg's dependencies:
 The same U-Net ResNet-34 weights (the benchmark model of common.py, trained with geoai's
 `x / 255` normalisation; 4 input bands, 2 classes) are given to geoai as a plain smp state
 dict (.pth) and to geoseg through `geoseg models import` with mean 0 / std 255. Tile 512,
-overlap 64, batch 4, CPU, for both. Each tool runs as its own process; wall time and peak RSS
+overlap 64, CPU, for both. Each tool runs as its own process; wall time and peak RSS
 (process tree) are measured alike.
-geoseg runs twice: fp32 (geoai's precision) and its default (bf16 autocast on this CPU).
+geoseg runs twice: with geoai's settings (fp32, batch 4) and with its defaults (bf16
+autocast on this CPU, batch size chosen for the device: 1 tile on a CPU).
 
 Usage: python benchmarks/vs_geoai.py [--sizes 4096,8192] [--geoai-python /tmp/geoai/venv/bin/python]
 """
@@ -102,25 +103,29 @@ def main() -> None:
                 str(pth),
             ],
         }
-        for precision in ("fp32", "auto"):
-            runs[f"geoseg run ({precision})"] = geoseg_cmd(
-                "run",
-                str(scene),
-                "--classes",
-                "water",
-                "-m",
-                str(model),
-                "--smooth",
-                "none",
-                "--no-centerlines",
-                "--batch-size",
-                "4",
-                "--precision",
-                precision,
-                "-o",
-                str(args.workdir / f"vs_{size}_{precision}.gpkg"),
-                "--overwrite",
-                "-q",
+        # fp32 with geoai's batch of 4: the same settings; then geoseg's defaults (bf16 on
+        # this CPU, a batch of 1 tile: as fast per tile on a CPU, less memory).
+        for precision, batch in (("fp32", "4"), ("auto", "0")):
+            runs[f"geoseg run ({precision}, batch {batch if batch != '0' else 'auto'})"] = (
+                geoseg_cmd(
+                    "run",
+                    str(scene),
+                    "--classes",
+                    "water",
+                    "-m",
+                    str(model),
+                    "--smooth",
+                    "none",
+                    "--no-centerlines",
+                    "--batch-size",
+                    batch,
+                    "--precision",
+                    precision,
+                    "-o",
+                    str(args.workdir / f"vs_{size}_{precision}.gpkg"),
+                    "--overwrite",
+                    "-q",
+                )
             )
         measured = {name: run_measured(cmd) for name, cmd in runs.items()}
         for name, m in measured.items():
