@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -44,11 +45,24 @@ def bare_model(scene: Path, model: Path, *, precision: str, block: int) -> tuple
     return float(body["seconds"]), int(body["tiles"])
 
 
+def plan_tiles(height: int, width: int, *, spec: Any) -> int:
+    """Tiles the pipeline predicts for a scene: every tile of every block's read window
+    (the part of a window beyond the scene is reflect-padded and predicted too)."""
+    from geoseg.tiling.grid import plan_blocks, tile_origins
+
+    n_tiles = 0
+    for b in plan_blocks(height, width, spec=spec):
+        rows = tile_origins(b.read.height, tile=spec.tile, stride=spec.stride)
+        cols = tile_origins(b.read.width, tile=spec.tile, stride=spec.stride)
+        n_tiles += len(rows) * len(cols)
+    return n_tiles
+
+
 def _bare_model(scene: Path, model: Path, *, precision: str, block: int) -> tuple[float, int]:
     import torch
 
     from geoseg.models.predictor import InferenceOptions, load_segmenter
-    from geoseg.tiling.grid import TilingSpec, plan_blocks, tile_origins
+    from geoseg.tiling.grid import TilingSpec
     from geoseg.tiling.io import read_scene_info
 
     info = read_scene_info(scene)
@@ -56,11 +70,7 @@ def _bare_model(scene: Path, model: Path, *, precision: str, block: int) -> tupl
         model, options=InferenceOptions(precision=precision, threads=os.cpu_count() or 1)
     )
     spec = TilingSpec(tile=seg.tile, overlap=seg.overlap, block=block)  # type: ignore[attr-defined]
-    n_tiles = 0
-    for b in plan_blocks(info.height, info.width, spec=spec):
-        rows = tile_origins(b.read.height, tile=spec.tile, stride=spec.stride)
-        cols = tile_origins(b.read.width, tile=spec.tile, stride=spec.stride)
-        n_tiles += len(rows) * len(cols)
+    n_tiles = plan_tiles(info.height, info.width, spec=spec)
     rng = np.random.default_rng(0)
     bs = seg.batch_size  # type: ignore[attr-defined]
     batch = rng.standard_normal((bs, 4, spec.tile, spec.tile)).astype(np.float32)
