@@ -44,12 +44,14 @@ def _join_with(method: str):  # type: ignore[no-untyped-def]
 
     from geoseg.vectorize import lattice
 
-    def geos(pieces: list[shapely.Geometry], *, xs: np.ndarray, ys: np.ndarray):  # type: ignore[no-untyped-def]
+    def geos(pieces: list[lattice.Rings], *, xs: np.ndarray, ys: np.ndarray):  # type: ignore[no-untyped-def]
+        geoms = list(lattice.unpack(pieces))  # the GEOS methods held GEOS pieces
+        pieces.clear()
         if method == "union_all":
-            joined = shapely.union_all(np.asarray(pieces, dtype=object))
-            pieces.clear()
+            joined = shapely.union_all(np.asarray(geoms, dtype=object))
+            geoms.clear()
             return lattice.drop_collinear(joined)
-        return lattice.union_noded(pieces, xs=xs, ys=ys)
+        return lattice.union_noded(geoms, xs=xs, ys=ys)
 
     return lattice.join_pieces if method == "lattice" else geos
 

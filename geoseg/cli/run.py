@@ -141,7 +141,12 @@ def run(
     from geoseg.outputs import output_paths
     from geoseg.pipeline import plan_run, run_scene
     from geoseg.plan import check_outputs
-    from geoseg.scheduler import check_address, cpu_cluster_shape, open_execution
+    from geoseg.scheduler import (
+        check_address,
+        cpu_cluster_shape,
+        open_execution,
+        return_large_frees,
+    )
 
     _setup_logging(verbose=verbose, quiet=quiet)
     out = output or f"{Path(scene).stem}.gpkg"
@@ -189,6 +194,8 @@ def run(
         dashboard=dashboard,
         worker_log_level=logging.INFO if verbose else logging.CRITICAL,
     ) as ex:
+        if ex.client is not None:  # the model runs in the workers, not here
+            return_large_frees()
         if ex.torch_threads and not config.inference.threads:
             config = replace(config, inference=replace(config.inference, threads=ex.torch_threads))
             plan = replace(plan, inference=config.inference)

@@ -24,25 +24,111 @@ that graph was the client's largest allocation.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import shapely
 
-__all__ = ["drop_collinear", "join_pieces", "node_borders", "union_noded", "without_collinear"]
+__all__ = [
+    "Rings",
+    "drop_collinear",
+    "join_pieces",
+    "node_borders",
+    "pack",
+    "union_noded",
+    "unpack",
+    "without_collinear",
+]
+
+_POLYGON = shapely.GeometryType.POLYGON
 
 
-def join_pieces(
-    pieces: list[shapely.Geometry], *, xs: np.ndarray, ys: np.ndarray
-) -> shapely.Geometry:
+@dataclass(frozen=True, slots=True)
+class Rings:
+    """One polygonal geometry as flat arrays, the form in which seam pieces are held.
+
+    ``coords`` holds the closed rings one after another: int32 when every vertex is a
+    pixel corner (8 bytes a vertex, against about 30 in a GEOS polygon), else float64.
+    Ring ``i`` is ``coords[ring_off[i]:ring_off[i + 1]]``; polygon ``j`` has the rings
+    ``part_off[j]:part_off[j + 1]``, its exterior first.
+    """
+
+    coords: np.ndarray
+    ring_off: np.ndarray
+    part_off: np.ndarray
+
+
+def pack(geometries: Sequence[shapely.Geometry] | np.ndarray) -> list[Rings]:
+    """Polygons or MultiPolygons -> one :class:`Rings` each (one conversion for all)."""
+    geoms = np.asarray(geometries, dtype=object)
+    if len(geoms) == 0:
+        return []
+    parts, owner = shapely.get_parts(geoms, return_index=True)
+    kind, coords, (ring_off, part_off) = shapely.to_ragged_array(parts)
+    if kind != _POLYGON:
+        raise ValueError(f"seam pieces must be polygonal, not {kind.name}")
+    lattice = coords.astype(np.int32)
+    exact = (lattice == coords).all(axis=1)
+    first_part = np.searchsorted(owner, np.arange(len(geoms) + 1))
+    out = []
+    for g in range(len(geoms)):
+        p0, p1 = first_part[g], first_part[g + 1]
+        r0, r1 = part_off[p0], part_off[p1]
+        c0, c1 = ring_off[r0], ring_off[r1]
+        on_lattice = bool(exact[c0:c1].all())
+        out.append(
+            Rings(
+                # copies: the block's arrays can go
+                coords=(lattice if on_lattice else coords)[c0:c1].copy(),
+                ring_off=(ring_off[r0 : r1 + 1] - c0).astype(np.int32),
+                part_off=(part_off[p0 : p1 + 1] - r0).astype(np.int32),
+            )
+        )
+    return out
+
+
+def _concat(pieces: Sequence[Rings]) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """The pieces' arrays end to end: coordinates and ``(ring, part)`` offsets."""
+    n_coords = np.cumsum([0, *(len(p.coords) for p in pieces)])
+    n_rings = np.cumsum([0, *(len(p.ring_off) - 1 for p in pieces)])
+    ring_off = np.concatenate(
+        [p.ring_off[:-1].astype(np.int64) + c for p, c in zip(pieces, n_coords, strict=False)]
+        + [np.array([n_coords[-1]], dtype=np.int64)]
+    )
+    part_off = np.concatenate(
+        [p.part_off[:-1].astype(np.int64) + r for p, r in zip(pieces, n_rings, strict=False)]
+        + [np.array([n_rings[-1]], dtype=np.int64)]
+    )
+    dtype = np.result_type(*(p.coords.dtype for p in pieces))
+    coords = np.concatenate([p.coords for p in pieces]).astype(dtype, copy=False)
+    return coords.reshape(-1, 2), (ring_off, part_off)
+
+
+def unpack(pieces: Sequence[Rings]) -> np.ndarray:
+    """:class:`Rings` -> shapely geometries: a Polygon each, a MultiPolygon if several."""
+    out = np.empty(len(pieces), dtype=object)
+    if not pieces:
+        return out
+    coords, offsets = _concat(pieces)
+    polys = shapely.from_ragged_array(_POLYGON, coords.astype(np.float64), offsets)
+    n_parts = np.array([len(p.part_off) - 1 for p in pieces])
+    start = np.concatenate([[0], np.cumsum(n_parts)])
+    for i, (a, n) in enumerate(zip(start[:-1], n_parts, strict=True)):
+        out[i] = polys[a] if n == 1 else shapely.MultiPolygon(list(polys[a : a + n]))
+    return out
+
+
+def join_pieces(pieces: list[Rings], *, xs: np.ndarray, ys: np.ndarray) -> shapely.Geometry:
     """The union of ``pieces``, without collinear vertices.
 
     Parameters
     ----------
     pieces
-        Polygons with integer (pixel corner) coordinates and axis-parallel edges, that
-        tile one 4-connected object and meet only along the lines ``x = xs[i]`` and
-        ``y = ys[j]``. The list is emptied once their coordinates are read, so that the
-        caller's last references to them can go before the union is built.
+        Polygons (:func:`pack`) with integer (pixel corner) coordinates and axis-parallel
+        edges, that tile one 4-connected object and meet only along the lines
+        ``x = xs[i]`` and ``y = ys[j]``. The list is emptied once their coordinates are
+        read, so that the caller's last references to them can go before the union is built.
     xs, ys
         The vertical and horizontal block border lines.
 
@@ -53,19 +139,13 @@ def join_pieces(
         GEOS's coverage union of the noded pieces instead (its general union if they are
         not even a coverage), whatever its shape.
     """
-    kind, coords, offsets = shapely.to_ragged_array(
-        shapely.get_parts(np.asarray(pieces, dtype=object))
-    )
+    coords, offsets = _concat(pieces)
     pieces.clear()
-    lattice = coords.astype(np.int32)  # pixel corners: exact, and half the memory
-    if np.array_equal(lattice, coords):
-        del coords
-        joined = _cancel(kind, lattice, offsets, xs=xs, ys=ys)
+    if coords.dtype == np.int32:
+        joined = _cancel(_POLYGON, coords, offsets, xs=xs, ys=ys)
         if joined is not None:
             return joined
-        coords = lattice.astype(np.float64)
-    del lattice
-    parts = list(shapely.from_ragged_array(kind, coords, offsets))
+    parts = list(shapely.from_ragged_array(_POLYGON, coords.astype(np.float64), offsets))
     del coords
     return union_noded(parts, xs=xs, ys=ys)
 
@@ -122,7 +202,9 @@ def _cancel(
         return None
     order, ring_offsets = _cycles(nxt)
     del nxt
-    return _polygon(sx[order], sy[order], ring_offsets)
+    x, y = sx[order], sy[order]
+    del sx, sy, order
+    return _polygon(x, y, ring_offsets)
 
 
 def _oriented_edges(
@@ -131,7 +213,7 @@ def _oriented_edges(
     """Edge start points of every ring (closing points dropped), interior on the left.
 
     Returns the start x, start y (``coords``' integer type) and each ring's first edge
-    index (length ``rings + 1``).
+    index (length ``rings + 1``). Ring order is not kept.
     """
     n_rings = len(ring_off) - 1
     body = np.ones(len(coords), dtype=bool)
@@ -142,14 +224,25 @@ def _oriented_edges(
     exterior = np.zeros(n_rings, dtype=bool)
     exterior[part_off[:-1]] = True
     flip = (_areas2(x, y, ring_start) > 0) != exterior
-    idx = np.arange(len(x), dtype=np.int64)
-    ring_of = np.repeat(np.arange(n_rings), np.diff(ring_start))
-    flipped = flip[ring_of]
-    # Ring [s, e) read backwards from its first point: s, e - 1, e - 2, ..., s + 1.
-    s, e = ring_start[:-1][ring_of[flipped]], ring_start[1:][ring_of[flipped]]
-    idx[flipped] = s + (e - idx[flipped]) % (e - s)
-    del ring_of, flipped, s, e
-    return x[idx], y[idx], ring_start
+    lengths = np.diff(ring_start)
+    if lengths[flip].sum() * 2 > len(x):
+        # Most vertices are in rings to reverse (all of them for rasterio's polygons):
+        # reverse the whole arrays, which reverses every ring and their order, and then
+        # only the rings that were right before.
+        x, y = x[::-1].copy(), y[::-1].copy()
+        ring_start = len(x) - ring_start[::-1]
+        flip, lengths = ~flip[::-1], lengths[::-1]
+    rings = np.flatnonzero(flip)
+    if len(rings):
+        n = lengths[rings]
+        start = np.repeat(ring_start[rings], n)
+        k = np.arange(int(n.sum()), dtype=np.int64) - np.repeat(np.cumsum(n) - n, n)
+        n = np.repeat(n, n)
+        # Ring [s, e) read backwards from its first point: s, e - 1, e - 2, ..., s + 1.
+        src = start + (n - k) % n
+        dst = start + k
+        x[dst], y[dst] = x[src], y[src]
+    return x, y, ring_start
 
 
 def _areas2(x: np.ndarray, y: np.ndarray, ring_start: np.ndarray) -> np.ndarray:
@@ -161,7 +254,14 @@ def _areas2(x: np.ndarray, y: np.ndarray, ring_start: np.ndarray) -> np.ndarray:
     if len(ring_start) < 2:
         return np.zeros(0, dtype=np.int64)
     ex, ey = _ends(x, y, ring_start)
-    cross = x.astype(np.int64) * ey - ex.astype(np.int64) * y
+    cross = x.astype(np.int64)
+    cross *= ey
+    del ey
+    other = ex.astype(np.int64)
+    del ex
+    other *= y
+    cross -= other
+    del other
     return np.add.reduceat(cross, ring_start[:-1])
 
 
@@ -170,19 +270,38 @@ def _node(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Cut the edges lying on border lines into unit edges; flags the unit edges."""
     ex, ey = _ends(sx, sy, ring_start)
-    dx, dy = ex - sx, ey - sy
-    del ex, ey
+    dx = ex - sx
+    del ex
+    dy = ey - sy
+    del ey
     on = ((dx == 0) & np.isin(sx, xs)) | ((dy == 0) & np.isin(sy, ys))
-    count = np.where(on, np.abs(dx) + np.abs(dy), 1)
-    ux = np.where(on, np.sign(dx), 0).astype(np.int8)
-    uy = np.where(on, np.sign(dy), 0).astype(np.int8)
-    del dx, dy
-    src = np.repeat(np.arange(len(sx)), count)
-    step = np.arange(len(src), dtype=np.int64) - np.repeat(np.cumsum(count) - count, count)
-    nx = (sx[src] + step * ux[src]).astype(sx.dtype)
-    ny = (sy[src] + step * uy[src]).astype(sy.dtype)
+    count = np.abs(dx)
+    count += np.abs(dy)
+    count[~on] = 1
+    ux = np.sign(dx).astype(np.int8)
+    ux[~on] = 0
+    del dx
+    uy = np.sign(dy).astype(np.int8)
+    uy[~on] = 0
+    del dy
+    ends = np.cumsum(count, dtype=np.int64)
+    # int32 indices where they fit: these arrays are the largest of the join
+    total = int(ends[-1]) if len(ends) else 0
+    idx: type[np.signedinteger[Any]] = np.int32 if total < 2**31 - 1 else np.int64
+    src = np.repeat(np.arange(len(sx), dtype=idx), count)
+    step: np.ndarray = np.arange(len(src), dtype=idx)
+    step -= np.repeat((ends - count).astype(idx), count)
+    del count
+    nx = ux[src].astype(sx.dtype)
+    del ux
+    nx *= step
+    nx += sx[src]
+    ny = uy[src].astype(sy.dtype)
+    del uy
+    ny *= step
+    ny += sy[src]
     del step
-    starts = np.concatenate([[0], np.cumsum(count)])[ring_start]
+    starts = np.concatenate([[0], ends])[ring_start]
     return nx, ny, starts, on[src]
 
 
@@ -212,23 +331,30 @@ def _shared(sv: np.ndarray, ev: np.ndarray, d: np.ndarray, on_line: np.ndarray) 
 
 def _successors(sv: np.ndarray, ev: np.ndarray, d: np.ndarray) -> np.ndarray | None:
     """The edge that continues each edge: the one leaving its end, the right turn if two do."""
-    if len(sv) == 0:
+    n = len(sv)
+    if n == 0:
         return None
     order = np.argsort(sv, kind="stable")
     sorted_sv = sv[order]
     pos = np.searchsorted(sorted_sv, ev)
-    if np.any(pos >= len(sv)) or np.any(sorted_sv[np.minimum(pos, len(sv) - 1)] != ev):
+    if pos.max() >= n or np.any(sorted_sv[pos] != ev):
         return None  # an edge ends where nothing leaves: not a closed boundary
+    # Two edges leave a vertex where two object pixels meet diagonally (sorted next to
+    # each other); the bool arrays keep the temporaries small for millions of edges.
+    pair = np.zeros(n, dtype=bool)
+    pair[:-1] = sorted_sv[1:] == sorted_sv[:-1]
+    del sorted_sv
+    two = pair[pos]
+    del pair
     nxt = order[pos]
-    second = np.minimum(pos + 1, len(sv) - 1)
-    two = (pos + 1 < len(sv)) & (sorted_sv[second] == ev)
-    right = ((d + 3) % 4).astype(np.int8)
-    use_second = two & (d[nxt] != right)
-    nxt[use_second] = order[second[use_second]]
+    right = (d + 3) % 4
+    swap = np.flatnonzero(two & (d[nxt] != right))
+    nxt[swap] = order[pos[swap] + 1]
+    del order, pos
     if np.any(two & (d[nxt] != right)):
         return None
     # Every edge must be some edge's successor exactly once (a permutation).
-    if np.bincount(nxt, minlength=len(sv)).max(initial=1) != 1:
+    if np.bincount(nxt, minlength=n).max(initial=1) != 1:
         return None
     return nxt
 
@@ -269,25 +395,54 @@ def _cycles(nxt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return order, edge_off
 
 
-def _polygon(sx: np.ndarray, sy: np.ndarray, offsets: np.ndarray) -> shapely.Geometry | None:
-    """One polygon from closed-up rings (shell = the one counter-clockwise ring)."""
-    n_rings = len(offsets) - 1
-    area2 = _areas2(sx, sy, offsets)
+def _polygon(x: np.ndarray, y: np.ndarray, offsets: np.ndarray) -> shapely.Geometry | None:
+    """One polygon from the rings' edge start points (shell = the one counter-clockwise ring).
+
+    Collinear vertices are dropped here, on the integer edge arrays, before the float64
+    coordinates GEOS needs are made: for millions of vertices that order is the difference
+    between one float copy and three.
+    """
+    area2 = _areas2(x, y, offsets)
     shells = np.flatnonzero(area2 > 0)
     if len(shells) != 1:
         return None
     rings = np.concatenate([shells, np.flatnonzero(area2 <= 0)])
-    lengths = np.diff(offsets)[rings] + 1  # each ring closed by repeating its first point
-    src = np.repeat(offsets[rings] - (np.cumsum(lengths) - lengths), lengths)
-    pos = np.arange(int(lengths.sum()), dtype=np.int64)
-    closing = np.cumsum(lengths) - 1
-    src = src + pos
-    src[closing] = offsets[rings]  # the closing point is the ring's first
-    coords = np.column_stack([sx[src], sy[src]]).astype(np.float64)
+    del area2
+    keep = _turns(x, y, offsets)
+    counts = np.add.reduceat(keep, offsets[:-1])
+    kept_at = np.flatnonzero(keep)  # kept vertices, ring by ring in the input's order
+    del keep
+    kept_off = np.concatenate([[0], np.cumsum(counts)])
+    lengths = counts[rings] + 1  # each ring closed by repeating its first vertex
     ring_off = np.concatenate([[0], np.cumsum(lengths)])
-    return without_collinear(
-        shapely.GeometryType.POLYGON, coords, (ring_off, np.array([0, n_rings]))
-    )
+    src = np.repeat(kept_off[rings] - ring_off[:-1], lengths)
+    src += np.arange(int(ring_off[-1]), dtype=np.int64)
+    src[ring_off[1:] - 1] = kept_off[rings]  # the closing vertex is the ring's first
+    idx = kept_at[src]
+    del src, kept_at
+    coords = np.empty((len(idx), 2), dtype=np.float64)
+    coords[:, 0] = x[idx]
+    coords[:, 1] = y[idx]
+    del idx
+    return shapely.from_ragged_array(_POLYGON, coords, (ring_off, np.array([0, len(rings)])))[0]
+
+
+def _turns(x: np.ndarray, y: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Whether each ring vertex (edge start) is a corner: not between two others on a
+    horizontal or vertical line. Rings given by their edge start points (not closed)."""
+    first, last = offsets[:-1], offsets[1:] - 1
+    nxt = np.arange(1, len(x) + 1, dtype=np.int64)
+    nxt[last] = first  # cyclic
+    same_x = x == x[nxt]  # vertex i and its successor share x
+    same_y = y == y[nxt]
+    del nxt
+    prev_x = np.empty_like(same_x)  # vertex i and its predecessor share x
+    prev_x[1:] = same_x[:-1]
+    prev_x[first] = same_x[last]
+    prev_y = np.empty_like(same_y)
+    prev_y[1:] = same_y[:-1]
+    prev_y[first] = same_y[last]
+    return ~((prev_x & same_x) | (prev_y & same_y))
 
 
 def drop_collinear(geom: shapely.Geometry) -> shapely.Geometry:

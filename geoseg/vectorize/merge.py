@@ -28,10 +28,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import shapely
 
 from geoseg.tiling.grid import Block
-from geoseg.vectorize.lattice import join_pieces
+from geoseg.vectorize.lattice import Rings, join_pieces, pack, unpack
 from geoseg.vectorize.polygons import BlockPolygons
 
 __all__ = ["MergedPolygons", "SeamMerger"]
@@ -43,7 +42,7 @@ _SIDES = (((-1, 0), 0, 1), ((1, 0), 1, 0), ((0, -1), 2, 3), ((0, 1), 3, 2))
 
 @dataclass(slots=True)
 class _Piece:
-    geometry: shapely.Geometry
+    rings: Rings  # flat int32 arrays: a third of a GEOS polygon's memory
     pixels: int
     conf_sum: float
     cell: tuple[int, int]
@@ -141,13 +140,17 @@ class SeamMerger:
         st = self._state.setdefault(name, _ClassState())
         cell = (row, col)
         nodes = st.by_cell.setdefault(cell, [])
-        for geom, lab, px, cs in zip(
-            polygons.geometries, polygons.labels, polygons.pixels, polygons.conf_sum, strict=True
+        for rings, lab, px, cs in zip(
+            pack(polygons.geometries),
+            polygons.labels,
+            polygons.pixels,
+            polygons.conf_sum,
+            strict=True,
         ):
             node = (block, int(lab))
             st.parent[node] = node
             st.members[node] = [node]
-            st.pieces[node] = _Piece(geometry=geom, pixels=int(px), conf_sum=float(cs), cell=cell)
+            st.pieces[node] = _Piece(rings=rings, pixels=int(px), conf_sum=float(cs), cell=cell)
             nodes.append(node)
         st.borders[cell] = (block, polygons.borders)
         # Pair this block's sides with the opposite sides of neighbours already seen.
@@ -210,6 +213,8 @@ class SeamMerger:
         geoms = np.empty(len(roots), dtype=object)
         pixels = np.zeros(len(roots), dtype=np.int64)
         conf = np.zeros(len(roots), dtype=np.float64)
+        single: list[int] = []
+        single_rings: list[Rings] = []
         for i, root in enumerate(roots):
             nodes = st.members.pop(root)
             pieces = [st.pieces.pop(n) for n in nodes]
@@ -217,9 +222,14 @@ class SeamMerger:
                 del st.parent[n]
             pixels[i] = sum(p.pixels for p in pieces)
             conf[i] = sum(p.conf_sum for p in pieces)
-            parts = [p.geometry for p in pieces]
+            parts = [p.rings for p in pieces]
             del pieces  # the join frees the parts once it has their coordinates
-            geoms[i] = parts[0] if len(parts) == 1 else join_pieces(parts, xs=self._xs, ys=self._ys)
+            if len(parts) == 1:
+                single.append(i)
+                single_rings.append(parts[0])
+            else:
+                geoms[i] = join_pieces(parts, xs=self._xs, ys=self._ys)
+        geoms[single] = unpack(single_rings)  # one conversion for all the unjoined pieces
         return MergedPolygons(
             geometries=geoms,
             pixels=pixels,

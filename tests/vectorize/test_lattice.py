@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from geoseg.vectorize.lattice import join_pieces
+from geoseg.vectorize.lattice import join_pieces, pack, unpack
 from geoseg.vectorize.polygons import polygonize_block
 
 _FOUR = ndimage.generate_binary_structure(2, 1)
@@ -77,7 +77,8 @@ def test_pieces_join_into_the_whole_object(
     if not mask.any():
         return
     (whole,) = _polygons(mask)
-    pieces, xs, ys = _pieces(mask, block)
+    geoms, xs, ys = _pieces(mask, block)
+    pieces = pack(geoms)
     with _no_general_union():
         joined = join_pieces(pieces, xs=xs, ys=ys)
     assert not pieces  # emptied: the caller's references can go
@@ -100,7 +101,7 @@ def test_a_diagonal_contact_makes_a_hole_touching_the_shell(block: int) -> None:
     mask[4, 4] = True
     pieces, xs, ys = _pieces(mask, block)
     with _no_general_union():
-        joined = join_pieces(pieces, xs=xs, ys=ys)
+        joined = join_pieces(pack(pieces), xs=xs, ys=ys)
     assert joined.is_valid, shapely.is_valid_reason(joined)
     assert len(joined.interiors) == 1
     assert joined.interiors[0].intersection(joined.exterior).equals(shapely.Point(4, 4))
@@ -110,11 +111,28 @@ def test_a_diagonal_contact_makes_a_hole_touching_the_shell(block: int) -> None:
 
 def test_two_objects_fall_back_to_a_general_union() -> None:
     a, b = shapely.box(0, 0, 4, 4), shapely.box(6, 0, 8, 4)
-    joined = join_pieces([a, b], xs=np.array([4.0]), ys=np.array([]))
+    joined = join_pieces(pack([a, b]), xs=np.array([4.0]), ys=np.array([]))
     assert joined.geom_type == "MultiPolygon" and joined.equals(shapely.union_all([a, b]))
 
 
 def test_off_lattice_pieces_fall_back_to_a_general_union() -> None:
     a, b = shapely.box(0.5, 0, 4, 4), shapely.box(4, 0, 8, 4.25)
-    joined = join_pieces([a, b], xs=np.array([4.0]), ys=np.array([]))
+    joined = join_pieces(pack([a, b]), xs=np.array([4.0]), ys=np.array([]))
     assert joined.is_valid and joined.equals(shapely.union_all([a, b]))
+
+
+def test_pack_and_unpack_round_trip_exactly() -> None:
+    ring = shapely.box(0, 0, 10, 10).exterior
+    holed = shapely.Polygon(ring, [shapely.box(2, 2, 4, 4, ccw=False).exterior])
+    geoms = [
+        shapely.box(0, 0, 3, 2),
+        holed,
+        shapely.MultiPolygon([shapely.box(20, 0, 21, 1), holed]),
+        shapely.box(0.5, 0, 2, 2),  # off the lattice: kept in float64
+    ]
+    packed = pack(geoms)
+    assert [p.coords.dtype for p in packed] == [np.int32] * 3 + [np.float64]
+    back = unpack(packed)
+    assert [g.geom_type for g in back] == ["Polygon", "Polygon", "MultiPolygon", "Polygon"]
+    assert all(shapely.equals_exact(a, b, 0) for a, b in zip(back, geoms, strict=True))
+    assert pack([]) == [] and len(unpack([])) == 0
