@@ -44,10 +44,21 @@ def pixels_to_crs(geometries: np.ndarray, transform: Affine) -> np.ndarray:
     if len(geometries) == 0:
         return geometries
 
+    a, b, c, d, e, f = transform[:6]
+
     def fn(xy: np.ndarray) -> np.ndarray:
-        a, b, c, d, e, f = transform[:6]
-        x, y = xy[:, 0], xy[:, 1]
-        return np.column_stack([a * x + b * y + c, d * x + e * y + f])
+        # In place on shapely's own copy of the coordinates: for a polygon of millions of
+        # vertices every extra copy is tens of MB.
+        x = xy[:, 0].copy() if d else None
+        xy[:, 0] *= a
+        if b:
+            xy[:, 0] += b * xy[:, 1]
+        xy[:, 0] += c
+        xy[:, 1] *= e
+        if x is not None:
+            xy[:, 1] += d * x
+        xy[:, 1] += f
+        return xy
 
     return shapely.transform(geometries, fn)
 
@@ -84,18 +95,35 @@ def _lonlat(geometries: np.ndarray, crs: CRS) -> tuple[np.ndarray, pyproj.Geod]:
 
 
 def geodesic_areas(geometries: np.ndarray, *, crs: CRS | None) -> np.ndarray:
-    """Area in square metres of each geometry (given in ``crs`` coordinates).
+    """Area in square metres of each geometry (given in ``crs`` coordinates): the geodesic
+    area of its exterior rings less that of its holes, whatever their orientation.
 
     Without a CRS the area is planar in the transform's units: all that can be said.
+    Works ring by ring on one flat coordinate array converted to lon/lat in place, with
+    no geographic copy of the geometries.
     """
     out = np.zeros(len(geometries), dtype=np.float64)
     if len(geometries) == 0:
         return out
     if crs is None:
         return np.asarray(shapely.area(geometries), dtype=np.float64)
-    lonlat, geod = _lonlat(geometries, crs)
-    for i, g in enumerate(lonlat):
-        out[i] = abs(geod.geometry_area_perimeter(g)[0])
+    geod, tr = _geo(crs.to_wkt())
+    kind, coords, offsets = shapely.to_ragged_array(np.asarray(geometries, dtype=object))
+    lon, lat = np.ascontiguousarray(coords[:, 0]), np.ascontiguousarray(coords[:, 1])
+    del coords
+    if tr is not None:
+        tr.transform(lon, lat, inplace=True)
+    ring_off, poly_off = offsets[0], offsets[1]
+    # The owning geometry of each polygon: itself, or its MultiPolygon.
+    if kind == shapely.GeometryType.MULTIPOLYGON:
+        owner = np.repeat(np.arange(len(geometries)), np.diff(offsets[2]))
+    else:
+        owner = np.arange(len(geometries))
+    for p in range(len(poly_off) - 1):
+        for r in range(poly_off[p], poly_off[p + 1]):
+            a, b = ring_off[r], ring_off[r + 1]
+            area = abs(geod.polygon_area_perimeter(lon[a:b], lat[a:b])[0])
+            out[owner[p]] += area if r == poly_off[p] else -area
     return out
 
 

@@ -21,6 +21,32 @@ from geoseg.errors import OutputWriteError
 __all__ = ["GeoPackageWriter", "PolygonStore"]
 
 
+def _write_raw(
+    path: Path,
+    wkb: np.ndarray,
+    columns: Mapping[str, np.ndarray],
+    *,
+    layer: str,
+    crs: CRS | None,
+    **options: Any,
+) -> None:
+    """Features as WKB and column arrays into a GeoPackage layer (pyogrio's raw writer)."""
+    import pyogrio.raw
+
+    with warnings.catch_warnings():  # a scene without a CRS is reported once, by the CLI
+        warnings.filterwarnings("ignore", message="'crs' was not provided")
+        pyogrio.raw.write(
+            path,
+            wkb,
+            [np.asarray(v) for v in columns.values()],
+            list(columns),
+            driver="GPKG",
+            layer=layer,
+            crs=crs.to_wkt() if crs is not None else None,
+            **options,
+        )
+
+
 class GeoPackageWriter:
     """Accumulates layers in ``.<name>.partial`` and renames it on :meth:`commit`."""
 
@@ -42,28 +68,42 @@ class GeoPackageWriter:
         append: bool = False,
     ) -> None:
         """Write one layer (an empty layer when ``geometries`` is empty), or append to it."""
-        import geopandas as gpd
-        import pyogrio
+        import shapely
 
-        crs: Any = self.crs.to_wkt() if self.crs is not None else None
-        frame = gpd.GeoDataFrame(
-            {k: np.asarray(v) for k, v in columns.items()},
-            geometry=gpd.GeoSeries(list(geometries), crs=crs),
+        wkb = shapely.to_wkb(np.asarray(geometries, dtype=object))
+        self.write_wkb(
+            name,
+            wkb,
+            columns,
+            geometry_type=geometry_type,
+            metadata=metadata,
+            append=append,
         )
+
+    def write_wkb(
+        self,
+        name: str,
+        wkb: np.ndarray,
+        columns: Mapping[str, np.ndarray],
+        *,
+        geometry_type: str = "Polygon",
+        metadata: Mapping[str, str] | None = None,
+        append: bool = False,
+    ) -> None:
+        """:meth:`write_layer` for geometries already in WKB: nothing is parsed here."""
         try:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="'crs' was not provided")
-                pyogrio.write_dataframe(
-                    frame,
-                    self.tmp_path,
-                    layer=name,
-                    driver="GPKG",
-                    geometry_type=geometry_type,
-                    layer_metadata=dict(metadata) if metadata and not append else None,
-                    # GeoPackage 1.2: readable by the GDAL of older QGIS 3 releases too.
-                    dataset_options={"VERSION": "1.2"} if not self.layers else None,
-                    append=append,
-                )
+            _write_raw(
+                self.tmp_path,
+                wkb,
+                columns,
+                layer=name,
+                crs=self.crs,
+                geometry_type=geometry_type,
+                layer_metadata=dict(metadata) if metadata and not append else None,
+                # GeoPackage 1.2: readable by the GDAL of older QGIS 3 releases too.
+                dataset_options={"VERSION": "1.2"} if not self.layers else None,
+                append=append,
+            )
         except Exception as err:  # pyogrio raises DataSourceError, DataLayerError, OSError ...
             raise OutputWriteError(f"cannot write layer {name!r} to {self.path}: {err}") from err
         if name not in self.layers:
@@ -155,29 +195,26 @@ class PolygonStore:
             self._flush(layer)
 
     def _flush(self, layer: str) -> None:
-        import geopandas as gpd
-        import pyogrio
+        import shapely
 
         parts = self._buffers.pop(layer, [])
         self._buffered[layer] = 0
         if not parts:
             return
-        geoms = np.concatenate([g for g, _ in parts])
+        wkb = shapely.to_wkb(np.concatenate([g for g, _ in parts]))
         cols = {k: np.concatenate([c[k] for _, c in parts]) for k in parts[0][1]}
-        crs: Any = self.crs.to_wkt() if self.crs is not None else None
-        frame = gpd.GeoDataFrame(cols, geometry=gpd.GeoSeries(list(geoms), crs=crs))
+        del parts
         try:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="'crs' was not provided")
-                pyogrio.write_dataframe(
-                    frame,
-                    self.path,
-                    layer=layer,
-                    driver="GPKG",
-                    geometry_type="Unknown",
-                    append=layer in self._written,
-                    layer_options={"SPATIAL_INDEX": "NO"},
-                )
+            _write_raw(
+                self.path,
+                wkb,
+                cols,
+                layer=layer,
+                crs=self.crs,
+                geometry_type="Unknown",
+                append=layer in self._written,
+                layer_options={"SPATIAL_INDEX": "NO"},
+            )
         except Exception as err:
             raise OutputWriteError(f"cannot stage layer {layer!r} in {self.path}: {err}") from err
         self._written.add(layer)
@@ -193,7 +230,7 @@ class PolygonStore:
         """Write ``layer`` into ``out`` in ``key`` order, in batches; returns the count."""
         import sqlite3
 
-        import pyogrio
+        import pyogrio.raw
 
         self._flush(layer)
         if layer not in self._written:
@@ -202,26 +239,25 @@ class PolygonStore:
             db.execute(f'CREATE INDEX IF NOT EXISTS "{layer}_key" ON "{layer}"(key)')
         last, count = -1, 0
         while True:
-            frame = pyogrio.read_dataframe(
+            # Raw WKB in and out: an object of millions of vertices is never parsed.
+            meta, _, wkb, values = pyogrio.raw.read(
                 self.path,
                 sql=f'SELECT * FROM "{layer}" WHERE key > {last} ORDER BY key LIMIT {self.BATCH}',
                 sql_dialect="SQLITE",
             )
-            if len(frame) == 0:
+            if len(wkb) == 0:
                 return count
-            last = int(frame["key"].iloc[-1])
-            columns = {
-                c: frame[c].to_numpy() for c in frame.columns if c not in ("key", "geometry")
-            }
-            out.write_layer(
+            fields = dict(zip(meta["fields"], values, strict=True))
+            last = int(fields.pop("key")[-1])
+            out.write_wkb(
                 layer,
-                frame.geometry.to_numpy(),
-                columns,
+                wkb,
+                fields,
                 geometry_type=geometry_type,
                 metadata=metadata,
                 append=count > 0,
             )
-            count += len(frame)
+            count += len(wkb)
 
     def discard(self) -> None:
         for suffix in ("", "-wal", "-shm", "-journal"):
