@@ -216,7 +216,9 @@ class SeamMerger:
         single: list[int] = []
         single_rings: list[Rings] = []
         for i, root in enumerate(roots):
-            nodes = st.members.pop(root)
+            # Sorted: the join's output (where each ring starts) depends on the order of its
+            # pieces, and the members' order on the order blocks completed in.
+            nodes = sorted(st.members.pop(root))
             pieces = [st.pieces.pop(n) for n in nodes]
             for n in nodes:
                 del st.parent[n]
