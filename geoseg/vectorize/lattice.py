@@ -142,7 +142,7 @@ def join_pieces(pieces: list[Rings], *, xs: np.ndarray, ys: np.ndarray) -> shape
     coords, offsets = _concat(pieces)
     pieces.clear()
     if coords.dtype == np.int32:
-        joined = _cancel(_POLYGON, coords, offsets, xs=xs, ys=ys)
+        joined = _cancel(coords, offsets, xs=xs, ys=ys)
         if joined is not None:
             return joined
     parts = list(shapely.from_ragged_array(_POLYGON, coords.astype(np.float64), offsets))
@@ -171,15 +171,10 @@ def union_noded(
 
 
 def _cancel(
-    kind: shapely.GeometryType,
-    coords: np.ndarray,
-    offsets: tuple[np.ndarray, ...],
-    *,
-    xs: np.ndarray,
-    ys: np.ndarray,
+    coords: np.ndarray, offsets: tuple[np.ndarray, ...], *, xs: np.ndarray, ys: np.ndarray
 ) -> shapely.Geometry | None:
     """Steps 1-4 of the module's description; ``None`` where an assumption fails."""
-    if kind != shapely.GeometryType.POLYGON or len(coords) == 0:
+    if len(coords) == 0:
         return None
     ring_off, part_off = offsets
     sx, sy, ring_start = _oriented_edges(coords, ring_off, part_off)
@@ -216,11 +211,7 @@ def _oriented_edges(
     index (length ``rings + 1``). Ring order is not kept.
     """
     n_rings = len(ring_off) - 1
-    body = np.ones(len(coords), dtype=bool)
-    body[ring_off[1:] - 1] = False
-    x, y = coords[body, 0], coords[body, 1]
-    del body
-    ring_start = np.asarray(ring_off, dtype=np.int64) - np.arange(n_rings + 1)
+    x, y, ring_start = _open(coords, ring_off)
     exterior = np.zeros(n_rings, dtype=bool)
     exterior[part_off[:-1]] = True
     flip = (_areas2(x, y, ring_start) > 0) != exterior
@@ -408,12 +399,29 @@ def _polygon(x: np.ndarray, y: np.ndarray, offsets: np.ndarray) -> shapely.Geome
         return None
     rings = np.concatenate([shells, np.flatnonzero(area2 <= 0)])
     del area2
-    keep = _turns(x, y, offsets)
+    coords, ring_off = _closed(x, y, offsets, keep=_turns(x, y, offsets), rings=rings)
+    return shapely.from_ragged_array(_POLYGON, coords, (ring_off, np.array([0, len(rings)])))[0]
+
+
+def _open(coords: np.ndarray, ring_off: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Closed rings -> their x and y without the closing points, and each ring's start."""
+    body = np.ones(len(coords), dtype=bool)
+    body[ring_off[1:] - 1] = False
+    starts = np.asarray(ring_off, dtype=np.int64) - np.arange(len(ring_off))
+    return coords[body, 0], coords[body, 1], starts
+
+
+def _closed(
+    x: np.ndarray, y: np.ndarray, offsets: np.ndarray, *, keep: np.ndarray, rings: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Open rings -> the float64 coordinates and offsets of closed rings, in ``rings``
+    order, of their ``keep`` vertices only (each ring closed by its first kept vertex)."""
+    if len(rings) == 0:
+        return np.empty((0, 2), dtype=np.float64), np.zeros(1, dtype=np.int64)
     counts = np.add.reduceat(keep, offsets[:-1])
     kept_at = np.flatnonzero(keep)  # kept vertices, ring by ring in the input's order
-    del keep
     kept_off = np.concatenate([[0], np.cumsum(counts)])
-    lengths = counts[rings] + 1  # each ring closed by repeating its first vertex
+    lengths = counts[rings] + 1
     ring_off = np.concatenate([[0], np.cumsum(lengths)])
     src = np.repeat(kept_off[rings] - ring_off[:-1], lengths)
     src += np.arange(int(ring_off[-1]), dtype=np.int64)
@@ -423,8 +431,7 @@ def _polygon(x: np.ndarray, y: np.ndarray, offsets: np.ndarray) -> shapely.Geome
     coords = np.empty((len(idx), 2), dtype=np.float64)
     coords[:, 0] = x[idx]
     coords[:, 1] = y[idx]
-    del idx
-    return shapely.from_ragged_array(_POLYGON, coords, (ring_off, np.array([0, len(rings)])))[0]
+    return coords, ring_off
 
 
 def _turns(x: np.ndarray, y: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -459,30 +466,10 @@ def without_collinear(
     Works on the flat coordinate array (rings closed, ``offsets[0]`` their bounds): no
     GEOS copy of the rings is made, which matters for an object of millions of vertices.
     """
-    ring_off = offsets[0]
-    first, last = ring_off[:-1], ring_off[1:] - 1  # each ring's first and closing point
-    prev = np.empty_like(coords)
-    prev[1:] = coords[:-1]
-    prev[first] = coords[last - 1]  # the ring is cyclic: before the first, its last point
-    nxt = np.empty_like(coords)
-    nxt[:-1] = coords[1:]
-    nxt[last] = coords[last]  # closing points are dropped below whatever this says
-    keep = ~(
-        ((prev[:, 0] == coords[:, 0]) & (coords[:, 0] == nxt[:, 0]))
-        | ((prev[:, 1] == coords[:, 1]) & (coords[:, 1] == nxt[:, 1]))
-    )
-    del prev, nxt
-    keep[last] = False
-    counts = np.add.reduceat(keep, first) if len(first) else np.zeros(0, dtype=np.int64)
-    new_off = np.zeros(len(first) + 1, dtype=ring_off.dtype)
-    np.cumsum(counts + 1, out=new_off[1:])
-    out = np.empty((int(new_off[-1]), 2), dtype=coords.dtype)
-    closing = new_off[1:] - 1
-    body = np.ones(len(out), dtype=bool)
-    body[closing] = False
-    out[body] = coords[keep]
-    out[closing] = out[new_off[:-1]]  # close each ring with its first kept vertex
-    return shapely.from_ragged_array(kind, out, (new_off, *offsets[1:]))[0]
+    x, y, starts = _open(coords, offsets[0])
+    keep = _turns(x, y, starts)
+    out, ring_off = _closed(x, y, starts, keep=keep, rings=np.arange(len(starts) - 1))
+    return shapely.from_ragged_array(kind, out, (ring_off, *offsets[1:]))[0]
 
 
 def node_borders(
