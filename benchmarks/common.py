@@ -204,23 +204,26 @@ def parse_args(doc: str | None, **options: dict[str, object]) -> argparse.Namesp
     return args
 
 
-def run_geoseg(scene: Path, model: Path, out: Path, *extra: str) -> Measured:
-    """`geoseg run SCENE --classes water -m MODEL -o OUT --overwrite -q EXTRA...`, measured."""
-    m = run_measured(
-        geoseg_cmd(
-            "run",
-            str(scene),
-            "--classes",
-            "water",
-            "-m",
-            str(model),
-            "-o",
-            str(out),
-            "--overwrite",
-            "-q",
-            *extra,
-        )
+def run_cmd(scene: Path, model: Path, out: Path, *extra: str) -> list[str]:
+    """`geoseg run SCENE --classes water -m MODEL -o OUT --overwrite -q EXTRA...`."""
+    return geoseg_cmd(
+        "run",
+        str(scene),
+        "--classes",
+        "water",
+        "-m",
+        str(model),
+        "-o",
+        str(out),
+        "--overwrite",
+        "-q",
+        *extra,
     )
+
+
+def run_geoseg(scene: Path, model: Path, out: Path, *extra: str) -> Measured:
+    """:func:`run_cmd`, measured; exits with its stderr if it fails."""
+    m = run_measured(run_cmd(scene, model, out, *extra))
     if m.returncode != 0:
         sys.exit(f"geoseg failed ({' '.join(extra)}):\n{m.stderr[-3000:]}")
     return m

@@ -79,7 +79,7 @@ def child(scene: Path, method: str) -> dict[str, float]:
         stats["vertices"] = max(stats["vertices"], float(shapely.get_num_coordinates(out)))
         return out
 
-    merge.join_pieces = timed  # type: ignore[assignment]
+    merge.join_pieces = timed
     with rasterio.open(scene) as ds:
         blocks = plan_blocks(
             ds.height, ds.width, spec=TilingSpec(tile=512, overlap=64, block=BLOCK)

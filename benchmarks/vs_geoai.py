@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import geoseg_cmd, mirror_scene, parse_args, run_measured, table, unet_r34
+from common import geoseg_cmd, mirror_scene, parse_args, run_cmd, run_measured, table, unet_r34
 
 GEOAI_SCRIPT = """
 import sys, torch
@@ -106,26 +106,17 @@ def main() -> None:
         # fp32 with geoai's batch of 4: the same settings; then geoseg's defaults (bf16 on
         # this CPU, a batch of 1 tile: as fast per tile on a CPU, less memory).
         for precision, batch in (("fp32", "4"), ("auto", "0")):
-            runs[f"geoseg run ({precision}, batch {batch if batch != '0' else 'auto'})"] = (
-                geoseg_cmd(
-                    "run",
-                    str(scene),
-                    "--classes",
-                    "water",
-                    "-m",
-                    str(model),
-                    "--smooth",
-                    "none",
-                    "--no-centerlines",
-                    "--batch-size",
-                    batch,
-                    "--precision",
-                    precision,
-                    "-o",
-                    str(args.workdir / f"vs_{size}_{precision}.gpkg"),
-                    "--overwrite",
-                    "-q",
-                )
+            runs[f"geoseg run ({precision}, batch {batch if batch != '0' else 'auto'})"] = run_cmd(
+                scene,
+                model,
+                args.workdir / f"vs_{size}_{precision}.gpkg",
+                "--smooth",
+                "none",
+                "--no-centerlines",
+                "--batch-size",
+                batch,
+                "--precision",
+                precision,
             )
         measured = {name: run_measured(cmd) for name, cmd in runs.items()}
         for name, m in measured.items():
