@@ -64,45 +64,42 @@ def test_the_cnns_run_no_batch_norm() -> None:
         assert not ran, f"{architecture}: {ran} still run"
 
 
-def test_a_module_called_twice_is_not_folded() -> None:
-    class Shared(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv = torch.nn.Conv2d(2, 2, 3, padding=1)
-            self.bn = torch.nn.BatchNorm2d(2)
+class _ConvBN(torch.nn.Module):
+    """A conv and a batch norm with non-trivial statistics; subclasses say how they run."""
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.bn(self.conv(x)) + self.conv(x)
-
-    net = Shared().eval()
-    with torch.no_grad():
-        net.bn.running_mean.fill_(0.3)
-    x = torch.randn(1, 2, 8, 8)
-    expected = net(x)
-    assert fold_batchnorm(net) == 0
-    torch.testing.assert_close(net(x), expected)
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(2, 2, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(2)
+        with torch.no_grad():
+            self.bn.running_mean.fill_(0.3)
+        self.eval()
 
 
-def test_an_untraceable_module_keeps_its_batch_norm() -> None:
-    class Branchy(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv = torch.nn.Conv2d(2, 2, 3, padding=1)
-            self.bn = torch.nn.BatchNorm2d(2)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if x.sum() > 0:  # data-dependent control flow: fx cannot trace it
-                return self.bn(self.conv(x))
-            return x
-
-    net = Branchy().eval()
-    with torch.no_grad():
-        net.bn.running_mean.fill_(0.3)
+def _assert_nothing_folded(net: torch.nn.Module) -> None:
     x = torch.rand(1, 2, 8, 8)
     expected = net(x)
     assert fold_batchnorm(net) == 0
     assert isinstance(net.bn, torch.nn.BatchNorm2d)
     torch.testing.assert_close(net(x), expected)
+
+
+def test_a_module_called_twice_is_not_folded() -> None:
+    class Shared(_ConvBN):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.bn(self.conv(x)) + self.conv(x)
+
+    _assert_nothing_folded(Shared())
+
+
+def test_an_untraceable_module_keeps_its_batch_norm() -> None:
+    class Branchy(_ConvBN):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.sum() > 0:  # data-dependent control flow: fx cannot trace it
+                return self.bn(self.conv(x))
+            return x
+
+    _assert_nothing_folded(Branchy())
 
 
 def test_folding_refuses_a_network_in_training_mode() -> None:
