@@ -23,7 +23,7 @@ from geoseg.journal import decode_arrays, encode_arrays, polygons_from_arrays, p
 from geoseg.models.predictor import InferenceOptions, Segmenter, cached_segmenter
 from geoseg.models.spectral import SpectralSegmenter
 from geoseg.plan import MAX_ROAD_WIDTH_M, NODATA_CLASS, ModelUse, RunPlan
-from geoseg.postprocess import colour_bands, smooth_block
+from geoseg.postprocess import argmax_classes, colour_bands, smooth_block
 from geoseg.tiling.grid import Block
 from geoseg.tiling.io import read_window
 from geoseg.vectorize.centerlines import BlockLines, block_centerlines
@@ -147,7 +147,7 @@ def process_block(plan: RunPlan, block: Block) -> BlockResult:
                     origin_px=(block.read.row_off, block.read.col_off),
                 )
             else:
-                labels_read = np.argmax(probs, axis=0)
+                labels_read = argmax_classes(probs)
             labels = labels_read[core]
             for name, channel in use.outputs:
                 masks[name] = ((labels == channel) & valid_core, probs[channel][core])

@@ -34,6 +34,7 @@ __all__ = [
     "CRFParams",
     "MorphRecipe",
     "SmoothingRecipe",
+    "argmax_classes",
     "colour_bands",
     "crf_refine",
     "halo_px",
@@ -49,6 +50,29 @@ NODATA_LABEL = 255
 """Label of invalid pixels in :func:`smooth_block`'s output."""
 
 _NO_SMOOTHING = SmoothingRecipe(method="none")
+
+
+def argmax_classes(probs: np.ndarray) -> np.ndarray:
+    """``np.argmax(probs, axis=0)`` for ``(C, H, W)`` probabilities without NaN, as uint8.
+
+    One pass per class over contiguous planes: 6x faster than ``np.argmax``'s strided
+    reduction over the first axis on a 2176^2 block of two classes (0.03 vs 0.17 s), which
+    was the largest non-model cost of a block without smoothing. Ties go to the lowest class
+    index, as with ``np.argmax``.
+    """
+    n_classes = probs.shape[0]
+    if n_classes > 256:
+        return np.argmax(probs, axis=0)
+    labels = np.zeros(probs.shape[1:], dtype=np.uint8)
+    if n_classes == 2:
+        np.greater(probs[1], probs[0], out=labels, casting="unsafe")
+        return labels
+    best = probs[0].copy()
+    for k in range(1, n_classes):
+        wins = probs[k] > best
+        labels[wins] = k
+        np.maximum(best, probs[k], out=best)
+    return labels
 
 
 def smoothing_halo_px(
@@ -177,7 +201,7 @@ def smooth_block(
     crf_params = _joint_crf_params(class_names, per_class)
 
     raw = np.asarray(probs, dtype=np.float32)
-    raw_labels = np.argmax(raw, axis=0)
+    raw_labels = argmax_classes(raw)
     conf = raw
     crf_labels = raw_labels
     if crf_params is not None:
@@ -192,7 +216,7 @@ def smooth_block(
                 rgb=rgb,
                 origin_px=origin_px,
             )
-        crf_labels = np.argmax(conf, axis=0)
+        crf_labels = argmax_classes(conf)
 
     claims = np.empty((n_classes - 1, *valid.shape), dtype=bool)
     for k in range(1, n_classes):

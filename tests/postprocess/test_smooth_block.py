@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import ndimage as ndi
 
 from geoseg.errors import ConfigError
@@ -12,6 +14,7 @@ from geoseg.postprocess import (
     CRFParams,
     MorphRecipe,
     SmoothingRecipe,
+    argmax_classes,
     recipe_for,
     smooth_block,
 )
@@ -43,6 +46,23 @@ def _call(
         image_scale=SCALE,
         **kw,  # type: ignore[arg-type]
     )
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n_classes=st.sampled_from([2, 3, 5, 300]),
+    levels=st.integers(1, 4),
+    seed=st.integers(0, 2**16),
+)
+def test_argmax_classes_is_numpys_argmax_ties_to_the_lowest_class(
+    n_classes: int, levels: int, seed: int
+) -> None:
+    # Few distinct values: most pixels have tied classes.
+    rng = np.random.default_rng(seed)
+    probs = (rng.integers(0, levels, size=(n_classes, 7, 9)) / levels).astype(np.float32)
+    labels = argmax_classes(probs)
+    np.testing.assert_array_equal(labels, np.argmax(probs, axis=0))
+    assert labels.dtype == (np.uint8 if n_classes <= 256 else np.intp)
 
 
 def test_labels_are_uint8_with_255_on_nodata_and_specks_become_background() -> None:
