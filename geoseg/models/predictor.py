@@ -217,11 +217,20 @@ class TorchSegmenter:
             .replace("float16", "fp16")
         )
 
-    def normalise(self, image: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        """``(x - mean) / std`` as float32; nodata pixels become 0 (the band mean)."""
-        x = (image.astype(np.float32) - self._mean) / self._std
-        x[:, ~valid] = 0.0
-        return x
+    def normalise(
+        self, image: np.ndarray, valid: np.ndarray, *, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """``(x - mean) / std`` as float32; nodata pixels become 0 (the band mean).
+
+        Computed in ``out`` (float32, shaped like ``image``) when given, with no temporaries.
+        """
+        if out is None:
+            out = np.empty(image.shape, dtype=np.float32)
+        np.subtract(image, self._mean, out=out, dtype=np.float32)
+        np.divide(out, self._std, out=out)
+        if not valid.all():
+            out[:, ~valid] = 0.0
+        return out
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
         """Softmax probabilities ``(N, C, T, T)`` float32 for a normalised batch.
@@ -260,15 +269,11 @@ class TorchSegmenter:
         t = self.tile
         for i in range(0, len(origins), self.batch_size):
             chunk = origins[i : i + self.batch_size]
-            yield (
-                chunk,
-                np.stack(
-                    [
-                        self.normalise(image[:, r : r + t, c : c + t], valid[r : r + t, c : c + t])
-                        for r, c in chunk
-                    ]
-                ),
-            )
+            # A new array per batch: the model thread may still hold the previous one.
+            batch = np.empty((len(chunk), image.shape[0], t, t), dtype=np.float32)
+            for x, (r, c) in zip(batch, chunk, strict=True):
+                self.normalise(image[:, r : r + t, c : c + t], valid[r : r + t, c : c + t], out=x)
+            yield chunk, batch
 
     def predict(self, image: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """Blended probabilities ``(C, H, W)`` over a block of raw pixels ``(B, H, W)``.

@@ -97,8 +97,11 @@ def polygonize_block(
             seam=np.empty(0, dtype=bool),
             borders=borders,  # type: ignore[arg-type]
         )
-    pixels = np.bincount(lab.ravel(), minlength=n + 1)[1:]
-    conf_sum = np.bincount(lab.ravel(), weights=confidence.ravel(), minlength=n + 1)[1:]
+    # Over the class's pixels only: ``confidence`` is a strided crop of the block, which a
+    # whole-array ``ravel`` would copy before bincount converted it to float64 again.
+    ids = lab[mask]
+    pixels = np.bincount(ids, minlength=n + 1)[1:]
+    conf_sum = np.bincount(ids, weights=confidence[mask], minlength=n + 1)[1:]
     seam = np.zeros(n + 1, dtype=bool)
     for edge in borders:
         if edge is not None:
