@@ -15,6 +15,9 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
+import gc
 import glob
 import logging
 import os
@@ -32,6 +35,7 @@ __all__ = [
     "check_address",
     "cpu_cluster_shape",
     "dask_setup",
+    "freeze_gc_at_exit",
     "gpu_worker_specs",
     "open_execution",
     "return_large_frees",
@@ -138,17 +142,33 @@ def _gpu_count() -> int:
 
 
 def dask_setup(worker: Any) -> None:
-    """Dask preload of geoseg's local workers: SIGINT and SIGTERM belong to the client.
+    """Dask preload of geoseg's local workers: signals and a quick exit.
 
-    Ctrl-C in a terminal (and ``kill`` of a process group) signals every process of the
-    group. A worker killed that way prints a traceback and takes its blocks and the
-    scattered plan with it, which Dask reports as lost data. Ignoring both, the workers
-    are closed by the client when it has stopped; they still exit when the client process
-    dies (their nanny's pipe closes).
+    SIGINT and SIGTERM belong to the client. Ctrl-C in a terminal (and ``kill`` of a
+    process group) signals every process of the group. A worker killed that way prints a
+    traceback and takes its blocks and the scattered plan with it, which Dask reports as
+    lost data. Ignoring both, the workers are closed by the client when it has stopped;
+    they still exit when the client process dies (their nanny's pipe closes).
+
+    The worker also exits quickly (:func:`freeze_gc_at_exit`): the client waits for it
+    when it closes the cluster.
     """
+    freeze_gc_at_exit()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+@functools.cache
+def freeze_gc_at_exit() -> None:
+    """At interpreter exit, freeze the garbage collector's objects before module teardown.
+
+    For geoseg's own processes (the CLI, local Dask workers). torch and smp leave ~380 k
+    tracked objects, and the interpreter's final collections over them took 1.0 s of a
+    process's exit (0.17 s frozen; the CLI's client without torch: 0.11 s vs 0.02 s). Only
+    cyclic garbage is then left to the OS, which reclaims the whole process anyway.
+    """
+    atexit.register(gc.freeze)
 
 
 def _worker_config(torch_threads: int) -> dict[str, Any]:

@@ -149,6 +149,9 @@ def _progress(*, quiet: bool, label: str) -> Iterator[Callable[[int, int], None]
 @click.version_option(__version__, prog_name="geoseg")
 def main() -> None:
     """Segment large satellite GeoTIFFs into georeferenced polygons."""
+    from geoseg.scheduler import freeze_gc_at_exit
+
+    freeze_gc_at_exit()
 
 
 def _split(text: str | None) -> tuple[str, ...]:
