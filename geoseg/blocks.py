@@ -110,7 +110,9 @@ def _segmenter(use: ModelUse, options: InferenceOptions) -> Segmenter:
 
 def process_block(plan: RunPlan, block: Block) -> BlockResult:
     """Read, predict, smooth, crop and polygonize one block (runs on a Dask worker)."""
-    timings = dict.fromkeys(("read", "predict", "model_wait", "smooth", "vectorize"), 0.0)
+    timings = dict.fromkeys(
+        ("read", "model_load", "predict", "model_wait", "blend", "smooth", "vectorize"), 0.0
+    )
     core = block.core_in_read
     shape = (block.core.height, block.core.width)
     classes = np.zeros(shape, dtype=np.uint8)
@@ -126,10 +128,22 @@ def process_block(plan: RunPlan, block: Block) -> BlockResult:
         image, valid = images[use.bands]
         t1 = time.perf_counter()
         seg = _segmenter(use, plan.inference)
+        loaded = time.perf_counter()
         device = seg.device
         precision = getattr(seg, "precision", "index")  # spectral methods: no network
         probs = seg.predict(image, valid) if valid.any() else None
         t2 = time.perf_counter()
+        # A network's forward passes are "predict"; its tile cutting, normalising and
+        # blending "blend"; time queued behind another thread's forward pass is neither.
+        if hasattr(seg, "take_model_seconds"):
+            wait, forward = seg.take_model_seconds()
+        else:
+            wait, forward = 0.0, t2 - loaded
+        timings["read"] += t1 - t0
+        timings["model_load"] += loaded - t1
+        timings["predict"] += forward
+        timings["model_wait"] += wait
+        timings["blend"] += t2 - loaded - wait - forward
         valid_core = valid[core]
         any_valid |= valid_core
         if probs is not None:
@@ -162,13 +176,7 @@ def process_block(plan: RunPlan, block: Block) -> BlockResult:
                         simplify_px=CENTERLINE_SIMPLIFY_PX,
                         max_road_width_m=MAX_ROAD_WIDTH_M,
                     )
-        t3 = time.perf_counter()
-        # Time queued behind another thread's forward pass is not model time.
-        wait = seg.take_wait_seconds() if hasattr(seg, "take_wait_seconds") else 0.0
-        timings["read"] += t1 - t0
-        timings["predict"] += t2 - t1 - wait
-        timings["model_wait"] += wait
-        timings["smooth"] += t3 - t2
+        timings["smooth"] += time.perf_counter() - t2
     t0 = time.perf_counter()
     # Lower-priority classes first so the first requested class wins a disputed pixel.
     for value, name in reversed(list(enumerate(plan.classes, start=1))):

@@ -80,6 +80,20 @@ class RunSummary:
     def mpx_per_s(self) -> float:
         return self.pixels / 1e6 / self.seconds if self.seconds > 0 else 0.0
 
+    @property
+    def model_busy(self) -> float | None:
+        """Share of the wall time the model spent in forward passes, per model process.
+
+        The "predict" seconds of every block divided by the run's wall time and by the
+        number of processes that returned blocks (each holds its own model): near 1 when
+        reading, blending, vectorizing and writing never keep the model (GPU or CPU) waiting.
+        ``None`` when no block was computed in this run (all resumed).
+        """
+        forward = self.timings.get("predict", 0.0)
+        if forward <= 0 or self.seconds <= 0:
+            return None
+        return forward / self.seconds / max(1, len(self.worker_peak_rss_mb))
+
     def report(self) -> dict[str, Any]:
         """A JSON-serialisable report (``geoseg run --report``)."""
         return {
@@ -95,6 +109,7 @@ class RunSummary:
             "pixels": self.pixels,
             "wall_seconds": round(self.seconds, 3),
             "throughput_mpx_per_s": round(self.mpx_per_s, 4),
+            "model_busy": None if self.model_busy is None else round(self.model_busy, 3),
             # Seconds summed over blocks (worker stages overlap across threads and workers).
             "stage_seconds": {k: round(v, 3) for k, v in self.timings.items()},
             "devices": list(self.devices),

@@ -306,11 +306,14 @@ def test_report_has_stages_devices_and_memory(tiny_model: Path, make_scene, tmp_
     )
     assert result.exit_code == 0, result.output
     body = json.loads(report.read_text())
-    assert set(body["stage_seconds"]) >= {"read", "predict", "smooth", "vectorize", "write"}
+    stages = {"read", "model_load", "predict", "blend", "smooth", "vectorize", "write"}
+    assert set(body["stage_seconds"]) >= stages
+    assert 0 < body["model_busy"] <= 1
     assert body["devices"] == ["cpu"]
     assert body["peak_rss_mb"]["total"] > 50
     assert body["throughput_mpx_per_s"] > 0
     assert "peak memory" in result.output and "Mpx/s on cpu" in result.output
+    assert "model busy" in result.output
 
 
 @pytest.mark.parametrize("method", ["morph", "crf", "crf+morph"])

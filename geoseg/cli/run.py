@@ -235,12 +235,16 @@ def run(
         raster_note = f" and {summary.raster}" if summary.raster else ""
         resumed = f", {summary.resumed_blocks} blocks resumed" if summary.resumed_blocks else ""
         rss = summary.report()["peak_rss_mb"]["total"]
+        busy = summary.model_busy
+        # A spectral index (precision "index") is no model to keep busy.
+        networks = set(summary.precisions) - {"index"}
+        busy_note = f", model busy {busy:.0%}" if busy is not None and networks else ""
         click.echo(
             f"geoseg: wrote {summary.gpkg}{raster_note} ({counts}) in "
             f"{summary.seconds:.1f} s, {summary.mpx_per_s:.2f} Mpx/s on "
             f"{', '.join(summary.devices) or 'cpu'} "
-            f"({', '.join(summary.precisions) or 'fp32'}; {ex.description}){resumed}; "
-            f"peak memory {rss:.0f} MB",
+            f"({', '.join(summary.precisions) or 'fp32'}; {ex.description}){busy_note}"
+            f"{resumed}; peak memory {rss:.0f} MB",
             err=True,
         )
 

@@ -194,13 +194,16 @@ class TorchSegmenter:
         self._mean = np.asarray(card.mean, dtype=np.float32)[:, None, None]
         self._std = np.asarray(card.std, dtype=np.float32)[:, None, None]
         self._runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="geoseg-model")
-        self._waited = threading.local()
+        self._clock = threading.local()
 
-    def take_wait_seconds(self) -> float:
-        """Seconds this thread waited for the model (another thread's forward) since last call."""
-        waited = getattr(self._waited, "seconds", 0.0)
-        self._waited.seconds = 0.0
-        return float(waited)
+    def take_model_seconds(self) -> tuple[float, float]:
+        """``(waited, computed)``: this thread's seconds since the last call spent queued
+        behind other threads' forward passes, and spent in its own forward passes (on CUDA
+        including the copies to and from the device)."""
+        waited = getattr(self._clock, "waited", 0.0)
+        computed = getattr(self._clock, "computed", 0.0)
+        self._clock.waited = self._clock.computed = 0.0
+        return float(waited), float(computed)
 
     @property
     def device(self) -> str:
@@ -235,12 +238,14 @@ class TorchSegmenter:
     def forward(self, batch: np.ndarray) -> np.ndarray:
         """Softmax probabilities ``(N, C, T, T)`` float32 for a normalised batch.
 
-        Runs on the model's own thread; time queued behind other threads' batches is added
-        to :meth:`take_wait_seconds` of the calling thread.
+        Runs on the model's own thread; the time queued behind other threads' batches and
+        the time computing are added to :meth:`take_model_seconds` of the calling thread.
         """
         submitted = time.perf_counter()
         started, probs = self._runner.submit(self._forward, batch).result()
-        self._waited.seconds = getattr(self._waited, "seconds", 0.0) + started - submitted
+        clock = self._clock
+        clock.waited = getattr(clock, "waited", 0.0) + started - submitted
+        clock.computed = getattr(clock, "computed", 0.0) + time.perf_counter() - started
         return probs
 
     def _forward(self, batch: np.ndarray) -> tuple[float, np.ndarray]:

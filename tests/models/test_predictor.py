@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +48,36 @@ def test_batch_size_does_not_change_the_result(tiny_model: Path) -> None:
     one = load_segmenter(tiny_model, options=InferenceOptions(precision="fp32", batch_size=1))
     many = load_segmenter(tiny_model, options=InferenceOptions(precision="fp32", batch_size=7))
     np.testing.assert_allclose(one.predict(image, valid), many.predict(image, valid), atol=1e-5)
+
+
+def test_model_seconds_split_queueing_from_computing(tiny_model: Path) -> None:
+    # Two threads share one model, as a worker's Dask threads do; its forward passes run one
+    # at a time, so the computing seconds of both cannot add up to more than the wall time.
+    image, valid, _ = _scene(seed=3)
+    seg = load_segmenter(tiny_model, options=InferenceOptions(precision="fp32", batch_size=1))
+    assert isinstance(seg, TorchSegmenter)
+    seconds: dict[int, tuple[float, float, float]] = {}
+
+    def work(i: int) -> None:
+        t0 = time.perf_counter()
+        seg.predict(image, valid)
+        elapsed = time.perf_counter() - t0
+        seconds[i] = (*seg.take_model_seconds(), elapsed)
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    assert all(
+        computed > 0 and waited + computed <= elapsed
+        for waited, computed, elapsed in seconds.values()
+    )
+    assert sum(computed for _, computed, _ in seconds.values()) <= wall
+    assert sum(waited for waited, _, _ in seconds.values()) > 0
+    assert seg.take_model_seconds() == (0.0, 0.0)  # this thread ran no forward pass
 
 
 def test_nodata_is_filled_with_the_mean_and_gets_no_probability(tiny_model: Path) -> None:
