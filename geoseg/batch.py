@@ -562,8 +562,7 @@ def _run_scenes(todo: Sequence[SceneStatus], ex: Execution, ctx: _Context) -> No
     budget = 2 * sum(client.nthreads().values()) if client is not None else 1
     k = max(1, min(workflow.concurrency, budget, len(todo))) if client is not None else 1
     config = workflow.config
-    if ex.torch_threads and not config.inference.threads:
-        config = replace(config, inference=replace(config.inference, threads=ex.torch_threads))
+    config = replace(config, inference=ex.inference(config.inference))
     ended: queue.Queue[tuple[threading.Thread, BaseException | None]] = queue.Queue()
 
     def body(status: SceneStatus) -> None:

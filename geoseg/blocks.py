@@ -135,13 +135,15 @@ def process_block(plan: RunPlan, block: Block) -> BlockResult:
         t2 = time.perf_counter()
         # A network's forward passes are "predict"; its tile cutting, normalising and
         # blending "blend"; time queued behind another thread's forward pass is neither.
+        # "predict" counts the model's time: a pass on one of a model's n concurrent slots
+        # occupies 1/n of it.
         if hasattr(seg, "take_model_seconds"):
             wait, forward = seg.take_model_seconds()
         else:
             wait, forward = 0.0, t2 - loaded
         timings["read"] += t1 - t0
         timings["model_load"] += loaded - t1
-        timings["predict"] += forward
+        timings["predict"] += forward / getattr(seg, "slots", 1)
         timings["model_wait"] += wait
         timings["blend"] += t2 - loaded - wait - forward
         valid_core = valid[core]

@@ -84,9 +84,10 @@ class RunSummary:
     def model_busy(self) -> float | None:
         """Share of the wall time the model spent in forward passes, per model process.
 
-        The "predict" seconds of every block divided by the run's wall time and by the
-        number of processes that returned blocks (each holds its own model): near 1 when
-        reading, blending, vectorizing and writing never keep the model (GPU or CPU) waiting.
+        The "predict" seconds of every block (model time: a pass on one of a model's n
+        concurrent CPU slots counts 1/n) divided by the run's wall time and by the number of
+        processes that returned blocks (each holds its own model): near 1 when reading,
+        blending, vectorizing and writing never keep the model (GPU or CPU) waiting.
         ``None`` when no block was computed in this run (all resumed).
         """
         forward = self.timings.get("predict", 0.0)

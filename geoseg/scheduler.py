@@ -25,7 +25,7 @@ import signal
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from geoseg.errors import ConfigError, GeosegError
@@ -53,6 +53,15 @@ class Execution:
     torch_threads: int
     resources: Mapping[str, float] | None
     description: str
+    model_slots: int = 1
+
+    def inference(self, options: Any) -> Any:
+        """``options`` (:class:`~geoseg.models.predictor.InferenceOptions`) with this
+        cluster's torch threads and concurrent forward passes per worker, unless the caller
+        set threads itself or the cluster is not geoseg's own."""
+        if not self.torch_threads or options.threads:
+            return options
+        return replace(options, threads=self.torch_threads, concurrent_batches=self.model_slots)
 
 
 def cpu_cluster_shape(
@@ -293,7 +302,7 @@ def open_execution(
     # Every local worker runs dask_setup (this module) when it starts.
     preload = list(dask.config.get("distributed.worker.preload", None) or [])
     with dask.config.set({"distributed.worker.preload": [*preload, __name__]}):
-        cluster, torch_threads, desc = _start_local_cluster(
+        cluster, torch_threads, slots, desc = _start_local_cluster(
             gpus,
             cores=cores,
             n_workers=n_workers,
@@ -308,6 +317,7 @@ def open_execution(
                 torch_threads=torch_threads,
                 resources={GPU: 1} if gpus else None,
                 description=desc,
+                model_slots=slots,
             )
     finally:
         cluster.close()
@@ -321,8 +331,10 @@ def _start_local_cluster(
     threads_per_worker: int | None,
     dashboard_address: str,
     log_level: int,
-) -> tuple[Any, int, str]:
-    """A local cluster (one worker per GPU, else CPU workers); its torch threads; a label."""
+) -> tuple[Any, int, int, str]:
+    """A local cluster (one worker per GPU, else CPU workers); its torch threads, concurrent
+    forward passes per worker (one per torch thread a Dask thread can feed on CPU) and a
+    label."""
     import dask
     from distributed import LocalCluster, SpecCluster
 
@@ -361,4 +373,7 @@ def _start_local_cluster(
                 silence_logs=log_level,
             )
         desc = f"{workers} local worker(s) x {threads} threads, {torch_threads} torch threads"
-    return cluster, torch_threads, desc
+    slots = 1 if gpus else min(threads, torch_threads)
+    if slots > 1:
+        desc += f" as {slots} concurrent forward passes"
+    return cluster, torch_threads, slots, desc

@@ -21,6 +21,7 @@ from geoseg.models.predictor import InferenceOptions
 from geoseg.pipeline import plan_run, run_scene
 from geoseg.scheduler import (
     GPU,
+    Execution,
     check_address,
     cpu_cluster_shape,
     gpu_worker_specs,
@@ -350,3 +351,15 @@ def test_geoseg_processes_leave_the_final_garbage_collection_out(
         [sys.executable, "-c", _EXIT, process], capture_output=True, text=True, check=True
     )
     assert (int(out.stdout.split()[-1]) > 0) is frozen
+
+
+def test_local_cpu_workers_run_one_single_threaded_pass_per_core() -> None:
+    with open_execution("local", threads_per_worker=2) as ex:
+        assert ex.model_slots == min(2, ex.torch_threads)
+        options = ex.inference(InferenceOptions())
+    assert (options.threads, options.concurrent_batches) == (ex.torch_threads, ex.model_slots)
+    # A caller's own thread count wins; a cluster geoseg did not start sets nothing.
+    mine = InferenceOptions(threads=1)
+    assert ex.inference(mine) == mine
+    outside = Execution(client=None, torch_threads=0, resources=None, description="tcp")
+    assert outside.inference(InferenceOptions()) == InferenceOptions()

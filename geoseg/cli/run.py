@@ -196,9 +196,8 @@ def run(
     ) as ex:
         if ex.client is not None:  # the model runs in the workers, not here
             return_large_frees()
-        if ex.torch_threads and not config.inference.threads:
-            config = replace(config, inference=replace(config.inference, threads=ex.torch_threads))
-            plan = replace(plan, inference=config.inference)
+        config = replace(config, inference=ex.inference(config.inference))
+        plan = replace(plan, inference=config.inference)
         if ex.client is not None and dashboard and not quiet:
             click.echo(f"geoseg: dashboard at {ex.client.dashboard_link}", err=True)
         with _progress(quiet=quiet, label=f"{Path(scene).name}") as progress:

@@ -80,6 +80,34 @@ def test_model_seconds_split_queueing_from_computing(tiny_model: Path) -> None:
     assert seg.take_model_seconds() == (0.0, 0.0)  # this thread ran no forward pass
 
 
+def test_concurrent_cpu_passes_split_the_threads_and_keep_the_answers(tiny_model: Path) -> None:
+    import torch
+
+    image, valid, _ = _scene(seed=8)
+    before = torch.get_num_threads()
+    try:
+        one = load_segmenter(tiny_model, options=InferenceOptions(precision="fp32", threads=2))
+        expected = one.predict(image, valid)
+        two = load_segmenter(
+            tiny_model, options=InferenceOptions(precision="fp32", threads=2, concurrent_batches=2)
+        )
+        assert isinstance(two, TorchSegmenter) and two.slots == 2
+        assert torch.get_num_threads() == 1  # 2 threads shared by 2 concurrent passes
+        out: dict[int, np.ndarray] = {}
+        threads = [
+            threading.Thread(target=lambda i=i: out.__setitem__(i, two.predict(image, valid)))
+            for i in range(2)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for probs in out.values():
+            np.testing.assert_allclose(probs, expected, atol=1e-5)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_nodata_is_filled_with_the_mean_and_gets_no_probability(tiny_model: Path) -> None:
     image, valid, _ = _scene(seed=6)
     valid[:, :120] = False
@@ -97,3 +125,5 @@ def test_bad_inference_options_are_clear() -> None:
         InferenceOptions(precision="fp8")
     with pytest.raises(ConfigError, match="device 'tpu'"):
         InferenceOptions(device="tpu")
+    with pytest.raises(ConfigError, match="concurrent batches 0"):
+        InferenceOptions(concurrent_batches=0)
