@@ -2,9 +2,10 @@
 
 - ``local`` (default): a ``LocalCluster`` of worker *processes* sized to the machine. On CPU
   one worker per 8 cores (at least one), each with two Dask threads (one reads, smooths or
-  vectorizes a block while the other predicts; forward passes run one at a time on the
-  model's own thread) and ``cores / workers`` torch threads, so torch threads x workers
-  never exceeds the cores.
+  vectorizes a block while the other predicts) and ``cores / workers`` torch threads, so
+  torch threads x workers never exceeds the cores. The torch threads are split between
+  ``min(Dask threads, torch threads)`` forward passes that run side by side on the model's own
+  threads (:class:`~geoseg.models.predictor.TorchSegmenter`'s slots).
 - With CUDA GPUs: one worker per GPU, pinned with ``CUDA_VISIBLE_DEVICES`` and declaring a
   ``GPU`` resource that model tasks require. ``dask_cuda.LocalCUDACluster`` is used when
   installed, otherwise an equivalent ``SpecCluster``.

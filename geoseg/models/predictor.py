@@ -252,7 +252,7 @@ class TorchSegmenter:
     def forward(self, batch: np.ndarray) -> np.ndarray:
         """Softmax probabilities ``(N, C, T, T)`` float32 for a normalised batch.
 
-        Runs on the model's own thread; the time queued behind other threads' batches and
+        Runs on one of the model's slots; the time queued behind other threads' batches and
         the time computing are added to :meth:`take_model_seconds` of the calling thread.
         """
         submitted = time.perf_counter()
