@@ -197,7 +197,7 @@ class TorchSegmenter:
         if cpu and (options.threads or self.slots > 1):
             threads = options.threads or torch.get_num_threads()
             torch.set_num_threads(max(1, threads // self.slots))
-        if self._device.startswith("cuda"):
+        if not cpu:
             # Fixed tile shapes: let cuDNN pick the fastest convolution algorithms once.
             torch.backends.cudnn.benchmark = True
         net = (deepcopy(network) if copy else network).eval().to(self._device)
