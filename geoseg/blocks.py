@@ -133,19 +133,20 @@ def process_block(plan: RunPlan, block: Block) -> BlockResult:
         precision = getattr(seg, "precision", "index")  # spectral methods: no network
         probs = seg.predict(image, valid) if valid.any() else None
         t2 = time.perf_counter()
-        # A network's forward passes are "predict"; its tile cutting, normalising and
-        # blending "blend"; time queued behind another thread's forward pass is neither.
-        # "predict" counts the model's time: a pass on one of a model's n concurrent slots
-        # occupies 1/n of it.
+        # A network's forward passes are "predict", counted as the model's time: a pass on
+        # one of a model's n slots occupies 1/n of it. This thread's own tile cutting,
+        # normalising and blending is "blend"; the time it sat waiting for the model's
+        # results (queued behind passes or computing) is "model_wait".
         if hasattr(seg, "take_model_seconds"):
-            wait, forward = seg.take_model_seconds()
-        else:
-            wait, forward = 0.0, t2 - loaded
+            blocked, forward = seg.take_model_seconds()
+            own = t2 - loaded - blocked
+        else:  # a spectral index, computed in this thread
+            blocked, forward, own = 0.0, t2 - loaded, 0.0
         timings["read"] += t1 - t0
         timings["model_load"] += loaded - t1
         timings["predict"] += forward / getattr(seg, "slots", 1)
-        timings["model_wait"] += wait
-        timings["blend"] += t2 - loaded - wait - forward
+        timings["model_wait"] += blocked
+        timings["blend"] += own
         valid_core = valid[core]
         any_valid |= valid_core
         if probs is not None:

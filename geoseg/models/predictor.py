@@ -26,8 +26,9 @@ import functools
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,13 +212,15 @@ class TorchSegmenter:
         self._clock = threading.local()
 
     def take_model_seconds(self) -> tuple[float, float]:
-        """``(waited, computed)``: this thread's seconds since the last call spent queued
-        behind other threads' forward passes, and spent in its own forward passes (on CUDA
-        including the copies to and from the device)."""
-        waited = getattr(self._clock, "waited", 0.0)
+        """``(blocked, computed)``: this thread's seconds since the last call spent waiting
+        for forward passes (queued or running), and the seconds its forward passes computed
+        on the model's slots (on CUDA including the copies to and from the device). With
+        several slots a thread's passes run side by side, so ``computed`` can exceed the
+        wall time, by at most the number of slots."""
+        blocked = getattr(self._clock, "blocked", 0.0)
         computed = getattr(self._clock, "computed", 0.0)
-        self._clock.waited = self._clock.computed = 0.0
-        return float(waited), float(computed)
+        self._clock.blocked = self._clock.computed = 0.0
+        return float(blocked), float(computed)
 
     @property
     def device(self) -> str:
@@ -252,13 +255,16 @@ class TorchSegmenter:
     def forward(self, batch: np.ndarray) -> np.ndarray:
         """Softmax probabilities ``(N, C, T, T)`` float32 for a normalised batch.
 
-        Runs on one of the model's slots; the time queued behind other threads' batches and
-        the time computing are added to :meth:`take_model_seconds` of the calling thread.
+        Runs on one of the model's slots; the time spent waiting for it and computing are
+        added to :meth:`take_model_seconds` of the calling thread.
         """
-        submitted = time.perf_counter()
-        started, finished, probs = self._runner.submit(self._forward, batch).result()
+        return self._result(self._runner.submit(self._forward, batch))
+
+    def _result(self, future: Future[tuple[float, float, np.ndarray]]) -> np.ndarray:
+        waiting = time.perf_counter()
+        started, finished, probs = future.result()
         clock = self._clock
-        clock.waited = getattr(clock, "waited", 0.0) + started - submitted
+        clock.blocked = getattr(clock, "blocked", 0.0) + time.perf_counter() - waiting
         clock.computed = getattr(clock, "computed", 0.0) + finished - started
         return probs
 
@@ -313,10 +319,27 @@ class TorchSegmenter:
         cols = tile_origins(valid.shape[1], tile=t, stride=stride)
         origins = [(r, c) for r in rows for c in cols if valid[r : r + t, c : c + t].any()]
         acc = BlendAccumulator(len(self.card.classes), valid.shape, tile=t, overlap=self.overlap)
-        for chunk, batch in self._batches(origins, image, valid):
-            probs = self.forward(batch)
-            for (r, c), p in zip(chunk, probs, strict=True):
+        # Up to slots + 1 batches of this block are queued or running at once: one block
+        # keeps every slot busy (while the other Dask thread reads or vectorizes), and the
+        # next batch is waiting when a pass ends. Results are blended in submission order,
+        # so the sums, and the output, do not depend on which slot finished first.
+        pending: deque[tuple[list[tuple[int, int]], Future[Any]]] = deque()
+
+        def blend_oldest() -> None:
+            chunk, future = pending.popleft()
+            for (r, c), p in zip(chunk, self._result(future), strict=True):
                 acc.add(p, row=r, col=c, valid=valid[r : r + t, c : c + t])
+
+        try:
+            for chunk, batch in self._batches(origins, image, valid):
+                pending.append((chunk, self._runner.submit(self._forward, batch)))
+                if len(pending) > self.slots:
+                    blend_oldest()
+            while pending:
+                blend_oldest()
+        finally:  # an error: drop this block's queued passes (running ones finish)
+            for _, future in pending:
+                future.cancel()
         out, _ = acc.result()
         return out[:, :h, :w]
 

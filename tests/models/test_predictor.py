@@ -50,12 +50,13 @@ def test_batch_size_does_not_change_the_result(tiny_model: Path) -> None:
     np.testing.assert_allclose(one.predict(image, valid), many.predict(image, valid), atol=1e-5)
 
 
-def test_model_seconds_split_queueing_from_computing(tiny_model: Path) -> None:
-    # Two threads share one model, as a worker's Dask threads do; its forward passes run one
-    # at a time, so the computing seconds of both cannot add up to more than the wall time.
+def test_model_seconds_split_waiting_from_computing(tiny_model: Path) -> None:
+    # Two threads share one model, as a worker's Dask threads do; with one slot its forward
+    # passes run one at a time, so the computing seconds of both cannot add up to more than
+    # the wall time, and each thread waits for the other's passes.
     image, valid, _ = _scene(seed=3)
     seg = load_segmenter(tiny_model, options=InferenceOptions(precision="fp32", batch_size=1))
-    assert isinstance(seg, TorchSegmenter)
+    assert isinstance(seg, TorchSegmenter) and seg.slots == 1
     seconds: dict[int, tuple[float, float, float]] = {}
 
     def work(i: int) -> None:
@@ -72,12 +73,61 @@ def test_model_seconds_split_queueing_from_computing(tiny_model: Path) -> None:
         t.join()
     wall = time.perf_counter() - t0
     assert all(
-        computed > 0 and waited + computed <= elapsed
-        for waited, computed, elapsed in seconds.values()
+        0 < computed <= elapsed and 0 < blocked <= elapsed
+        for blocked, computed, elapsed in seconds.values()
     )
     assert sum(computed for _, computed, _ in seconds.values()) <= wall
-    assert sum(waited for waited, _, _ in seconds.values()) > 0
+    # waiting includes the other thread's passes: more than this thread's own computing
+    assert sum(blocked for blocked, _, _ in seconds.values()) > sum(
+        computed for _, computed, _ in seconds.values()
+    )
     assert seg.take_model_seconds() == (0.0, 0.0)  # this thread ran no forward pass
+
+
+def test_one_block_keeps_every_slot_busy_and_blends_in_order(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One Dask thread alone (the last block of a run, or the other thread vectorizing) must
+    # still feed both slots; the blend must not depend on which pass finished first.
+    import torch
+
+    image, valid, _ = _scene(seed=11)
+    before = torch.get_num_threads()
+    try:
+        one = load_segmenter(
+            tiny_model, options=InferenceOptions(precision="fp32", batch_size=1, threads=1)
+        )
+        expected = one.predict(image, valid)
+        two = load_segmenter(
+            tiny_model,
+            options=InferenceOptions(
+                precision="fp32", batch_size=1, threads=2, concurrent_batches=2
+            ),
+        )
+        assert isinstance(two, TorchSegmenter) and two.slots == 2
+        active, most = [0], [0]
+        lock = threading.Lock()
+        forward = two._forward
+        delays = iter([0.08, 0.0] * 100)  # odd passes slow: later passes finish first
+
+        def tracked(batch: np.ndarray) -> tuple[float, float, np.ndarray]:
+            with lock:
+                active[0] += 1
+                most[0] = max(most[0], active[0])
+                delay = next(delays)
+            try:
+                time.sleep(delay)
+                return forward(batch)
+            finally:
+                with lock:
+                    active[0] -= 1
+
+        monkeypatch.setattr(two, "_forward", tracked)
+        out = two.predict(image, valid)
+        assert most[0] == 2  # this one thread's passes ran side by side
+        np.testing.assert_array_equal(out, expected)
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_concurrent_cpu_passes_split_the_threads_and_keep_the_answers(tiny_model: Path) -> None:
