@@ -8,6 +8,7 @@ those that touch an inner block border (merged by the client).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -15,6 +16,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -41,7 +43,9 @@ __all__ = [
     "decode_result",
     "encode_result",
     "finish_polygons",
+    "peak_rss_mb",
     "process_block",
+    "release_freed_memory",
 ]
 
 
@@ -262,6 +266,33 @@ def peak_rss_mb() -> float:
         return 0.0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+def release_freed_memory() -> bool:
+    """Give the memory this process has freed back to the OS now (glibc's ``malloc_trim``);
+    returns whether any was given back (always ``False`` without glibc).
+
+    glibc keeps freed heap memory for reuse, and the client's large arrays come and go (a
+    block's classes, joining an object of millions of vertices), so without this the freed
+    memory of one block stays in the client's RSS. The client trims once per block: on the
+    8192^2 benchmark scene that costs ~120 k page faults where a fixed 1 MiB
+    ``M_MMAP_THRESHOLD`` (every large array mapped and unmapped) cost 1.1 M faults and
+    1.8 s of the client's CPU time.
+    """
+    trim = _malloc_trim()
+    return trim is not None and bool(trim(0))
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):  # not glibc (musl, macOS)
+        return None
 
 
 def encode_result(result: BlockResult) -> bytes:

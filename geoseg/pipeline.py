@@ -34,6 +34,7 @@ from geoseg.blocks import (
     encode_result,
     peak_rss_mb,
     process_block,
+    release_freed_memory,
 )
 from geoseg.config import RunConfig
 from geoseg.errors import GeosegError, OutputWriteError, TaskFailure, WorkerLostError
@@ -307,6 +308,7 @@ def run_scene(
     def collect(result: BlockResult) -> None:
         t0 = time.perf_counter()
         outputs.add(result)
+        release_freed_memory()
         for k, v in result.timings.items():
             timings[k] = timings.get(k, 0.0) + v
         timings["write"] = timings.get("write", 0.0) + time.perf_counter() - t0

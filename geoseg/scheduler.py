@@ -39,7 +39,6 @@ __all__ = [
     "freeze_gc_at_exit",
     "gpu_worker_specs",
     "open_execution",
-    "return_large_frees",
     "task_resources",
 ]
 
@@ -201,35 +200,6 @@ def _worker_config(torch_threads: int) -> dict[str, Any]:
         },
         "distributed.worker.profile.enabled": False,
     }
-
-
-def return_large_frees(threshold: int = 1 << 20) -> bool:
-    """Make glibc give memory blocks of ``threshold`` bytes or more back to the OS when
-    they are freed (a fixed ``M_MMAP_THRESHOLD``); for the client process of a run whose
-    model runs in Dask workers. Returns whether the setting took (glibc only).
-
-    By default glibc raises that threshold to the largest block freed so far (up to
-    32 MiB): after that, arrays of a few MB are carved from the heap, and once freed they
-    stay in the process's RSS. The client's large arrays come and go (joining an object of
-    millions of vertices, writing a block): replaying the client's work on the 32768^2
-    benchmark scene (its largest object has 3.7 M vertices) peaked at 575 MB with glibc's
-    default and 537 MB with this, in the same time to within 1.5 s. Not for a process
-    that runs the model: every forward pass would then map and fault in its activations
-    again (see :func:`_worker_config`).
-    """
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (musl, macOS)
-        return False
-    m_mmap_threshold = -3  # glibc's malloc.h
-    return bool(mallopt(m_mmap_threshold, threshold))
 
 
 @contextmanager

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -400,3 +403,45 @@ def test_peak_memory_is_the_process_own_not_its_parents() -> None:
     )
     assert ballast.sum() == ballast.size
     assert 5 < float(out.stdout) < 400
+
+
+_FREES = """
+import sys
+import numpy as np
+from geoseg.blocks import release_freed_memory
+
+def rss_mb():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS")) / 1024
+
+big = np.ones(20 << 20, dtype=np.uint8)  # freeing 20 MiB raises glibc's own threshold
+del big
+before = rss_mb()
+arrays = [np.ones(4 << 20, dtype=np.uint8) for _ in range(40)]  # 160 MiB in 4 MiB arrays
+live = arrays[1::2]  # the others are freed: holes between live blocks of a heap
+del arrays
+if sys.argv[1] == "trim":
+    assert release_freed_memory()
+print(rss_mb() - before - 80)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_the_client_gives_freed_block_memory_back() -> None:
+    # glibc keeps freed heap memory for reuse: a client's per-block arrays would pile up in
+    # its RSS. run_scene trims after every block. Any MALLOC_* variable turns glibc's moving
+    # threshold off, so the baseline runs without them.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+
+    def kept_mb(mode: str) -> float:
+        out = subprocess.run(
+            [sys.executable, "-c", _FREES, mode],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=env,
+        )
+        return float(out.stdout)
+
+    assert kept_mb("keep") > 60  # glibc's default: the 80 MiB freed stay in RSS
+    assert kept_mb("trim") < 10

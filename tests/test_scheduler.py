@@ -284,47 +284,6 @@ def test_a_block_that_keeps_losing_its_worker_is_one_clear_error(
     assert (tmp_path / ".out.gpkg.journal").exists(), "--resume can reuse the finished blocks"
 
 
-_FREES = """
-import sys
-import numpy as np
-from geoseg.scheduler import return_large_frees
-
-def rss_mb():
-    with open("/proc/self/status") as f:
-        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS")) / 1024
-
-if sys.argv[1] == "on":
-    assert return_large_frees()
-big = np.ones(20 << 20, dtype=np.uint8)  # freeing 20 MiB raises glibc's own threshold
-del big
-before = rss_mb()
-arrays = [np.ones(4 << 20, dtype=np.uint8) for _ in range(40)]  # 160 MiB in 4 MiB arrays
-live = arrays[1::2]  # the others are freed: holes between live blocks of a heap
-del arrays
-print(rss_mb() - before - 80)
-"""
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
-def test_the_client_gives_freed_arrays_back_to_the_os() -> None:
-    # Any MALLOC_* variable (Dask sets MALLOC_TRIM_THRESHOLD_ for its workers) turns
-    # glibc's moving threshold off: the baseline must run without them.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-
-    def kept_mb(mode: str) -> float:
-        out = subprocess.run(
-            [sys.executable, "-c", _FREES, mode],
-            capture_output=True,
-            text=True,
-            check=True,
-            env=env,
-        )
-        return float(out.stdout)
-
-    assert kept_mb("off") > 60  # glibc's default: the 80 MiB freed stay in RSS
-    assert kept_mb("on") < 10
-
-
 _EXIT = """
 import atexit, gc, sys
 # Registered first, so it runs last: after everything geoseg registered.
@@ -356,8 +315,11 @@ def test_geoseg_processes_leave_the_final_garbage_collection_out(
 def test_local_cpu_workers_run_one_single_threaded_pass_per_core() -> None:
     with open_execution("local", threads_per_worker=2) as ex:
         assert ex.model_slots == min(2, ex.torch_threads)
+        env = ex.client.run(lambda: os.environ.get("MALLOC_ARENA_MAX"))
         options = ex.inference(InferenceOptions())
     assert (options.threads, options.concurrent_batches) == (ex.torch_threads, ex.model_slots)
+    # one malloc arena per model slot (the forward passes' activations stay mapped)
+    assert set(env.values()) == {str(ex.model_slots)}
     # A caller's own thread count wins; a cluster geoseg did not start sets nothing.
     mine = InferenceOptions(threads=1)
     assert ex.inference(mine) == mine

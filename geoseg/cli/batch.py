@@ -138,7 +138,6 @@ def batch_run(workflow_file: str, retry_failed: bool, verbose: bool, quiet: bool
     """Run WORKFLOW_FILE: every scene not yet done with its current input and settings."""
     import distributed  # noqa: F401  (configures its loggers on import; quiet them after)
 
-    from geoseg.scheduler import return_large_frees
     from geoseg.workflow import run_workflow
 
     workflow = _workflow_or_exit(workflow_file, verbose=verbose)
@@ -146,8 +145,6 @@ def batch_run(workflow_file: str, retry_failed: bool, verbose: bool, quiet: bool
     if not quiet:
         for warning in workflow.warnings:
             click.echo(f"geoseg: warning: {warning}", err=True)
-    if workflow.scheduler != "sync":  # the model runs in Dask workers, not here
-        return_large_frees()
     try:
         with _batch_progress(quiet=quiet) as on_event:
             result = run_workflow(workflow, on_event=on_event, retry_failed=retry_failed)

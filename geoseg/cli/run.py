@@ -145,7 +145,6 @@ def run(
         check_address,
         cpu_cluster_shape,
         open_execution,
-        return_large_frees,
     )
 
     _setup_logging(verbose=verbose, quiet=quiet)
@@ -194,8 +193,6 @@ def run(
         dashboard=dashboard,
         worker_log_level=logging.INFO if verbose else logging.CRITICAL,
     ) as ex:
-        if ex.client is not None:  # the model runs in the workers, not here
-            return_large_frees()
         config = replace(config, inference=ex.inference(config.inference))
         plan = replace(plan, inference=config.inference)
         if ex.client is not None and dashboard and not quiet:
