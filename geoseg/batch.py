@@ -542,20 +542,25 @@ def _execute(todo: Sequence[SceneStatus], ctx: _Context, execution: Execution | 
         ) as ex,
     ):
         ctx.run.cluster = ex.description
-        try:
-            _run_scenes(todo, ex, ctx)
-        except BaseException:
-            mute.now()  # until the cluster is closed
-            raise
+        # Muted from the moment the scenes are halted (cancelling a block that a scene's
+        # thread is gathering makes Dask log it) until the cluster is closed.
+        _run_scenes(todo, ex, ctx, on_stop=mute.now)
 
 
-def _run_scenes(todo: Sequence[SceneStatus], ex: Execution, ctx: _Context) -> None:
+def _run_scenes(
+    todo: Sequence[SceneStatus],
+    ex: Execution,
+    ctx: _Context,
+    *,
+    on_stop: Callable[[], None] | None = None,
+) -> None:
     """Run scenes in client-side threads sharing one client.
 
     ``run_scene`` blocks its thread while Dask runs its blocks; with ``k`` scenes at once,
     each keeps ``2 x threads / k`` blocks in flight, so memory stays what one scene at
     ``2 x threads`` would use. The threads are daemons: a scene stuck in a Dask call after
-    an interrupt cannot keep the process alive.
+    an interrupt cannot keep the process alive. ``on_stop`` is called first when the
+    batch stops early (an interrupt, a bug).
     """
     client = ex.client
     workflow = ctx.workflow
@@ -593,6 +598,8 @@ def _run_scenes(todo: Sequence[SceneStatus], ex: Execution, ctx: _Context) -> No
             if error is not None:
                 raise error
     except BaseException:
+        if on_stop is not None:
+            on_stop()
         ctx.stop.set()
         for status in _halt(client, running):
             _abandon(status, ctx)
