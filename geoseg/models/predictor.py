@@ -9,8 +9,10 @@ weights pre-cast (:mod:`geoseg.models.fusion`), and blends tiles with
 
 Dask workers keep one loaded model per process (:func:`cached_segmenter`). Every forward
 pass of a model runs on one of that model's own threads (its *slots*): a worker's Dask
-threads queue their batches there, so one thread reads or vectorises a block while the model
-works on another's, and torch's threads are never oversubscribed. On a GPU there is one slot.
+threads queue their batches there (each up to ``slots + 1`` at once, blended in order), so
+one thread reads or vectorises a block while the model works on another's, a thread alone
+still fills every slot, and torch's threads are never oversubscribed. On a GPU there is one
+slot, and the next batch is queued while the caller blends the last.
 On a CPU the local cluster asks for one slot per core, each forward pass single-threaded
 (``concurrent_batches``): on 2 cores, two single-threaded passes side by side run a U-Net
 R34 tile in 0.082 s against 0.086 s for one two-thread OpenMP team, and the reading,
