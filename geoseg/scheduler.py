@@ -180,7 +180,7 @@ def freeze_gc_at_exit() -> None:
     atexit.register(gc.freeze)
 
 
-def _worker_config(torch_threads: int, *, arenas: int = 2) -> dict[str, Any]:
+def _worker_config(torch_threads: int, *, arenas: int) -> dict[str, Any]:
     """Dask settings for local model workers (read by the nannies when they spawn workers).
 
     Dask's defaults suit pandas-style work, not a CPU-bound torch model, measured here on a
@@ -339,11 +339,13 @@ def _start_local_cluster(
                 silence_logs=log_level,
             )
         torch_threads, desc = max(1, cores // gpus), f"{gpus} GPU worker(s)"
+        slots = 1
     else:
         workers, threads, torch_threads = cpu_cluster_shape(
             cores, n_workers=n_workers, threads_per_worker=threads_per_worker
         )
-        with dask.config.set(_worker_config(torch_threads, arenas=min(threads, torch_threads))):
+        slots = min(threads, torch_threads)
+        with dask.config.set(_worker_config(torch_threads, arenas=slots)):
             cluster = LocalCluster(
                 n_workers=workers,
                 threads_per_worker=threads,
@@ -352,7 +354,6 @@ def _start_local_cluster(
                 silence_logs=log_level,
             )
         desc = f"{workers} local worker(s) x {threads} threads, {torch_threads} torch threads"
-    slots = 1 if gpus else min(threads, torch_threads)
     if slots > 1:
         desc += f" as {slots} concurrent forward passes"
     return cluster, torch_threads, slots, desc
