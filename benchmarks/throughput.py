@@ -65,17 +65,21 @@ def _bare_model(scene: Path, model: Path, *, precision: str, block: int) -> tupl
     import torch
 
     from geoseg.models.predictor import InferenceOptions, load_segmenter
+    from geoseg.scheduler import cpu_cluster_shape
     from geoseg.tiling.grid import TilingSpec
     from geoseg.tiling.io import read_scene_info
 
     info = read_scene_info(scene)
-    cores = os.cpu_count() or 1
-    # The local cluster's worker on this machine: all cores, one single-threaded forward
-    # pass per core fed by its two Dask threads (see geoseg.scheduler).
-    slots = min(2, cores)
+    # One worker of the default local cluster on this machine: its torch threads split
+    # between as many single-threaded forward passes as its Dask threads can feed (the rule
+    # of geoseg.scheduler, not a copy of it).
+    _, dask_threads, torch_threads = cpu_cluster_shape(os.cpu_count() or 1)
+    slots = min(dask_threads, torch_threads)
     seg = load_segmenter(
         model,
-        options=InferenceOptions(precision=precision, threads=cores, concurrent_batches=slots),
+        options=InferenceOptions(
+            precision=precision, threads=torch_threads, concurrent_batches=slots
+        ),
     )
     spec = TilingSpec(tile=seg.tile, overlap=seg.overlap, block=block)  # type: ignore[attr-defined]
     n_tiles = plan_tiles(info.height, info.width, spec=spec)
@@ -83,8 +87,9 @@ def _bare_model(scene: Path, model: Path, *, precision: str, block: int) -> tupl
     bs = seg.batch_size  # type: ignore[attr-defined]
     batch = rng.standard_normal((bs, 4, spec.tile, spec.tile)).astype(np.float32)
     seg.forward(batch)  # type: ignore[attr-defined]  # warm-up
-    if torch.get_num_threads() != max(1, cores // slots):
-        sys.exit(f"expected {cores // slots} torch threads per pass, got {torch.get_num_threads()}")
+    per_pass = max(1, torch_threads // slots)
+    if torch.get_num_threads() != per_pass:
+        sys.exit(f"expected {per_pass} torch threads per pass, got {torch.get_num_threads()}")
     batches = [min(bs, n_tiles - i) for i in range(0, n_tiles, bs)]
 
     def feed(mine: list[int]) -> None:
