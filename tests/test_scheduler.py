@@ -6,6 +6,7 @@ import logging
 import os
 import subprocess
 import sys
+import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 import rasterio
 from distributed import Client, LocalCluster
 
+import geoseg.scheduler
 from geoseg.config import RunConfig
 from geoseg.errors import ConfigError, SceneReadError, WorkerLostError
 from geoseg.models.predictor import InferenceOptions
@@ -325,3 +327,61 @@ def test_local_cpu_workers_run_one_single_threaded_pass_per_core() -> None:
     assert ex.inference(mine) == mine
     outside = Execution(client=None, torch_threads=0, resources=None, description="tcp")
     assert outside.inference(InferenceOptions()) == InferenceOptions()
+
+
+def _fake_dask_cuda(calls: list[dict[str, object]]) -> types.ModuleType:
+    """A ``dask_cuda`` whose LocalCUDACluster records its arguments and starts a CPU cluster
+    of worker processes with them (one worker per visible device, as dask-cuda does)."""
+
+    def local_cuda_cluster(**kwargs: object) -> LocalCluster:
+        calls.append(kwargs)
+        return LocalCluster(n_workers=2, processes=True, **kwargs)  # type: ignore[arg-type]
+
+    module = types.ModuleType("dask_cuda")
+    module.LocalCUDACluster = local_cuda_cluster  # type: ignore[attr-defined]
+    return module
+
+
+@pytest.mark.parametrize("dask_cuda", [False, True], ids=["spec-cluster", "dask-cuda"])
+def test_two_gpus_start_one_pinned_gpu_worker_each(
+    dask_cuda: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The GPU branch of the default local cluster, on CPU: two (pretend) devices."""
+    calls: list[dict[str, object]] = []
+    # None in sys.modules makes `import dask_cuda` raise ImportError: the SpecCluster path.
+    monkeypatch.setitem(sys.modules, "dask_cuda", _fake_dask_cuda(calls) if dask_cuda else None)
+    monkeypatch.setattr(geoseg.scheduler, "_gpu_count", lambda: 2)
+    with open_execution("local") as ex:
+        info = ex.client.scheduler_info(n_workers=-1)["workers"]
+        env = ex.client.run(
+            lambda: {
+                k: os.environ.get(k)
+                for k in ("CUDA_VISIBLE_DEVICES", "MALLOC_ARENA_MAX", "MALLOC_TRIM_THRESHOLD_")
+            }
+        )
+        profiler = ex.client.run(
+            lambda: __import__("dask").config.get("distributed.worker.profile.enabled")
+        )
+    assert (ex.resources, ex.model_slots) == ({GPU: 1}, 1)
+    assert ex.torch_threads == max(1, (os.cpu_count() or 1) // 2)
+    assert ex.description.startswith("2 GPU worker(s)")
+    assert [w["resources"] for w in info.values()] == [{GPU: 1}, {GPU: 1}]
+    assert all(w["nthreads"] == 2 for w in info.values())
+    # The same worker settings as CPU workers: no trimming of every freed buffer, one malloc
+    # arena per Dask thread, Dask's statistical profiler off.
+    assert {(e["MALLOC_ARENA_MAX"], e["MALLOC_TRIM_THRESHOLD_"]) for e in env.values()} == {
+        ("2", None)
+    }
+    assert set(profiler.values()) == {False}
+    if dask_cuda:
+        # dask-cuda pins the devices itself; geoseg asks for the resource and thread count.
+        assert calls == [
+            {
+                "threads_per_worker": 2,
+                "resources": {GPU: 1},
+                "dashboard_address": ":0",
+                "silence_logs": logging.ERROR,
+            }
+        ]
+    else:
+        assert sorted(e["CUDA_VISIBLE_DEVICES"] for e in env.values()) == ["0", "1"]
