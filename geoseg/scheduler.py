@@ -212,6 +212,37 @@ def _worker_config(torch_threads: int, *, arenas: int) -> dict[str, Any]:
 
 
 @contextmanager
+def _worker_settings(torch_threads: int, *, arenas: int) -> Iterator[None]:
+    """:func:`_worker_config` for the workers started inside, whatever this process's
+    environment holds, and that environment left as it was.
+
+    A nanny takes a pre-spawn variable from ``os.environ`` when it is set there (over the
+    config), lets a variable the config leaves out be inherited, and writes its values into
+    this process's ``os.environ`` to spawn. So one earlier Dask cluster in the same process
+    (a notebook's ``Client()``) would give geoseg's workers ``MALLOC_TRIM_THRESHOLD_=65536``
+    and ``OMP_NUM_THREADS=1``, and geoseg's cluster would leave its values to the next one.
+    The variables are taken out of ``os.environ`` while the workers spawn and put back after.
+    A worker that its nanny restarts later (after a crash) gets the config's values again
+    but inherits ``MALLOC_TRIM_THRESHOLD_`` if this process has it by then.
+    """
+    import dask
+
+    config = _worker_config(torch_threads, arenas=arenas)
+    saved = {k: os.environ.get(k) for k in config["distributed.nanny.pre-spawn-environ"]}
+    try:
+        for key in saved:
+            os.environ.pop(key, None)
+        with dask.config.set(config):
+            yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextmanager
 def open_execution(
     address: str | None = None,
     *,
@@ -315,7 +346,6 @@ def _start_local_cluster(
     """A local cluster (one worker per GPU, else CPU workers); its torch threads, concurrent
     forward passes per worker (one per torch thread a Dask thread can feed on CPU) and a
     label."""
-    import dask
     from distributed import LocalCluster, SpecCluster
 
     dash = dashboard_address
@@ -326,7 +356,7 @@ def _start_local_cluster(
         slots = 1
         # One malloc arena per Dask thread: the host side (reading, pinned staging, blending)
         # is done by those threads; the forward passes run on the device.
-        with dask.config.set(_worker_config(torch_threads, arenas=threads)):
+        with _worker_settings(torch_threads, arenas=threads):
             try:
                 from dask_cuda import LocalCUDACluster
 
@@ -349,7 +379,7 @@ def _start_local_cluster(
             cores, n_workers=n_workers, threads_per_worker=threads_per_worker
         )
         slots = min(threads, torch_threads)
-        with dask.config.set(_worker_config(torch_threads, arenas=slots)):
+        with _worker_settings(torch_threads, arenas=slots):
             cluster = LocalCluster(
                 n_workers=workers,
                 threads_per_worker=threads,

@@ -351,12 +351,21 @@ def test_two_gpus_start_one_pinned_gpu_worker_each(
     # None in sys.modules makes `import dask_cuda` raise ImportError: the SpecCluster path.
     monkeypatch.setitem(sys.modules, "dask_cuda", _fake_dask_cuda(calls) if dask_cuda else None)
     monkeypatch.setattr(geoseg.scheduler, "_gpu_count", lambda: 2)
+    # What an earlier default Dask cluster in this process leaves behind.
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
     with open_execution("local") as ex:
         info = ex.client.scheduler_info(n_workers=-1)["workers"]
         env = ex.client.run(
             lambda: {
                 k: os.environ.get(k)
-                for k in ("CUDA_VISIBLE_DEVICES", "MALLOC_ARENA_MAX", "MALLOC_TRIM_THRESHOLD_")
+                for k in (
+                    "CUDA_VISIBLE_DEVICES",
+                    "MALLOC_ARENA_MAX",
+                    "MALLOC_TRIM_THRESHOLD_",
+                    "OMP_NUM_THREADS",
+                )
             }
         )
         profiler = ex.client.run(
@@ -373,6 +382,10 @@ def test_two_gpus_start_one_pinned_gpu_worker_each(
         ("2", None)
     }
     assert set(profiler.values()) == {False}
+    assert {e["OMP_NUM_THREADS"] for e in env.values()} == {str(ex.torch_threads)}
+    # and this process's environment is as it was
+    assert (os.environ["MALLOC_TRIM_THRESHOLD_"], os.environ["OMP_NUM_THREADS"]) == ("65536", "1")
+    assert "MALLOC_ARENA_MAX" not in os.environ
     if dask_cuda:
         # dask-cuda pins the devices itself; geoseg asks for the resource and thread count.
         assert calls == [
