@@ -52,7 +52,7 @@ from geoseg.manifest import (
     utc_now,
 )
 from geoseg.pipeline import run_scene
-from geoseg.scheduler import Execution, open_execution
+from geoseg.scheduler import DaskLogMute, Execution, open_execution
 
 if TYPE_CHECKING:
     from geoseg.workflow import Workflow
@@ -81,9 +81,6 @@ LOG_MAX_BYTES = 5 * 2**20
 STOP_GRACE_S = 60.0
 """How long an interrupted batch waits for its running scenes to stop (a scene writing its
 final files finishes them); a scene still running then is left pending and abandoned."""
-
-_QUIET_ON_STOP = ("distributed", "tornado", "asyncio")
-
 
 # --------------------------------------------------------------------------- files
 
@@ -500,35 +497,6 @@ def _summary(
 # --------------------------------------------------------------------------- executing scenes
 
 
-class _LogMute:
-    """Silences Dask's loggers from :meth:`now` to the end of the ``with`` block.
-
-    An interrupted batch closes its cluster with tasks cancelled and scenes abandoned:
-    what Dask logs about that is expected, and the user is told in one line instead.
-    """
-
-    def __init__(self) -> None:
-        self._saved: dict[logging.Logger, int] = {}
-
-    def __enter__(self) -> _LogMute:
-        return self
-
-    def now(self) -> None:
-        names = [
-            n
-            for n in list(logging.Logger.manager.loggerDict)
-            if n.split(".", 1)[0] in _QUIET_ON_STOP
-        ]
-        for name in {*_QUIET_ON_STOP, *names}:
-            logger = logging.getLogger(name)
-            self._saved.setdefault(logger, logger.level)
-            logger.setLevel(logging.CRITICAL + 1)
-
-    def __exit__(self, *exc: object) -> None:
-        for logger, level in self._saved.items():
-            logger.setLevel(level)
-
-
 def _execute(todo: Sequence[SceneStatus], ctx: _Context, execution: Execution | None) -> None:
     workflow = ctx.workflow
     if execution is not None:
@@ -536,7 +504,7 @@ def _execute(todo: Sequence[SceneStatus], ctx: _Context, execution: Execution | 
         _run_scenes(todo, execution, ctx)
         return
     with (
-        _LogMute() as mute,
+        DaskLogMute() as mute,
         open_execution(
             workflow.scheduler, n_workers=workflow.workers, threads_per_worker=workflow.threads
         ) as ex,

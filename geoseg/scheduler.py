@@ -32,6 +32,7 @@ from typing import Any
 from geoseg.errors import ConfigError, GeosegError
 
 __all__ = [
+    "DaskLogMute",
     "Execution",
     "check_address",
     "cpu_cluster_shape",
@@ -148,6 +149,39 @@ def _gpu_count() -> int:
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+class DaskLogMute:
+    """Silences Dask's loggers (and tornado's, asyncio's) from :meth:`now` to the end of the
+    ``with`` block.
+
+    A stopped run or batch closes its cluster with tasks cancelled and results abandoned:
+    what Dask logs about that (``Couldn't gather keys``...) is expected, and the user is told
+    in one line instead.
+    """
+
+    _NAMES = ("distributed", "tornado", "asyncio")
+
+    def __init__(self) -> None:
+        self._saved: dict[logging.Logger, int] = {}
+
+    def __enter__(self) -> DaskLogMute:
+        return self
+
+    def now(self) -> None:
+        """Mute from here on (safe to call from a signal handler, and more than once)."""
+        names = [
+            n for n in list(logging.Logger.manager.loggerDict) if n.split(".", 1)[0] in self._NAMES
+        ]
+        for name in {*self._NAMES, *names}:
+            logger = logging.getLogger(name)
+            self._saved.setdefault(logger, logger.level)
+            logger.setLevel(logging.CRITICAL + 1)
+
+    def __exit__(self, *exc: object) -> None:
+        for logger, level in self._saved.items():
+            logger.setLevel(level)
+        self._saved.clear()
 
 
 def dask_setup(worker: Any) -> None:

@@ -542,6 +542,41 @@ def test_an_interrupt_masked_by_a_cleanup_error_is_still_an_interrupt(
     assert "1 blocks resumed" in text
 
 
+@pytest.mark.parametrize("verbose", [False, True], ids=["quiet-dask", "-v"])
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_an_interrupt_mutes_dask_until_the_command_ends(signame: str, verbose: bool) -> None:
+    """Stopping cancels blocks a thread may be gathering, which Dask logs at ERROR: muted
+    from the signal on (before the cancelling), unless -v; levels and handlers restored."""
+    import logging
+    import os
+    import signal
+    import time
+
+    import distributed.client  # noqa: F401  (its logger exists)
+
+    from geoseg.cli._base import _interrupts
+
+    sig = getattr(signal, signame)
+    log = logging.getLogger("distributed.client")
+    level, handler = log.level, signal.getsignal(sig)
+    seen = []
+
+    def signalled() -> None:
+        with _interrupts(verbose=verbose):
+            seen.append(log.isEnabledFor(logging.ERROR))
+            try:
+                os.kill(os.getpid(), sig)
+                time.sleep(5)  # interrupted at once
+            finally:
+                seen.append(log.isEnabledFor(logging.CRITICAL))
+
+    with pytest.raises(KeyboardInterrupt):
+        signalled()
+    assert seen == [True, verbose]
+    assert (log.level, signal.getsignal(sig)) == (level, handler)
+    assert log.isEnabledFor(logging.ERROR)
+
+
 @pytest.mark.parametrize("how", ["Ctrl-C to the terminal's group", "SIGTERM to geoseg"])
 def test_interrupted_run_on_a_local_cluster_is_one_line_and_resumes(
     tiny_model: Path, make_scene, tmp_path: Path, how: str

@@ -28,18 +28,30 @@ def _fail(err: BaseException, *, verbose: bool) -> None:
 
 
 @contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (systemd, Airflow, kill) stops a command as cleanly as Ctrl-C."""
+def _interrupts(*, verbose: bool) -> Iterator[None]:
+    """Ctrl-C and SIGTERM (systemd, Airflow, kill) stop a command alike, as KeyboardInterrupt.
+
+    From that moment Dask's loggers are muted (unless ``-v``): a run that stops cancels the
+    blocks a thread may be gathering, and Dask logs that at ERROR, above the one line that
+    says the command was interrupted.
+    """
     import signal
 
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
+    from geoseg.scheduler import DaskLogMute
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    with DaskLogMute() as mute:
+
+        def interrupt(signum: int, frame: Any) -> None:
+            if not verbose:
+                mute.now()
+            raise KeyboardInterrupt
+
+        previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def _interrupt_in(err: BaseException) -> bool:
@@ -66,7 +78,7 @@ def _handles_errors(fn: F) -> F:
         verbose = bool(kwargs.get("verbose"))
         _setup_logging(verbose=verbose, quiet=bool(kwargs.get("quiet")))
         try:
-            with _sigterm_as_interrupt():
+            with _interrupts(verbose=verbose):
                 return fn(*args, **kwargs)
         except Exception as err:
             if _interrupt_in(err):
