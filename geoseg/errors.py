@@ -51,6 +51,10 @@ class WorkerLostError(GeosegError, RuntimeError):
     """Dask lost the workers running a block too many times (killed, out of memory)."""
 
 
+class DeviceMemoryError(GeosegError, MemoryError):
+    """One model tile does not fit in the memory of the device running the model."""
+
+
 class WorkflowError(GeosegError, ValueError):
     """A batch workflow file is invalid."""
 

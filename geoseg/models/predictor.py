@@ -25,6 +25,7 @@ own team, whose idle threads spin against the busy one.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import threading
 import time
@@ -38,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from geoseg.errors import ConfigError
+from geoseg.errors import ConfigError, DeviceMemoryError
 from geoseg.models.card import ModelCard
 from geoseg.models.fusion import cast_weights, fold_batchnorm
 from geoseg.tiling.blend import BlendAccumulator
@@ -46,6 +47,8 @@ from geoseg.tiling.grid import tile_origins
 
 if TYPE_CHECKING:
     import torch
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "PRECISIONS",
@@ -162,7 +165,8 @@ def _default_batch(device: str, tile: int) -> int:
     import torch
 
     free, _ = torch.cuda.mem_get_info(torch.device(device))
-    # Empirical: a ResNet-34 U-Net forward in fp16 needs ~0.4 GB per 512x512 tile.
+    # An estimate (no GPU was at hand to measure it): ~0.4 GB per 512x512 tile for a
+    # ResNet-34 U-Net in fp16. A batch that does not fit is halved (TorchSegmenter._fitting).
     per_tile = 0.4e9 * (tile / 512) ** 2
     return int(max(1, min(64, free * 0.6 // per_tile)))
 
@@ -212,6 +216,7 @@ class TorchSegmenter:
         self._std = np.asarray(card.std, dtype=np.float32)[:, None, None]
         self._runner = ThreadPoolExecutor(max_workers=self.slots, thread_name_prefix="geoseg-model")
         self._clock = threading.local()
+        self._shrink_lock = threading.Lock()
 
     def take_model_seconds(self) -> tuple[float, float]:
         """``(blocked, computed)``: this thread's seconds since the last call spent waiting
@@ -273,9 +278,50 @@ class TorchSegmenter:
     def _forward(self, batch: np.ndarray) -> tuple[float, float, np.ndarray]:
         """Runs on a model slot: ``(started, finished, probabilities)``, timed there (not
         when the caller wakes up, which would let one slot's passes overlap)."""
+        started = time.perf_counter()
+        probs = self._fitting(batch)
+        return started, time.perf_counter(), probs
+
+    def _fitting(self, batch: np.ndarray) -> np.ndarray:
+        """:meth:`_pass`; a batch that runs out of device memory is run in halves, and
+        the batches after it are no larger than what fitted.
+
+        The batch size from free GPU memory is an estimate (the network, the precision and
+        other processes on the device change what a tile needs); a pass that does not fit
+        costs one failed attempt, not the run.
+        """
         import torch
 
-        started = time.perf_counter()
+        try:
+            return self._pass(batch)
+        except torch.OutOfMemoryError:
+            pass
+        # Outside the except block: its traceback, which holds the failed pass's tensors,
+        # is released before the halves allocate theirs.
+        if self._device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        n = len(batch)
+        if n == 1:
+            raise DeviceMemoryError(
+                f"one {self.tile}x{self.tile} px tile of this model does not fit in the free "
+                f"memory of {self._device}: use a smaller --tile, --precision fp16 or bf16, "
+                "or --device cpu"
+            )
+        half = (n + 1) // 2
+        with self._shrink_lock:
+            if half < self.batch_size:
+                logger.warning(
+                    "out of %s memory with %d tiles per batch; using %d",
+                    self._device,
+                    n,
+                    half,
+                )
+                self.batch_size = half
+        return np.concatenate([self._fitting(batch[:half]), self._fitting(batch[half:])])
+
+    def _pass(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
         dev = torch.device(self._device)
         cuda = dev.type == "cuda"
         x = torch.from_numpy(batch)
@@ -289,16 +335,17 @@ class TorchSegmenter:
             else:
                 logits = self.network(x)
             probs = torch.softmax(logits.float(), dim=1)
-        out = probs.cpu().numpy()
-        return started, time.perf_counter(), out
+        return probs.cpu().numpy()
 
     def _batches(
         self, origins: list[tuple[int, int]], image: np.ndarray, valid: np.ndarray
     ) -> Iterator[tuple[list[tuple[int, int]], np.ndarray]]:
         """Normalised tile batches; normalising per tile keeps no float copy of the block."""
         t = self.tile
-        for i in range(0, len(origins), self.batch_size):
-            chunk = origins[i : i + self.batch_size]
+        i = 0
+        while i < len(origins):
+            chunk = origins[i : i + self.batch_size]  # smaller after running out of memory
+            i += len(chunk)
             # A new array per batch: the model thread may still hold the previous one.
             batch = np.empty((len(chunk), image.shape[0], t, t), dtype=np.float32)
             for x, (r, c) in zip(batch, chunk, strict=True):

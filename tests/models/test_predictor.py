@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from geoseg.errors import ConfigError
+from geoseg.errors import ConfigError, DeviceMemoryError
 from geoseg.models.predictor import (
     InferenceOptions,
     TorchSegmenter,
@@ -177,3 +178,56 @@ def test_bad_inference_options_are_clear() -> None:
         InferenceOptions(device="tpu")
     with pytest.raises(ConfigError, match="concurrent batches 0"):
         InferenceOptions(concurrent_batches=0)
+
+
+class _SmallDevice:
+    """A network on a device with room for ``fits`` tiles per pass (torch's OOM beyond)."""
+
+    def __init__(self, network: object, fits: int) -> None:
+        self.network, self.fits, self.passes = network, fits, []
+
+    def __call__(self, x: object) -> object:
+        import torch
+
+        assert isinstance(x, torch.Tensor)
+        self.passes.append(len(x))
+        if len(x) > self.fits:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.network(x)  # type: ignore[operator]
+
+
+def test_a_batch_that_runs_out_of_memory_is_halved_and_later_ones_stay_small(
+    tiny_model: Path,
+) -> None:
+    truth = synthetic_truth(600, 680, seed=5)
+    image, valid = synthetic_image(truth, seed=5), np.ones(truth.shape, dtype=bool)
+    options = InferenceOptions(precision="fp32", batch_size=7)
+    seg = load_segmenter(tiny_model, options=options)
+    one = load_segmenter(tiny_model, options=replace(options, batch_size=1))
+    assert isinstance(one, TorchSegmenter) and isinstance(seg, TorchSegmenter)
+    assert seg.slots == 1
+    counter = _SmallDevice(one.network, fits=1)
+    one.network = counter  # type: ignore[assignment]
+    expected = one.predict(image, valid)
+    tiles = len(counter.passes)
+    device = _SmallDevice(seg.network, fits=2)
+    seg.network = device  # type: ignore[assignment]
+    np.testing.assert_allclose(seg.predict(image, valid), expected, atol=1e-5)
+    assert seg.batch_size == 2
+    # The two batches of 7 queued before the first ran out of memory are split (7 -> 4 + 3
+    # -> 2 + 2 + 2 + 1); every batch built after that has 2 tiles (the last one maybe 1).
+    split = [7, 4, 2, 2, 3, 2, 1]
+    assert device.passes[:14] == split * 2
+    rest = device.passes[14:]
+    assert len(rest) > 3 and set(rest[:-1]) == {2} and rest[-1] in (1, 2)
+    # every tile predicted once: the passes that fitted hold each tile exactly once
+    assert sum(p for p in device.passes if p <= 2) == tiles
+
+
+def test_a_single_tile_that_does_not_fit_is_one_clear_error(tiny_model: Path) -> None:
+    image, valid, _ = _scene(seed=5)
+    seg = load_segmenter(tiny_model, options=InferenceOptions(precision="fp32", batch_size=4))
+    assert isinstance(seg, TorchSegmenter)
+    seg.network = _SmallDevice(seg.network, fits=0)  # type: ignore[assignment]
+    with pytest.raises(DeviceMemoryError, match=r"tile of this model does not fit.*--tile"):
+        seg.predict(image, valid)
