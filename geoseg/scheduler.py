@@ -256,6 +256,8 @@ def _worker_settings(torch_threads: int, *, arenas: int) -> Iterator[None]:
     (a notebook's ``Client()``) would give geoseg's workers ``MALLOC_TRIM_THRESHOLD_=65536``
     and ``OMP_NUM_THREADS=1``, and geoseg's cluster would leave its values to the next one.
     The variables are taken out of ``os.environ`` while the workers spawn and put back after.
+    Measured on the 4096^2 benchmark scene through the Python API, after a default
+    ``LocalCluster`` in the same process: 17.5-18.1 s before, 12.7-12.9 s with this.
     A worker that its nanny restarts later (after a crash) gets the config's values again
     but inherits ``MALLOC_TRIM_THRESHOLD_`` if this process has it by then.
     """
