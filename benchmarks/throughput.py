@@ -71,10 +71,9 @@ def _bare_model(scene: Path, model: Path, *, precision: str, block: int) -> tupl
 
     info = read_scene_info(scene)
     # One worker of the default local cluster on this machine: its torch threads split
-    # between as many single-threaded forward passes as its Dask threads can feed (the rule
-    # of geoseg.scheduler, not a copy of it).
-    _, dask_threads, torch_threads = cpu_cluster_shape(os.cpu_count() or 1)
-    slots = min(dask_threads, torch_threads)
+    # between as many single-threaded forward passes as its Dask threads can feed.
+    shape = cpu_cluster_shape(os.cpu_count() or 1)
+    torch_threads, slots = shape.torch_threads, shape.model_slots
     seg = load_segmenter(
         model,
         options=InferenceOptions(

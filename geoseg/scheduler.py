@@ -27,11 +27,12 @@ import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from geoseg.errors import ConfigError, GeosegError
 
 __all__ = [
+    "ClusterShape",
     "DaskLogMute",
     "Execution",
     "check_address",
@@ -65,9 +66,23 @@ class Execution:
         return replace(options, threads=self.torch_threads, concurrent_batches=self.model_slots)
 
 
+class ClusterShape(NamedTuple):
+    """A local CPU cluster: workers, Dask threads and torch threads per worker."""
+
+    workers: int
+    threads: int
+    torch_threads: int
+
+    @property
+    def model_slots(self) -> int:
+        """Forward passes a worker runs side by side: one per torch thread a Dask thread
+        can feed."""
+        return min(self.threads, self.torch_threads)
+
+
 def cpu_cluster_shape(
     cores: int, *, n_workers: int | None = None, threads_per_worker: int | None = None
-) -> tuple[int, int, int]:
+) -> ClusterShape:
     """``(workers, dask threads per worker, torch threads per worker)`` for a CPU machine.
 
     torch threads x workers <= cores always holds.
@@ -80,7 +95,7 @@ def cpu_cluster_shape(
     threads = threads_per_worker if threads_per_worker is not None else 2
     if threads < 1:
         raise ConfigError(f"--threads {threads} must be at least 1")
-    return workers, threads, max(1, cores // workers)
+    return ClusterShape(workers, threads, max(1, cores // workers))
 
 
 def gpu_worker_specs(n_gpus: int, *, threads_per_worker: int = 2) -> dict[str, dict[str, Any]]:
@@ -411,10 +426,9 @@ def _start_local_cluster(
                     silence_logs=log_level,
                 )
     else:
-        workers, threads, torch_threads = cpu_cluster_shape(
-            cores, n_workers=n_workers, threads_per_worker=threads_per_worker
-        )
-        slots = min(threads, torch_threads)
+        shape = cpu_cluster_shape(cores, n_workers=n_workers, threads_per_worker=threads_per_worker)
+        workers, threads, torch_threads = shape
+        slots = shape.model_slots
         with _worker_settings(torch_threads, arenas=slots):
             cluster = LocalCluster(
                 n_workers=workers,
