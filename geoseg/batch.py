@@ -311,6 +311,7 @@ def run_workflow(
     execution: Execution | None = None,
     on_event: Callable[[BatchEvent], None] | None = None,
     retry_failed: bool = False,
+    worker_log_level: int = logging.ERROR,
 ) -> BatchResult:
     """Run what is missing: new, changed, pending and failed (within retries) scenes.
 
@@ -324,6 +325,8 @@ def run_workflow(
         Progress callback (:class:`BatchEvent`).
     retry_failed
         Retry failed scenes even when their retries are used up.
+    worker_log_level
+        Log level of the workers of a local cluster this run starts (they log to stderr).
 
     Raises
     ------
@@ -369,7 +372,7 @@ def run_workflow(
                     log.event("gave-up", s.scene.label, f"{s.reason}: {error}")
             emit(BatchEvent(kind="plan", total=len(todo)))
             if todo:
-                _execute(todo, ctx, execution)
+                _execute(todo, ctx, execution, worker_log_level=worker_log_level)
         except KeyboardInterrupt:
             run.interrupted = True
         except BaseException as err:
@@ -497,7 +500,13 @@ def _summary(
 # --------------------------------------------------------------------------- executing scenes
 
 
-def _execute(todo: Sequence[SceneStatus], ctx: _Context, execution: Execution | None) -> None:
+def _execute(
+    todo: Sequence[SceneStatus],
+    ctx: _Context,
+    execution: Execution | None,
+    *,
+    worker_log_level: int,
+) -> None:
     workflow = ctx.workflow
     if execution is not None:
         ctx.run.cluster = execution.description
@@ -506,7 +515,10 @@ def _execute(todo: Sequence[SceneStatus], ctx: _Context, execution: Execution | 
     with (
         DaskLogMute() as mute,
         open_execution(
-            workflow.scheduler, n_workers=workflow.workers, threads_per_worker=workflow.threads
+            workflow.scheduler,
+            n_workers=workflow.workers,
+            threads_per_worker=workflow.threads,
+            worker_log_level=worker_log_level,
         ) as ex,
     ):
         ctx.run.cluster = ex.description

@@ -511,3 +511,26 @@ def test_a_run_that_cannot_start_says_why_in_its_log_and_summary(
     assert summary["error"] == reason and summary["cluster"] == "none"
     assert summary["counts"]["ran"] == 0 and summary["counts"]["pending"] == 2
     assert {s["note"] for s in summary["scenes"]} == {"not started: the run failed (see error)"}
+
+
+@pytest.mark.parametrize("verbose", [False, True], ids=["quiet", "-v"])
+def test_batch_workers_log_like_a_run_s(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, verbose: bool
+) -> None:
+    """A local cluster's workers log to the terminal: CRITICAL unless -v, as for `geoseg run`
+    (at ERROR, a worker's heartbeat to the scheduler of an interrupted batch, already closed,
+    reached the user as a traceback)."""
+    import logging
+
+    levels = []
+    real = geoseg.batch.open_execution
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        levels.append(kwargs.get("worker_log_level"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(geoseg.batch, "open_execution", recording)
+    wf = _batch(tmp_path, 1)
+    code, _, err = _cli("batch", "run", str(wf), *(["-v"] if verbose else []))
+    assert code == 0, err
+    assert levels == [logging.INFO if verbose else logging.CRITICAL]

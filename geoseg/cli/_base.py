@@ -120,6 +120,14 @@ def _setup_logging(*, verbose: bool, quiet: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR if not verbose else logging.INFO)
 
 
+def _worker_log_level(*, verbose: bool) -> int:
+    """Log level of a local cluster's workers, which log to this terminal: quiet unless
+    ``-v``. A failed block reaches the user as one line anyway, and what workers log while
+    a stopped command closes its cluster (a heartbeat to a scheduler already gone) is noise.
+    """
+    return logging.INFO if verbose else logging.CRITICAL
+
+
 def _common(fn: F) -> F:
     fn = click.option("-v", "--verbose", is_flag=True, help="Debug logging and tracebacks.")(fn)
     return click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")(fn)

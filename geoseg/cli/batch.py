@@ -14,6 +14,7 @@ from geoseg.cli._base import (
     _fail,
     _handles_errors,
     _setup_logging,
+    _worker_log_level,
     main,
 )
 
@@ -147,7 +148,12 @@ def batch_run(workflow_file: str, retry_failed: bool, verbose: bool, quiet: bool
             click.echo(f"geoseg: warning: {warning}", err=True)
     try:
         with _batch_progress(quiet=quiet) as on_event:
-            result = run_workflow(workflow, on_event=on_event, retry_failed=retry_failed)
+            result = run_workflow(
+                workflow,
+                on_event=on_event,
+                retry_failed=retry_failed,
+                worker_log_level=_worker_log_level(verbose=verbose),
+            )
     except KeyboardInterrupt as err:
         click.echo(f"geoseg: {_interrupted_line(workflow, getattr(err, 'result', None))}", err=True)
         sys.exit(130)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from geoseg.cli._base import (
     _progress,
     _setup_logging,
     _usage_errors,
+    _worker_log_level,
     main,
 )
 from geoseg.errors import ConfigError
@@ -191,7 +191,7 @@ def run(
         n_workers=workers,
         threads_per_worker=threads,
         dashboard=dashboard,
-        worker_log_level=logging.INFO if verbose else logging.CRITICAL,
+        worker_log_level=_worker_log_level(verbose=verbose),
     ) as ex:
         config = replace(config, inference=ex.inference(config.inference))
         plan = replace(plan, inference=config.inference)
