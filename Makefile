@@ -36,7 +36,7 @@ lint: $(STAMP)
 
 # Reproduce the shipped default models from ../shared/data (long: about an hour on 2 cores).
 train-defaults: $(STAMP)
-	$(BIN)/python -m geoseg.models.train_defaults all
+	$(BIN)/python -m geoseg.training.shipped all
 
 # Speed and memory tables (README "Performance"); ../shared/data needed; about 50 minutes.
 bench: $(STAMP)

@@ -87,11 +87,11 @@ def unet_r34(path: Path, *, steps: int = 150, seed: int = 0) -> Path:
     if path.exists():
         return path
     from geoseg.models.card import ClassInfo
-    from geoseg.models.chips import ValidationSplit
-    from geoseg.models.labels import ClassMap, LabelSource
     from geoseg.models.spectral import normalized_difference
-    from geoseg.models.training import TrainConfig, TrainingInput, train
     from geoseg.tiling.io import write_array
+    from geoseg.training.chips import ValidationSplit
+    from geoseg.training.labels import ClassMap, LabelSource
+    from geoseg.training.loop import TrainConfig, TrainingInput, train
 
     with rasterio.open(S2_SCENE) as ds:
         green, nir = ds.read(3), ds.read(8)

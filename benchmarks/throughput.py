@@ -64,7 +64,8 @@ def _bare_model(scene: Path, model: Path, *, precision: str, block: int) -> tupl
 
     import torch
 
-    from geoseg.models.predictor import InferenceOptions, load_segmenter
+    from geoseg.config import InferenceOptions
+    from geoseg.models.predictor import load_segmenter
     from geoseg.scheduler import cpu_cluster_shape
     from geoseg.tiling.grid import TilingSpec
     from geoseg.tiling.io import read_scene_info

@@ -6,9 +6,15 @@ import re
 from dataclasses import dataclass, field
 
 from geoseg.errors import ConfigError
-from geoseg.models.predictor import InferenceOptions
 
-__all__ = ["RunConfig", "parse_band_list", "parse_class_list"]
+__all__ = [
+    "DEVICES",
+    "PRECISIONS",
+    "InferenceOptions",
+    "RunConfig",
+    "parse_band_list",
+    "parse_class_list",
+]
 
 _CLASS = re.compile(r"^[A-Za-z0-9_\-]+$")
 
@@ -38,6 +44,54 @@ def parse_band_list(text: str) -> tuple[int, ...]:
     if not bands or any(b < 1 for b in bands):
         raise ConfigError(f"--bands {text!r}: band numbers start at 1")
     return bands
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class InferenceOptions:
+    """How to run a model.
+
+    Parameters
+    ----------
+    device
+        ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+    precision
+        ``auto`` (bf16 on capable CPUs, fp16 on CUDA), ``fp32``, ``bf16`` or ``fp16``.
+    batch_size
+        Tiles per forward pass; 0 picks a size for the device.
+    threads
+        torch intra-op threads on CPU; 0 leaves torch's default.
+    concurrent_batches
+        CPU: forward passes run at once, sharing ``threads`` (each pass gets
+        ``threads // concurrent_batches``). A GPU always runs one at a time.
+    tile, overlap
+        Override the card's tile plan; ``None`` uses the card.
+    """
+
+    device: str = "auto"
+    precision: str = "auto"
+    batch_size: int = 0
+    threads: int = 0
+    concurrent_batches: int = 1
+    tile: int | None = None
+    overlap: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES and not self.device.startswith("cuda:"):
+            raise ConfigError(
+                f"device {self.device!r} is not one of {', '.join(DEVICES)} or 'cuda:N'"
+            )
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        if self.batch_size < 0 or self.threads < 0:
+            raise ConfigError("batch size and threads must be >= 0 (0 = automatic)")
+        if self.concurrent_batches < 1:
+            raise ConfigError(f"concurrent batches {self.concurrent_batches} must be >= 1")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

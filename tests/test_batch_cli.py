@@ -19,11 +19,12 @@ import pytest
 import rasterio
 from click.testing import CliRunner
 
-import geoseg.batch
+import geoseg.batch.runner
+from geoseg.batch.manifest import MANIFEST_NAME
+from geoseg.batch.runner import run_workflow
+from geoseg.batch.workflow_file import load_workflow
 from geoseg.cli import main
 from geoseg.errors import GeosegError
-from geoseg.manifest import MANIFEST_NAME
-from geoseg.workflow import load_workflow, run_workflow
 from tests.helpers import write_scene
 
 WORKFLOW = """\
@@ -77,13 +78,13 @@ def _fingerprints(folder: Path) -> dict[str, tuple[int, int]]:
 def run_scene_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The scenes the batch really ran ``run_scene`` for."""
     calls: list[str] = []
-    real = geoseg.batch.run_scene
+    real = geoseg.batch.runner.run_scene
 
     def spy(scene: str, *args: Any, **kwargs: Any) -> Any:
         calls.append(Path(scene).name)
         return real(scene, *args, **kwargs)
 
-    monkeypatch.setattr(geoseg.batch, "run_scene", spy)
+    monkeypatch.setattr(geoseg.batch.runner, "run_scene", spy)
     return calls
 
 
@@ -289,7 +290,7 @@ def test_scenes_share_one_local_cluster_within_the_block_budget(
     wf = _batch(tmp_path, 4, size=160, extra=extra)
     wf.write_text(wf.read_text().replace("scheduler: sync", "scheduler: local"))
     lock, active, seen = threading.Lock(), [0], []
-    real: Callable[..., Any] = geoseg.batch.run_scene
+    real: Callable[..., Any] = geoseg.batch.runner.run_scene
 
     def counting(scene: str, *args: Any, **kwargs: Any) -> Any:
         with lock:
@@ -301,7 +302,7 @@ def test_scenes_share_one_local_cluster_within_the_block_budget(
             with lock:
                 active[0] -= 1
 
-    monkeypatch.setattr(geoseg.batch, "run_scene", counting)
+    monkeypatch.setattr(geoseg.batch.runner, "run_scene", counting)
     result = run_workflow(load_workflow(wf))
     assert result.exit_code == 0 and result.count("done") == 4
     assert max(a for a, _, _ in seen) == 2  # two scenes at once on one cluster ...
@@ -502,7 +503,7 @@ def test_a_run_that_cannot_start_says_why_in_its_log_and_summary(
     def unreachable(*args: Any, **kwargs: Any) -> Any:
         raise GeosegError(reason)
 
-    monkeypatch.setattr(geoseg.batch, "open_execution", unreachable)
+    monkeypatch.setattr(geoseg.batch.runner, "open_execution", unreachable)
     code, _, err = _cli("batch", str(wf))
     assert code == 1 and err.strip() == f"geoseg: error: {reason}"
     log = (tmp_path / "out" / "geoseg-batch.log").read_text().splitlines()
@@ -523,13 +524,13 @@ def test_batch_workers_log_like_a_run_s(
     import logging
 
     levels = []
-    real = geoseg.batch.open_execution
+    real = geoseg.batch.runner.open_execution
 
     def recording(*args: Any, **kwargs: Any) -> Any:
         levels.append(kwargs.get("worker_log_level"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(geoseg.batch, "open_execution", recording)
+    monkeypatch.setattr(geoseg.batch.runner, "open_execution", recording)
     wf = _batch(tmp_path, 1)
     code, _, err = _cli("batch", "run", str(wf), *(["-v"] if verbose else []))
     assert code == 0, err

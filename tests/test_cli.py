@@ -513,9 +513,9 @@ def test_an_interrupt_masked_by_a_cleanup_error_is_still_an_interrupt(
 ) -> None:
     # Ctrl-C landing inside np.savez's zip file made zipfile raise a ValueError while
     # handling it: the run printed a traceback and exit 1 instead of the interrupt's line.
-    import geoseg.pipeline
+    import geoseg.run.pipeline
 
-    encode = geoseg.pipeline.encode_result
+    encode = geoseg.run.pipeline.encode_result
     calls = []
 
     def interrupted_encode(result: object) -> bytes:
@@ -527,7 +527,7 @@ def test_an_interrupt_masked_by_a_cleanup_error_is_still_an_interrupt(
                 raise ValueError("Can't close the ZIP file while there is an open handle") from None
         return encode(result)
 
-    monkeypatch.setattr(geoseg.pipeline, "encode_result", interrupted_encode)
+    monkeypatch.setattr(geoseg.run.pipeline, "encode_result", interrupted_encode)
     path, _ = make_scene(200, 200, seed=2)
     out = tmp_path / "o.gpkg"
     args = ["run", str(path), "--classes", "water", "-m", str(tiny_model), "-o", str(out)]
@@ -536,7 +536,7 @@ def test_an_interrupt_masked_by_a_cleanup_error_is_still_an_interrupt(
     assert "interrupted" in text and "--resume" in text
     assert "Traceback" not in text and "ZIP" not in text
     assert not out.exists()
-    monkeypatch.setattr(geoseg.pipeline, "encode_result", encode)
+    monkeypatch.setattr(geoseg.run.pipeline, "encode_result", encode)
     code, text = _run(*args, "--block", "64", "--scheduler", "sync", "--resume")
     assert code == 0, text
     assert "1 blocks resumed" in text

@@ -10,9 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from geoseg.batch import BatchLog, clean_partials, remove_outputs, write_run_summary
-from geoseg.errors import GeosegError
-from geoseg.manifest import (
+from geoseg.batch.manifest import (
     MANIFEST_NAME,
     InputStamp,
     Manifest,
@@ -25,6 +23,8 @@ from geoseg.manifest import (
     read_manifest,
     scene_statuses,
 )
+from geoseg.batch.runner import BatchLog, clean_partials, remove_outputs, write_run_summary
+from geoseg.errors import GeosegError
 
 STAMP = InputStamp(size=100, mtime_ns=1)
 
@@ -281,16 +281,6 @@ def test_the_batch_log_rolls_over_when_it_grows_too_big(tmp_path: Path) -> None:
     assert [ln.split()[1] for ln in path.read_text().splitlines()] == ["run=c"] * 4
     old = (tmp_path / "geoseg-batch.log.1").read_text().splitlines()
     assert [ln.split()[1] for ln in old] == ["run=a"] * 4 + ["run=b"] * 4
-
-
-def test_runner_names_still_import_from_the_manifest_module() -> None:
-    import geoseg.batch
-    import geoseg.manifest
-
-    for name in ("run_workflow", "clean_partials", "BatchResult", "write_run_summary"):
-        assert getattr(geoseg.manifest, name) is getattr(geoseg.batch, name)
-    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
-        geoseg.manifest.nothing  # noqa: B018
 
 
 def test_one_batch_at_a_time_per_output_folder(tmp_path: Path) -> None:

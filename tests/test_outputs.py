@@ -17,8 +17,8 @@ from rio_cogeo.cogeo import cog_validate
 
 from geoseg.config import RunConfig
 from geoseg.errors import ConfigError
-from geoseg.pipeline import run_scene
-from geoseg.provenance import file_sha256
+from geoseg.run.pipeline import run_scene
+from geoseg.run.provenance import file_sha256
 from geoseg.tiling.io import write_array
 
 # Water (dark nir, bright green) inside rows 40..139, cols 30..149 of a 4-band image.

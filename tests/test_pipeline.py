@@ -15,9 +15,9 @@ import rasterio
 import shapely
 from affine import Affine
 
-from geoseg.config import RunConfig
-from geoseg.models.predictor import InferenceOptions, TorchSegmenter, load_segmenter
-from geoseg.pipeline import NODATA_CLASS, plan_run, run_scene
+from geoseg.config import InferenceOptions, RunConfig
+from geoseg.models.predictor import TorchSegmenter, load_segmenter
+from geoseg.run.pipeline import NODATA_CLASS, plan_run, run_scene
 from geoseg.tiling.grid import PixelWindow
 from geoseg.tiling.io import read_window, write_array
 from tests.helpers import synthetic_image
@@ -201,7 +201,7 @@ def _interrupt_after(blocks: int) -> Callable[[int, int], None]:
 def test_interrupted_run_resumes_without_recomputing(
     tiny_model: Path, make_scene, tmp_path: Path, monkeypatch
 ) -> None:
-    import geoseg.pipeline as pipeline
+    import geoseg.run.pipeline as pipeline
 
     scene, _ = make_scene(360, 360, seed=8)
     config = _config(tiny_model, block=128)
@@ -396,7 +396,7 @@ def test_peak_memory_is_the_process_own_not_its_parents() -> None:
 
     ballast = np.ones(600 * 2**20, dtype=np.uint8)  # 600 MB resident in this (parent) process
     out = subprocess.run(
-        [sys.executable, "-c", "from geoseg.blocks import peak_rss_mb; print(peak_rss_mb())"],
+        [sys.executable, "-c", "from geoseg.run.memory import peak_rss_mb; print(peak_rss_mb())"],
         capture_output=True,
         text=True,
         check=True,
@@ -408,7 +408,7 @@ def test_peak_memory_is_the_process_own_not_its_parents() -> None:
 _FREES = """
 import sys
 import numpy as np
-from geoseg.blocks import release_freed_memory
+from geoseg.run.memory import release_freed_memory
 
 def rss_mb():
     with open("/proc/self/status") as f:

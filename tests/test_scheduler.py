@@ -17,10 +17,9 @@ import rasterio
 from distributed import Client, LocalCluster
 
 import geoseg.scheduler
-from geoseg.config import RunConfig
+from geoseg.config import InferenceOptions, RunConfig
 from geoseg.errors import ConfigError, SceneReadError, WorkerLostError
-from geoseg.models.predictor import InferenceOptions
-from geoseg.pipeline import plan_run, run_scene
+from geoseg.run.pipeline import plan_run, run_scene
 from geoseg.scheduler import (
     GPU,
     Execution,
@@ -182,7 +181,7 @@ def test_geoseg_error_in_a_task_is_raised_once_not_retried(
     tiny_model: Path, make_scene, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Deterministic errors come back as a value: no retries, the real type, no leftovers."""
-    import geoseg.blocks
+    import geoseg.run.task
 
     calls: list[int] = []
 
@@ -190,7 +189,7 @@ def test_geoseg_error_in_a_task_is_raised_once_not_retried(
         calls.append(block.index)
         raise SceneReadError(f"block {block.index} is corrupt")
 
-    monkeypatch.setattr(geoseg.blocks, "process_block", corrupt)
+    monkeypatch.setattr(geoseg.run.task, "process_block", corrupt)
     scene, _ = make_scene(100, 100, seed=3)
     config = RunConfig(classes=("water",), models=(str(tiny_model),))
     with (

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from geoseg.batch.runner import run_workflow
+from geoseg.batch.workflow_file import load_workflow
 from geoseg.cli import main
 from geoseg.errors import WorkflowError
-from geoseg.workflow import load_workflow, run_workflow
 from tests.helpers import write_scene
 
 GOOD = """\

@@ -43,8 +43,8 @@ def batch() -> None:
 
 def _workflow_or_exit(path: str, *, verbose: bool) -> Any:
     """The validated workflow, or every problem on stderr and exit code 2."""
+    from geoseg.batch.workflow_file import load_workflow
     from geoseg.errors import WorkflowError
-    from geoseg.workflow import load_workflow
 
     try:
         return load_workflow(path)
@@ -139,7 +139,7 @@ def batch_run(workflow_file: str, retry_failed: bool, verbose: bool, quiet: bool
     """Run WORKFLOW_FILE: every scene not yet done with its current input and settings."""
     import distributed  # noqa: F401  (configures its loggers on import; quiet them after)
 
-    from geoseg.workflow import run_workflow
+    from geoseg.batch.runner import run_workflow
 
     workflow = _workflow_or_exit(workflow_file, verbose=verbose)
     _setup_logging(verbose=verbose, quiet=quiet)
@@ -179,7 +179,7 @@ def batch_status(workflow_file: str, as_json: bool, verbose: bool, quiet: bool) 
     """Show each scene of WORKFLOW_FILE: done, failed, pending or running, with times."""
     import json
 
-    from geoseg.workflow import workflow_status
+    from geoseg.batch.manifest import workflow_status
 
     workflow = _workflow_or_exit(workflow_file, verbose=verbose)
     if not quiet and not as_json:

@@ -136,11 +136,9 @@ def run(
 
     import distributed  # noqa: F401  (configures its loggers on import; quiet them after)
 
-    from geoseg.config import RunConfig, parse_band_list, parse_class_list
-    from geoseg.models.predictor import InferenceOptions
-    from geoseg.outputs import output_paths
-    from geoseg.pipeline import plan_run, run_scene
-    from geoseg.plan import check_outputs
+    from geoseg.config import InferenceOptions, RunConfig, parse_band_list, parse_class_list
+    from geoseg.run.outputs import check_outputs, output_paths
+    from geoseg.run.pipeline import plan_run, run_scene
     from geoseg.scheduler import (
         check_address,
         cpu_cluster_shape,

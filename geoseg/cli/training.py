@@ -73,8 +73,8 @@ def train(
     import yaml
 
     from geoseg.errors import OutputExistsError
-    from geoseg.models.training import TrainConfig, TrainProgress
-    from geoseg.models.training import train as run_training
+    from geoseg.training.loop import TrainConfig, TrainProgress
+    from geoseg.training.loop import train as run_training
 
     path = Path(config_file)
     try:
@@ -180,13 +180,13 @@ def evaluate(
     import json
 
     from geoseg.config import parse_band_list, parse_class_list
-    from geoseg.evaluate import evaluate as run_evaluation
-    from geoseg.evaluate import evaluation_labels
     from geoseg.models.card import ClassInfo, read_card
-    from geoseg.models.labels import ClassMap
     from geoseg.models.spectral import is_spectral, spectral_card
+    from geoseg.run.evaluate import evaluate as run_evaluation
+    from geoseg.run.evaluate import evaluation_labels
     from geoseg.scheduler import open_execution
     from geoseg.tiling.grid import PixelWindow
+    from geoseg.training.labels import ClassMap
 
     labels = evaluation_labels(
         label, attribute=attribute, layer=layer, outside=outside, all_touched=all_touched

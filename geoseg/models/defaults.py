@@ -1,7 +1,7 @@
 """Default models: which model ``geoseg run --classes ...`` uses when none is given.
 
 Each class maps to candidate sources in order of preference: a model file shipped in
-:data:`WEIGHTS_DIR` (trained by ``python -m geoseg.models.train_defaults``; its card holds
+:data:`WEIGHTS_DIR` (trained by ``python -m geoseg.training.shipped``; its card holds
 the training data and scores) or a built-in spectral method (``"ndwi:0.35"``). For a scene,
 a class gets the first candidate whose input bands the scene provides, so water falls back
 to NDWI on any scene with green and near-infrared bands.
@@ -213,7 +213,7 @@ def default_sources(
         if chosen is None and not needs:
             raise ModelCardError(
                 f"the default model for class {name!r} is unusable ({'; '.join(broken)}); "
-                f"reinstall geoseg or retrain it with python -m geoseg.models.train_defaults"
+                f"reinstall geoseg or retrain it with python -m geoseg.training.shipped"
             )
         if chosen is None:
             fix = (

@@ -4,7 +4,7 @@ A :class:`Segmenter` turns a block of raw scene pixels into blended class probab
 :class:`TorchSegmenter` does it for smp networks: it normalises with the card, cuts tiles
 on the block's grid, runs batches under autocast (bf16 on CPUs with AVX-512 bf16 / AMX,
 fp16 on CUDA) with channels_last memory, batch norms folded into the convolutions and
-weights pre-cast (:mod:`geoseg.models.fusion`), and blends tiles with
+weights pre-cast (:mod:`geoseg.models.bn_folding`), and blends tiles with
 :class:`~geoseg.tiling.blend.BlendAccumulator`.
 
 Dask workers keep one loaded model per process (:func:`cached_segmenter`). Every forward
@@ -33,15 +33,15 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from copy import deepcopy
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from geoseg.config import InferenceOptions
 from geoseg.errors import ConfigError, DeviceMemoryError
+from geoseg.models.bn_folding import cast_weights, fold_batchnorm
 from geoseg.models.card import ModelCard
-from geoseg.models.fusion import cast_weights, fold_batchnorm
 from geoseg.tiling.blend import BlendAccumulator
 from geoseg.tiling.grid import tile_origins
 
@@ -51,8 +51,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "PRECISIONS",
-    "InferenceOptions",
     "Segmenter",
     "TorchSegmenter",
     "cached_segmenter",
@@ -60,51 +58,6 @@ __all__ = [
     "load_segmenter",
     "resolve_device",
 ]
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-DEVICES = ("auto", "cpu", "cuda")
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class InferenceOptions:
-    """How to run a model.
-
-    Parameters
-    ----------
-    device
-        ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
-    precision
-        ``auto`` (bf16 on capable CPUs, fp16 on CUDA), ``fp32``, ``bf16`` or ``fp16``.
-    batch_size
-        Tiles per forward pass; 0 picks a size for the device.
-    threads
-        torch intra-op threads on CPU; 0 leaves torch's default.
-    concurrent_batches
-        CPU: forward passes run at once, sharing ``threads`` (each pass gets
-        ``threads // concurrent_batches``). A GPU always runs one at a time.
-    tile, overlap
-        Override the card's tile plan; ``None`` uses the card.
-    """
-
-    device: str = "auto"
-    precision: str = "auto"
-    batch_size: int = 0
-    threads: int = 0
-    concurrent_batches: int = 1
-    tile: int | None = None
-    overlap: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.device not in DEVICES and not self.device.startswith("cuda:"):
-            raise ConfigError(
-                f"device {self.device!r} is not one of {', '.join(DEVICES)} or 'cuda:N'"
-            )
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
-        if self.batch_size < 0 or self.threads < 0:
-            raise ConfigError("batch size and threads must be >= 0 (0 = automatic)")
-        if self.concurrent_batches < 1:
-            raise ConfigError(f"concurrent batches {self.concurrent_batches} must be >= 1")
 
 
 class Segmenter(Protocol):

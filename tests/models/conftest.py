@@ -12,8 +12,8 @@ import pytest
 from affine import Affine
 
 from geoseg.models.card import ClassInfo
-from geoseg.models.labels import ClassMap
 from geoseg.tiling.io import write_array
+from geoseg.training.labels import ClassMap
 
 UTM = "EPSG:32633"
 TRANSFORM = Affine(10.0, 0.0, 500_000.0, 0.0, -10.0, 5_000_000.0)

@@ -13,9 +13,9 @@ from geoseg.config import RunConfig
 from geoseg.errors import BandError, ConfigError
 from geoseg.models.bands import LAYOUTS, SENSORS, band_roles, resolve_bands
 from geoseg.models.defaults import WEIGHTS_DIR
-from geoseg.models.train_defaults import ROADS_FILE
-from geoseg.plan import plan_run
+from geoseg.run.plan import plan_run
 from geoseg.tiling.io import read_scene_info, read_window
+from geoseg.training.shipped import ROADS_FILE
 
 # What each preset's usual stacks hold, band by band (None: no spectral role).
 BY_POSITION = {

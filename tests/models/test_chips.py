@@ -8,7 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from geoseg.errors import ConfigError
-from geoseg.models.chips import (
+from geoseg.tiling.grid import PixelWindow
+from geoseg.tiling.io import read_scene_info, write_array
+from geoseg.training.chips import (
     Augment,
     ChipLoader,
     ChipSampler,
@@ -22,9 +24,7 @@ from geoseg.models.chips import (
     plan_split,
     scan_scene,
 )
-from geoseg.models.labels import IGNORE_INDEX, ClassMap, LabelReader, LabelSource
-from geoseg.tiling.grid import PixelWindow
-from geoseg.tiling.io import read_scene_info, write_array
+from geoseg.training.labels import IGNORE_INDEX, ClassMap, LabelReader, LabelSource
 from tests.models.conftest import CLASSES, TRANSFORM, UTM
 
 
@@ -70,7 +70,7 @@ def test_sampled_chips_never_touch_the_held_out_region_or_its_gap(case, seed, ba
         return
     # Class counts everywhere, including inside the held-out zone: the sampler must
     # still keep balanced draws out of it.
-    from geoseg.models.chips import SceneScan
+    from geoseg.training.chips import SceneScan
 
     cell = 8
     cells = np.ones((-(-area.height // cell), -(-area.width // cell), 2), dtype=np.int32)
@@ -219,7 +219,7 @@ def test_loader_masks_nodata_and_normalises_like_inference(square_scene):
         mean=(60, 60, 60),
         std=(10, 20, 40),
     )
-    from geoseg.models.chips import Chip
+    from geoseg.training.chips import Chip
 
     x, y, valid = loader.read(Chip(image=0, window=_win(0, 0, 32, 32)))
     assert np.all(y[:8] == IGNORE_INDEX) and np.all(x[:, :8] == 0) and not valid[:8].any()

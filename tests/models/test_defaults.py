@@ -23,7 +23,7 @@ from geoseg.models.defaults import (
 )
 from geoseg.models.registry import load_network
 from geoseg.models.spectral import is_spectral
-from geoseg.models.train_defaults import (
+from geoseg.training.shipped import (
     LANDSAT_FILE,
     LANDSAT_REGION,
     ROADS_FILE,
@@ -52,7 +52,7 @@ def cards() -> dict[str, ModelCard]:
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_model_is_a_small_self_describing_safetensors_file(name, cards):
     path = WEIGHTS_DIR / name
-    assert path.is_file(), f"{name} is missing; run python -m geoseg.models.train_defaults"
+    assert path.is_file(), f"{name} is missing; run python -m geoseg.training.shipped"
     assert path.stat().st_size < MAX_BYTES
     # safetensors: a JSON header and raw tensors; nothing is unpickled to load it.
     with safe_open(str(path), framework="pt") as f:
@@ -193,7 +193,7 @@ def _landsat_like(path: Path, scale: float, dtype: str) -> Path:
 
 def test_a_run_plan_samples_the_scene_to_choose_the_water_model(tmp_path: Path, caplog):
     from geoseg.config import RunConfig
-    from geoseg.plan import plan_run
+    from geoseg.run.plan import plan_run
 
     landsat = str(WEIGHTS_DIR / LANDSAT_FILE)
     config = RunConfig(classes=("water",), sensor="landsat7")
@@ -256,8 +256,8 @@ def _iou_floor(card: ModelCard, cls: str) -> float:
 
 
 def test_roads_model_reaches_its_card_score_on_the_held_out_tile(shared_data, cards):
-    from geoseg.evaluate import evaluate
-    from geoseg.models.labels import LabelSource
+    from geoseg.run.evaluate import evaluate
+    from geoseg.training.labels import LabelSource
 
     root = shared_data / "mass_roads"
     card = cards[ROADS_FILE]
@@ -273,8 +273,8 @@ def test_roads_model_reaches_its_card_score_on_the_held_out_tile(shared_data, ca
 
 
 def test_landsat_model_reaches_its_card_scores_on_the_held_out_region(shared_data, cards):
-    from geoseg.evaluate import evaluate
-    from geoseg.models.labels import LabelSource
+    from geoseg.run.evaluate import evaluate
+    from geoseg.training.labels import LabelSource
 
     root = shared_data / "landsat7_nc"
     card = cards[LANDSAT_FILE]
@@ -318,7 +318,7 @@ def test_landsat_card_keeps_the_last_epoch_so_the_comparison_is_fair(cards):
 
 def test_water_smoothing_depends_on_whether_a_model_or_an_index_gives_it(tmp_path: Path):
     from geoseg.config import RunConfig
-    from geoseg.plan import plan_run
+    from geoseg.run.plan import plan_run
 
     scene = _landsat_like(tmp_path / "l7.tif", 1.0, "uint8")
     trained = plan_run(scene, RunConfig(classes=("water",), sensor="landsat7"))
@@ -335,7 +335,7 @@ def test_water_smoothing_depends_on_whether_a_model_or_an_index_gives_it(tmp_pat
 def test_a_class_prefixed_smoothing_parameter_changes_only_that_class_in_a_run(tmp_path: Path):
     from geoseg.config import RunConfig
     from geoseg.errors import ConfigError
-    from geoseg.plan import plan_run
+    from geoseg.run.plan import plan_run
 
     scene = _landsat_like(tmp_path / "l7.tif", 1.0, "uint8")
 
@@ -361,7 +361,7 @@ def test_a_class_prefixed_smoothing_parameter_changes_only_that_class_in_a_run(t
 
 def test_a_class_its_model_does_not_validate_for_gets_a_warning(tmp_path: Path, caplog):
     from geoseg.config import RunConfig
-    from geoseg.plan import plan_run
+    from geoseg.run.plan import plan_run
 
     scene = _landsat_like(tmp_path / "l7.tif", 1.0, "uint8")
     landsat = str(WEIGHTS_DIR / LANDSAT_FILE)

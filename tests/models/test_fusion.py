@@ -7,8 +7,8 @@ import copy
 import pytest
 import torch
 
+from geoseg.models.bn_folding import cast_weights, fold_batchnorm
 from geoseg.models.card import ClassInfo, ModelCard
-from geoseg.models.fusion import cast_weights, fold_batchnorm
 from geoseg.models.registry import ARCHITECTURES, build_network
 
 _PARAMS = {"upernet": {"decoder_channels": 32}, "segformer": {"decoder_segmentation_channels": 32}}

@@ -10,9 +10,9 @@ from shapely.geometry import box
 
 from geoseg.errors import ConfigError
 from geoseg.models.card import ClassInfo
-from geoseg.models.labels import IGNORE_INDEX, ClassMap, LabelReader, LabelSource
 from geoseg.tiling.grid import PixelWindow
 from geoseg.tiling.io import read_scene_info, write_array
+from geoseg.training.labels import IGNORE_INDEX, ClassMap, LabelReader, LabelSource
 
 UTM = "EPSG:32633"
 TRANSFORM = Affine(10.0, 0.0, 500_000.0, 0.0, -10.0, 5_000_000.0)
@@ -162,7 +162,7 @@ def test_label_sources_round_trip_through_their_record():
 
 
 def test_all_touched_reaches_the_card_record_and_the_resume_fingerprint(tmp_path):
-    from geoseg.models.training_config import TrainConfig
+    from geoseg.training.config import TrainConfig
 
     # The README's example: road lines burnt with all_touched.
     example = {

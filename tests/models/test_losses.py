@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from geoseg.errors import ConfigError
-from geoseg.models.losses import build_loss, parse_loss_spec
+from geoseg.training.losses import build_loss, parse_loss_spec
 
 LN2 = math.log(2.0)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from geoseg.errors import ConfigError
-from geoseg.models.metrics import SegmentationMetrics, compute_metrics, confusion_matrix
+from geoseg.training.metrics import SegmentationMetrics, compute_metrics, confusion_matrix
 
 NAMES = ("background", "water", "roads")
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from geoseg.config import InferenceOptions
 from geoseg.errors import ConfigError, DeviceMemoryError
 from geoseg.models.predictor import (
-    InferenceOptions,
     TorchSegmenter,
     cpu_supports_bf16,
     load_segmenter,

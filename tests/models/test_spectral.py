@@ -9,7 +9,6 @@ import pytest
 
 from geoseg.errors import ConfigError
 from geoseg.models.card import ClassInfo
-from geoseg.models.labels import ClassMap, LabelSource
 from geoseg.models.spectral import (
     HIST_BINS,
     SpectralSegmenter,
@@ -18,6 +17,7 @@ from geoseg.models.spectral import (
     otsu_threshold,
     spectral_card,
 )
+from geoseg.training.labels import ClassMap, LabelSource
 
 
 def _bimodal(
@@ -106,7 +106,7 @@ NDWI_OTSU_FLOOR = {"iou": 0.045, "recall": 0.75}
 
 
 def test_ndwi_otsu_on_landsat7_finds_the_mapped_water(shared_data):
-    from geoseg.evaluate import evaluate
+    from geoseg.run.evaluate import evaluate
 
     root = shared_data / "landsat7_nc"
     result = evaluate(
@@ -132,11 +132,11 @@ def _streamed_and_whole(path, *, bands=None, block=64, client=None):
     """(number of blocks, streamed threshold, whole-scene threshold, stats) of NDWI-Otsu.
 
     The run plan is cut into ``block``-pixel cores (32 px tiles so small blocks are allowed);
-    :func:`geoseg.plan.prepare_spectral` sums their histograms, here or on ``client``.
+    :func:`geoseg.run.plan.prepare_spectral` sums their histograms, here or on ``client``.
     """
-    from geoseg.config import RunConfig
-    from geoseg.models.predictor import InferenceOptions
-    from geoseg.plan import plan_run, prepare_spectral
+    from geoseg.config import InferenceOptions, RunConfig
+    from geoseg.run.plan import plan_run
+    from geoseg.run.spectral_stats import prepare_spectral
     from geoseg.tiling.io import read_scene_info, read_window
 
     config = RunConfig(
@@ -239,8 +239,8 @@ def _s2_open_water(*, dry_only: bool) -> ClassMap:
 
 
 def _ndwi_water(scene: str, shared, smooth: str | None, *, dry_only: bool = False):
-    from geoseg.evaluate import evaluate
-    from geoseg.models.train_defaults import LANDSAT_REGION
+    from geoseg.run.evaluate import evaluate
+    from geoseg.training.shipped import LANDSAT_REGION
 
     if scene == "landsat":
         root = shared / "landsat7_nc"

@@ -9,14 +9,15 @@ import numpy as np
 import pytest
 import torch
 
+from geoseg.config import InferenceOptions
 from geoseg.errors import ConfigError
-from geoseg.models.chips import ValidationSplit
-from geoseg.models.labels import ClassMap, LabelSource
-from geoseg.models.metrics import compute_metrics, confusion_matrix
-from geoseg.models.predictor import InferenceOptions, TorchSegmenter
+from geoseg.models.predictor import TorchSegmenter
 from geoseg.models.registry import build_network, load_network, save_model
-from geoseg.models.training import TrainConfig, TrainingInput, TrainProgress, train
 from geoseg.tiling.io import read_window
+from geoseg.training.chips import ValidationSplit
+from geoseg.training.labels import ClassMap, LabelSource
+from geoseg.training.loop import TrainConfig, TrainingInput, TrainProgress, train
+from geoseg.training.metrics import compute_metrics, confusion_matrix
 from tests.models.conftest import CLASSES, Scene, make_scene
 
 # A small real network: MobileNetV2 encoder cut at depth 3, a narrow decoder (~9 MB file).
@@ -197,7 +198,7 @@ def test_early_stopping_keeps_the_best_epoch(scenes, tmp_path):
 
 def test_fp16_storage_halves_the_file_and_predicts_the_same(tmp_path):
     from geoseg.models.card import ModelCard
-    from geoseg.models.training import _cast_state
+    from geoseg.training.loop import _cast_state
 
     card = ModelCard(
         name="t",
@@ -311,7 +312,7 @@ def test_cards_record_shared_data_relative_to_its_root(scenes, tmp_path, monkeyp
 
 
 def test_data_relative():
-    from geoseg.models.training_config import data_relative
+    from geoseg.training.config import data_relative
 
     assert data_relative("/data/shared/mass_roads/a.tif", "/data/shared") == "mass_roads/a.tif"
     assert data_relative("/data/other/a.tif", "/data/shared") is None
@@ -320,11 +321,11 @@ def test_data_relative():
 
 
 def test_default_model_commands_name_the_threads_they_were_trained_with(tmp_path):
-    from geoseg.models.train_defaults import landsat_config, roads_config
+    from geoseg.training.shipped import landsat_config, roads_config
 
     # The shipped Landsat model was trained with one torch thread (its card says so).
     landsat = landsat_config(tmp_path, tmp_path)
     assert landsat.threads == 1
-    assert landsat.command == "python -m geoseg.models.train_defaults landsat --threads 1"
+    assert landsat.command == "python -m geoseg.training.shipped landsat --threads 1"
     roads = roads_config(tmp_path, tmp_path)
-    assert roads.threads == 0 and roads.command == "python -m geoseg.models.train_defaults roads"
+    assert roads.threads == 0 and roads.command == "python -m geoseg.training.shipped roads"

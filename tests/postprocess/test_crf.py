@@ -253,10 +253,10 @@ def test_a_green_and_nir_crf_keeps_water_that_looks_like_forest_in_green() -> No
 
 
 def test_ndwi_crf_on_the_landsat_held_out_region_is_no_worse_than_no_smoothing(shared_data):
-    from geoseg.evaluate import evaluate
     from geoseg.models.card import ClassInfo
-    from geoseg.models.labels import ClassMap, LabelSource
-    from geoseg.models.train_defaults import LANDSAT_REGION
+    from geoseg.run.evaluate import evaluate
+    from geoseg.training.labels import ClassMap, LabelSource
+    from geoseg.training.shipped import LANDSAT_REGION
 
     root = shared_data / "landsat7_nc"
     water = ClassMap(

@@ -27,7 +27,7 @@ import shapely
 
 from geoseg.config import RunConfig
 from geoseg.models.card import read_card
-from geoseg.pipeline import run_scene
+from geoseg.run.pipeline import run_scene
 
 QGIS_PYTHON = os.environ.get("GEOSEG_QGIS_PYTHON", "/usr/bin/python3")
 CHECK = Path(__file__).with_name("qgis_check.py")

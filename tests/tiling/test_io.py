@@ -190,7 +190,7 @@ import sys
 import numpy as np
 from affine import Affine
 from rasterio.enums import ColorInterp
-from geoseg.blocks import peak_rss_mb
+from geoseg.run.task import peak_rss_mb
 from geoseg.tiling.grid import PixelWindow
 from geoseg.tiling.io import RasterWriter
 

@@ -14,7 +14,7 @@ Nothing appears under a final name until every output of the run is complete.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +24,9 @@ import shapely
 from rasterio.crs import CRS
 
 from geoseg import __version__
-from geoseg.blocks import BlockResult, ClassPolygons, finish_polygons
-from geoseg.errors import ConfigError
-from geoseg.plan import NODATA_CLASS, RunPlan
+from geoseg.errors import ConfigError, OutputExistsError
+from geoseg.run.plan import NODATA_CLASS, RunPlan
+from geoseg.run.results import BlockResult, ClassPolygons, finish_polygons
 from geoseg.tiling.io import RasterWriter
 from geoseg.vectorize.centerlines import BlockLines, line_lengths_m, merge_centerlines
 from geoseg.vectorize.geometry import pixels_to_crs
@@ -34,7 +34,7 @@ from geoseg.vectorize.gpkg import GeoPackageWriter, PolygonStore
 from geoseg.vectorize.merge import MergedPolygons, SeamMerger
 from geoseg.vectorize.styles import fill_qml, line_qml, paletted_qml
 
-__all__ = ["OutputPaths", "RunOutputs", "output_paths"]
+__all__ = ["OutputPaths", "RunOutputs", "check_outputs", "output_paths"]
 
 PROB_NODATA = 255
 PROB_SCALE = 254.0
@@ -313,3 +313,12 @@ class RunOutputs:
             counts[name] = n
         self.store.discard()
         return counts
+
+
+def check_outputs(paths: Sequence[Path], *, overwrite: bool) -> None:
+    """Fail before any work when an output folder is missing or a file would be replaced."""
+    for p in paths:
+        if not p.parent.is_dir():
+            raise ConfigError(f"output folder {str(p.parent)!r} does not exist")
+        if p.exists() and not overwrite:
+            raise OutputExistsError(f"{str(p)!r} exists; pass --overwrite to replace it")

@@ -6,11 +6,11 @@ smoothing, tiling and inference options, the inputs (glob patterns, explicit fil
 of STAC item JSON files pointing at GeoTIFF assets) and where each scene's outputs go. Every
 problem is collected and reported at once as ``file:line: key: problem`` in one
 :class:`~geoseg.errors.WorkflowError`, and nothing is created. The result is a
-:class:`Workflow`: the scenes, one :class:`~geoseg.config.RunConfig` and the config hash that
-tells the manifest whether a done scene is still up to date.
+:class:`~geoseg.batch.workflow.Workflow`: the scenes, one :class:`~geoseg.config.RunConfig`
+and the config hash that tells the manifest whether a done scene is still up to date.
 
-Running a workflow (:func:`run_workflow`) lives in :mod:`geoseg.batch`, its state
-(:func:`workflow_status`) in :mod:`geoseg.manifest`. The schema is documented in
+Running a workflow (:func:`run_workflow`) lives in :mod:`geoseg.batch.runner`, its state
+(:func:`workflow_status`) in :mod:`geoseg.batch.manifest`. The schema is documented in
 ``workflows/README.md``.
 """
 
@@ -25,7 +25,7 @@ import os
 import re
 import string
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -33,27 +33,15 @@ from typing import Any
 import yaml  # type: ignore[import-untyped, unused-ignore]
 
 from geoseg import __version__
-from geoseg.batch import BatchEvent, BatchInterrupted, BatchResult, run_workflow
-from geoseg.config import RunConfig, parse_class_list
+from geoseg.batch.manifest import InputStamp, Scene
+from geoseg.batch.stac import is_remote, stac_asset
+from geoseg.batch.workflow import TEMPLATE_FIELDS, Workflow
+from geoseg.config import InferenceOptions, RunConfig, parse_class_list
 from geoseg.errors import ConfigError, GeosegError, WorkflowError
-from geoseg.manifest import InputStamp, Scene, SceneStatus, workflow_status
 from geoseg.models.defaults import DEFAULT_MODELS, WEIGHTS_DIR
-from geoseg.models.predictor import InferenceOptions
-from geoseg.outputs import output_paths
-from geoseg.stac import is_remote, stac_asset
+from geoseg.run.outputs import output_paths
 
-__all__ = [
-    "TEMPLATE_FIELDS",
-    "BatchEvent",
-    "BatchInterrupted",
-    "BatchResult",
-    "Scene",
-    "SceneStatus",
-    "Workflow",
-    "load_workflow",
-    "run_workflow",
-    "workflow_status",
-]
+__all__ = ["load_workflow"]
 
 
 def _default_identity(cls: str) -> str:
@@ -72,7 +60,6 @@ def _default_identity(cls: str) -> str:
     return "default:" + "|".join(parts)
 
 
-TEMPLATE_FIELDS = ("stem", "name", "parent", "date", "id")
 _TOP_KEYS = (
     "version", "name", "inputs", "classes", "models", "bands", "sensor", "smoothing", "tiling",
     "inference", "output", "min_area_m2", "simplify_m", "scheduler", "workers", "threads",
@@ -87,34 +74,6 @@ _SECTION_KEYS = {
 }
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _MAGIC = re.compile(r"[*?[]")
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Workflow:
-    """A validated workflow file.
-
-    ``warnings``: what is valid but likely not what was meant, as ``file:line: key: text``
-    (an input pattern whose folder holds no matching file yet).
-    """
-
-    path: Path
-    name: str
-    scenes: tuple[Scene, ...]
-    config: RunConfig
-    folder: Path
-    overwrite: bool
-    scheduler: str
-    workers: int | None
-    threads: int | None
-    concurrency: int
-    retries: int
-    config_hash: str
-    settings: Mapping[str, Any] = field(default_factory=dict)
-    warnings: tuple[str, ...] = ()
-
-    @property
-    def max_attempts(self) -> int:
-        return 1 + self.retries
 
 
 # --------------------------------------------------------------------------- validation

@@ -13,7 +13,7 @@ State, in the workflow's output folder:
 
 :func:`decide` is the rule that makes a re-run do what is missing and nothing twice;
 :func:`scene_statuses` applies it to every scene. Running a batch (the scenes, the log, the
-run summaries) is :mod:`geoseg.batch`.
+run summaries) is :mod:`geoseg.batch.runner`.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from geoseg.errors import GeosegError
 
 if TYPE_CHECKING:
-    from geoseg.workflow import Workflow
+    from geoseg.batch.workflow import Workflow
 
 __all__ = [
     "LOCK_NAME",
@@ -594,24 +594,3 @@ def _parse_holder(text: str) -> LockHolder:
 def lock_is_held(folder: Path) -> bool:
     """Whether a batch is running on ``folder`` now (creates nothing)."""
     return lock_holder(folder) is not None
-
-
-# Runner names that lived here before the batch runner became its own module.
-_MOVED = (
-    "LOG_NAME",
-    "RUNS_FOLDER",
-    "BatchEvent",
-    "BatchLog",
-    "BatchResult",
-    "clean_partials",
-    "run_workflow",
-    "write_run_summary",
-)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        import geoseg.batch
-
-        return getattr(geoseg.batch, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

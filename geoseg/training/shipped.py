@@ -2,7 +2,7 @@
 
 ::
 
-    python -m geoseg.models.train_defaults [roads|landsat|all] [--data DIR] [--out DIR]
+    python -m geoseg.training.shipped [roads|landsat|all] [--data DIR] [--out DIR]
         [--work DIR] [--steps N] [--threads N]
 
 ``--data`` defaults to ``$GEOSEG_SHARED_DATA`` or ``../shared/data`` next to the repository;
@@ -19,11 +19,11 @@ since the weights depend on it.
   Landsat 7 stack and the 1996 strata land cover; a rectangle of the scene is held out, with
   a gap of one chip that no training chip touches, and the last epoch is kept. Then the
   model and the NDWI / MNDWI methods are scored for water on the held-out region through
-  the real ``geoseg run`` pipeline (:func:`geoseg.evaluate.evaluate`), with fixed index
+  the real ``geoseg run`` pipeline (:func:`geoseg.run.evaluate.evaluate`), with fixed index
   thresholds chosen on the training area only; the comparison goes into the card.
 
 Both record in the card what they were trained on, for how long, and the validation scores,
-also as measured by :func:`~geoseg.evaluate.evaluate` without smoothing and with each class's
+also as measured by :func:`~geoseg.run.evaluate.evaluate` without smoothing and with each class's
 default smoothing recipe. :mod:`geoseg.models.defaults` maps classes to these files.
 """
 
@@ -41,11 +41,11 @@ import numpy as np
 
 from geoseg.errors import ConfigError
 from geoseg.models.card import ClassInfo, ModelCard, read_card
-from geoseg.models.chips import Augment, ValidationSplit
-from geoseg.models.labels import IGNORE_INDEX, ClassMap, LabelReader, LabelSource
-from geoseg.models.training import TrainConfig, TrainingInput, TrainProgress, train
-from geoseg.models.training_config import data_relative, shared_data_dir
 from geoseg.tiling.grid import PixelWindow
+from geoseg.training.chips import Augment, ValidationSplit
+from geoseg.training.config import data_relative, shared_data_dir
+from geoseg.training.labels import IGNORE_INDEX, ClassMap, LabelReader, LabelSource
+from geoseg.training.loop import TrainConfig, TrainingInput, TrainProgress, train
 
 __all__ = [
     "LANDSAT_FILE",
@@ -107,7 +107,7 @@ def _command(
     extra = f" --steps {steps}" if steps is not None and steps != default else ""
     if threads:
         extra += f" --threads {threads}"
-    return f"python -m geoseg.models.train_defaults {target}{extra}"
+    return f"python -m geoseg.training.shipped {target}{extra}"
 
 
 # --- configurations ------------------------------------------------------------------------
@@ -275,8 +275,8 @@ def _evaluate(
     bands: tuple[int, ...] | None = None,
     sensor: str | None = None,
 ) -> dict[str, Any]:
-    from geoseg.evaluate import evaluate
-    from geoseg.models.predictor import InferenceOptions
+    from geoseg.config import InferenceOptions
+    from geoseg.run.evaluate import evaluate
 
     result = evaluate(
         model,
@@ -475,7 +475,7 @@ def _finish_card(
     summary = {
         "evaluation": {
             "what": (
-                "geoseg.evaluate.evaluate on the held-out data: the real geoseg run pipeline "
+                "geoseg.run.evaluate.evaluate on the held-out data: the real geoseg run pipeline "
                 "(blocks, tiles, blending) without smoothing ('none') and with each class's "
                 "default smoothing recipe ('default')"
             ),
@@ -533,7 +533,7 @@ def train_landsat(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m geoseg.models.train_defaults",
+        prog="python -m geoseg.training.shipped",
         description="Train the default models shipped with geoseg from ../shared/data.",
     )
     parser.add_argument("target", nargs="?", default="all", choices=("roads", "landsat", "all"))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from geoseg import __version__
 from geoseg.config import RunConfig
-from geoseg.plan import RunPlan
+from geoseg.run.plan import RunPlan
 
 __all__ = ["FileDigest", "file_sha256", "run_provenance"]
 

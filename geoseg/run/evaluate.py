@@ -3,7 +3,7 @@
 The model runs over the image exactly as ``geoseg run`` would (blocks, tiles, blending,
 smoothing), into a temporary folder; its class raster is then compared with the labels
 window by window, optionally inside a held-out region only. Labels come from a class
-raster on the image grid or a vector file (see :mod:`geoseg.models.labels`); only labelled
+raster on the image grid or a vector file (see :mod:`geoseg.training.labels`); only labelled
 pixels are scored, so sparse polygons (``outside="ignore"``, the default for vector labels
 built by :func:`evaluation_labels`) score the pixels inside them and nothing else.
 """
@@ -19,15 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from geoseg.config import RunConfig
+from geoseg.config import InferenceOptions, RunConfig
 from geoseg.errors import ConfigError
 from geoseg.models.card import ClassInfo
-from geoseg.models.labels import ClassMap, LabelReader, LabelSource
-from geoseg.models.metrics import SegmentationMetrics, compute_metrics, confusion_matrix
-from geoseg.models.predictor import InferenceOptions
-from geoseg.pipeline import NODATA_CLASS, RunSummary, plan_run, run_scene
+from geoseg.run.pipeline import NODATA_CLASS, RunSummary, plan_run, run_scene
 from geoseg.tiling.grid import PixelWindow
 from geoseg.tiling.io import read_scene_info, read_window
+from geoseg.training.labels import ClassMap, LabelReader, LabelSource
+from geoseg.training.metrics import SegmentationMetrics, compute_metrics, confusion_matrix
 
 __all__ = ["EvaluationResult", "evaluate", "evaluation_labels"]
 
@@ -90,7 +89,7 @@ def evaluation_labels(
     Vector labels default to ``outside="ignore"``: pixels outside every polygon are not
     scored, since evaluation polygons are usually a sample, not a wall-to-wall map (pass
     ``"background"`` for a wall-to-wall map). Polygons whose class value maps to no class
-    (see ``unmapped`` of :class:`~geoseg.models.labels.ClassMap`) still score as background.
+    (see ``unmapped`` of :class:`~geoseg.training.labels.ClassMap`) still score as background.
 
     Raises
     ------

@@ -1,9 +1,9 @@
 """The data flow of ``geoseg run`` (see DESIGN.md).
 
-:func:`run_scene` plans the run (:mod:`geoseg.plan`), submits one Dask task per block
-(:func:`geoseg.blocks.process_block`) with bounded blocks in flight, hands results to the
-writers as they complete (:mod:`geoseg.outputs`), journals them for ``--resume``
-(:mod:`geoseg.journal`), and finally merges border polygons and commits every file.
+:func:`run_scene` plans the run (:mod:`geoseg.run.plan`), submits one Dask task per block
+(:func:`geoseg.run.task.process_block`) with bounded blocks in flight, hands results to the
+writers as they complete (:mod:`geoseg.run.outputs`), journals them for ``--resume``
+(:mod:`geoseg.run.journal`), and finally merges border polygons and commits every file.
 
 A failed run leaves no output file. Its journal (hidden, ``.<name>.gpkg.journal``) is kept
 only when ``--resume`` could use it: some blocks are journalled and the run was interrupted
@@ -27,22 +27,17 @@ from pathlib import Path
 from typing import Any
 
 from geoseg import __version__
-from geoseg.blocks import (
-    BlockResult,
-    block_task,
-    decode_result,
-    encode_result,
-    peak_rss_mb,
-    process_block,
-    release_freed_memory,
-)
 from geoseg.config import RunConfig
 from geoseg.errors import GeosegError, OutputWriteError, TaskFailure, WorkerLostError
-from geoseg.journal import Journal, fingerprint
 from geoseg.models.card import card_to_json
-from geoseg.outputs import RunOutputs, output_paths
-from geoseg.plan import NODATA_CLASS, RunPlan, check_outputs, plan_run, prepare_spectral
-from geoseg.provenance import FileDigest, file_sha256, run_provenance
+from geoseg.run.journal import Journal, decode_result, encode_result, fingerprint
+from geoseg.run.memory import peak_rss_mb, release_freed_memory
+from geoseg.run.outputs import RunOutputs, check_outputs, output_paths
+from geoseg.run.plan import NODATA_CLASS, RunPlan, plan_run
+from geoseg.run.provenance import FileDigest, file_sha256, run_provenance
+from geoseg.run.results import BlockResult
+from geoseg.run.spectral_stats import prepare_spectral
+from geoseg.run.task import block_task, process_block
 from geoseg.tiling.grid import Block
 
 __all__ = [

@@ -39,7 +39,9 @@ import numpy as np
 from geoseg.errors import ConfigError
 from geoseg.models.bands import band_roles, resolve_bands
 from geoseg.models.card import ModelCard
-from geoseg.models.chips import (
+from geoseg.tiling.grid import PixelWindow
+from geoseg.tiling.io import SceneInfo, read_scene_info, read_window
+from geoseg.training.chips import (
     ChipLoader,
     ChipSampler,
     RunningStats,
@@ -49,10 +51,7 @@ from geoseg.models.chips import (
     plan_split,
     scan_scene,
 )
-from geoseg.models.labels import IGNORE_INDEX, LabelReader
-from geoseg.models.losses import build_loss
-from geoseg.models.metrics import SegmentationMetrics, compute_metrics, confusion_matrix
-from geoseg.models.training_config import (
+from geoseg.training.config import (
     RESUMABLE_CHANGES,
     SCHEDULES,
     SHARED_DATA_ENV,
@@ -63,8 +62,9 @@ from geoseg.models.training_config import (
     data_relative,
     shared_data_dir,
 )
-from geoseg.tiling.grid import PixelWindow
-from geoseg.tiling.io import SceneInfo, read_scene_info, read_window
+from geoseg.training.labels import IGNORE_INDEX, LabelReader
+from geoseg.training.losses import build_loss
+from geoseg.training.metrics import SegmentationMetrics, compute_metrics, confusion_matrix
 
 if TYPE_CHECKING:
     import torch
@@ -362,7 +362,8 @@ def _validate(
     on_block: Callable[[int, int], None],
 ) -> SegmentationMetrics:
     """Score the held-out windows with the tiled, blended inference of ``geoseg run``."""
-    from geoseg.models.predictor import InferenceOptions, TorchSegmenter
+    from geoseg.config import InferenceOptions
+    from geoseg.models.predictor import TorchSegmenter
     from geoseg.tiling.grid import TilingSpec, plan_blocks
 
     seg = TorchSegmenter(

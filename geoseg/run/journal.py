@@ -16,16 +16,25 @@ import hashlib
 import io
 import json
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import shapely
 
+from geoseg.run.results import BlockResult, ClassPolygons
+from geoseg.vectorize.centerlines import BlockLines
 from geoseg.vectorize.polygons import BlockPolygons
 
-__all__ = ["Journal", "decode_arrays", "encode_arrays", "fingerprint"]
+__all__ = [
+    "Journal",
+    "decode_arrays",
+    "decode_result",
+    "encode_arrays",
+    "encode_result",
+    "fingerprint",
+]
 
 
 def fingerprint(payload: Mapping[str, Any]) -> str:
@@ -144,3 +153,66 @@ class Journal:
     def _delete(self) -> None:
         for suffix in ("", "-wal", "-shm", "-journal"):
             Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+
+
+def encode_result(result: BlockResult) -> bytes:
+    arrays: dict[str, np.ndarray] = {"classes": result.classes}
+    if result.probabilities is not None:
+        arrays["probabilities"] = result.probabilities
+    for name, cp in result.interior.items():
+        arrays[f"i.{name}.geometries"] = cp.geometries
+        arrays[f"i.{name}.area_m2"] = cp.area_m2
+        arrays[f"i.{name}.confidence"] = cp.confidence
+        arrays[f"i.{name}.pixels"] = cp.pixels
+        arrays[f"i.{name}.keys"] = cp.keys
+    for name, bp in result.seams.items():
+        arrays.update(polygons_to_arrays(f"s.{name}", bp))
+    for name, bl in result.lines.items():
+        arrays[f"l.{name}.geometries"] = bl.geometries
+        arrays[f"l.{name}.seam_start"] = bl.seam_start
+        arrays[f"l.{name}.seam_end"] = bl.seam_end
+        arrays[f"l.{name}.simplify_px"] = np.array([bl.simplify_px])
+    meta = {"index": result.index, "device": result.device, "precision": result.precision}
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    return encode_arrays(arrays)
+
+
+def decode_result(data: bytes, classes: Sequence[str]) -> BlockResult:
+    arrays = decode_arrays(data)
+    meta = json.loads(arrays["meta"].tobytes())
+    interior = {
+        name: ClassPolygons(
+            geometries=arrays[f"i.{name}.geometries"],
+            area_m2=arrays[f"i.{name}.area_m2"],
+            confidence=arrays[f"i.{name}.confidence"],
+            pixels=arrays[f"i.{name}.pixels"],
+            keys=arrays[f"i.{name}.keys"],
+        )
+        for name in classes
+        if f"i.{name}.keys" in arrays
+    }
+    seams = {
+        name: polygons_from_arrays(f"s.{name}", arrays)
+        for name in classes
+        if f"s.{name}.labels" in arrays
+    }
+    return BlockResult(
+        index=int(meta["index"]),
+        classes=arrays["classes"],
+        interior=interior,
+        seams=seams,
+        timings={},
+        device=meta["device"],
+        precision=meta["precision"],
+        probabilities=arrays.get("probabilities"),
+        lines={
+            name: BlockLines(
+                geometries=arrays[f"l.{name}.geometries"],
+                seam_start=arrays[f"l.{name}.seam_start"],
+                seam_end=arrays[f"l.{name}.seam_end"],
+                simplify_px=float(arrays[f"l.{name}.simplify_px"][0]),
+            )
+            for name in classes
+            if f"l.{name}.seam_start" in arrays
+        },
+    )

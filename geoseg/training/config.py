@@ -1,4 +1,4 @@
-"""Training configuration: what a run of :func:`geoseg.models.training.train` does.
+"""Training configuration: what a run of :func:`geoseg.training.loop.train` does.
 
 :class:`TrainConfig` holds every option of a run, validated when it is built, and converts
 to and from plain mappings (YAML/JSON files, the model card's reproducibility record).
@@ -19,11 +19,11 @@ from typing import Any
 from geoseg.errors import ConfigError
 from geoseg.models.bands import CANONICAL_BANDS
 from geoseg.models.card import ClassInfo
-from geoseg.models.chips import Augment, ValidationSplit
-from geoseg.models.labels import ClassMap, LabelSource
-from geoseg.models.losses import parse_loss_spec
 from geoseg.models.registry import ARCHITECTURES
 from geoseg.tiling.grid import PixelWindow
+from geoseg.training.chips import Augment, ValidationSplit
+from geoseg.training.labels import ClassMap, LabelSource
+from geoseg.training.losses import parse_loss_spec
 
 __all__ = [
     "KEEP",
@@ -129,7 +129,7 @@ class TrainConfig:
         AdamW peak learning rate and weight decay; ``onecycle`` (warm-up then cosine
         annealing), ``cosine`` (cosine decay to 1 % of ``lr``) or ``constant``.
     loss, class_weights
-        Loss spec for :func:`~geoseg.models.losses.build_loss` and optional per-class weights.
+        Loss spec for :func:`~geoseg.training.losses.build_loss` and optional per-class weights.
     balance, min_labelled, augment
         Fraction of class-balanced chips; minimum labelled fraction of a chip; augmentations.
     validation, validate_every, patience
@@ -304,9 +304,9 @@ class TrainConfig:
         """Build from a mapping (a parsed YAML/JSON file).
 
         ``inputs`` is a list of ``{image, labels}`` where ``labels`` is a path or a mapping
-        of :class:`~geoseg.models.labels.LabelSource` fields; ``class_map`` holds
+        of :class:`~geoseg.training.labels.LabelSource` fields; ``class_map`` holds
         ``classes`` (``[{name, color}]``), ``values`` and ``unmapped``; ``validation``
-        holds :class:`~geoseg.models.chips.ValidationSplit` fields with ``region`` as
+        holds :class:`~geoseg.training.chips.ValidationSplit` fields with ``region`` as
         ``[row, col, height, width]``.
 
         Raises

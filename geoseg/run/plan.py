@@ -8,27 +8,20 @@ threshold, band statistics) before blocks are processed.
 
 from __future__ import annotations
 
-import functools
 import logging
-import operator
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from geoseg.config import RunConfig
-from geoseg.errors import BandError, ClassNotAvailableError, ConfigError, OutputExistsError
+from geoseg.config import InferenceOptions, RunConfig
+from geoseg.errors import BandError, ClassNotAvailableError, ConfigError
 from geoseg.models.bands import band_roles, resolve_bands
 from geoseg.models.card import ModelCard
-from geoseg.models.predictor import InferenceOptions
 from geoseg.models.spectral import (
-    index_histogram,
     is_spectral,
-    normalized_difference,
-    otsu_threshold,
     spectral_card,
 )
 from geoseg.postprocess import (
@@ -39,7 +32,7 @@ from geoseg.postprocess import (
     smoothing_halo_px,
 )
 from geoseg.tiling.grid import Block, TilingSpec, plan_blocks
-from geoseg.tiling.io import SceneInfo, read_scene_info, read_window, sample_band_medians
+from geoseg.tiling.io import SceneInfo, read_scene_info, sample_band_medians
 from geoseg.vectorize.centerlines import centerline_halo_px
 from geoseg.vectorize.geometry import pixel_size_m
 
@@ -47,9 +40,7 @@ __all__ = [
     "NODATA_CLASS",
     "ModelUse",
     "RunPlan",
-    "check_outputs",
     "plan_run",
-    "prepare_spectral",
     "scene_roles",
 ]
 
@@ -96,15 +87,6 @@ class RunPlan:
     probabilities: bool = False
     centerlines: tuple[str, ...] = ()
     prune_m: float = 20.0
-
-
-def check_outputs(paths: Sequence[Path], *, overwrite: bool) -> None:
-    """Fail before any work when an output folder is missing or a file would be replaced."""
-    for p in paths:
-        if not p.parent.is_dir():
-            raise ConfigError(f"output folder {str(p.parent)!r} does not exist")
-        if p.exists() and not overwrite:
-            raise OutputExistsError(f"{str(p)!r} exists; pass --overwrite to replace it")
 
 
 def scene_roles(
@@ -292,83 +274,3 @@ def plan_run(scene_path: str | os.PathLike[str], config: RunConfig) -> RunPlan:
         centerlines=lines,
         prune_m=config.prune_m,
     )
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class BandStats:
-    """Streamed statistics of a spectral method's bands: index histogram and moments."""
-
-    hist: np.ndarray
-    sums: np.ndarray
-    sumsq: np.ndarray
-    count: int
-
-    def __add__(self, other: BandStats) -> BandStats:
-        return BandStats(
-            hist=self.hist + other.hist,
-            sums=self.sums + other.sums,
-            sumsq=self.sumsq + other.sumsq,
-            count=self.count + other.count,
-        )
-
-    @property
-    def mean(self) -> tuple[float, ...]:
-        return tuple(float(v) for v in self.sums / max(self.count, 1))
-
-    @property
-    def std(self) -> tuple[float, ...]:
-        m = self.sums / max(self.count, 1)
-        var = self.sumsq / max(self.count, 1) - m**2
-        return tuple(float(max(np.sqrt(max(v, 0.0)), 1e-6)) for v in var)
-
-
-def block_band_stats(path: str, block: Block, bands: tuple[int, int]) -> BandStats:
-    """Index histogram and band moments over one block core (a Dask task)."""
-    image, valid = read_window(path, block.core, bands=bands)
-    px = image[:, valid].astype(np.float64)
-    return BandStats(
-        hist=index_histogram(normalized_difference(image[0], image[1]), valid),
-        sums=px.sum(axis=1),
-        sumsq=(px**2).sum(axis=1),
-        count=int(valid.sum()),
-    )
-
-
-def _sum_stats(parts: Sequence[BandStats]) -> BandStats:
-    return functools.reduce(operator.add, parts)
-
-
-def prepare_spectral(plan: RunPlan, *, client: Any = None) -> RunPlan:
-    """Scene-wide statistics of spectral methods, in one streamed pass over block cores.
-
-    Fills in the Otsu threshold (``ndwi`` / ``ndwi:otsu``) and the band mean/std the CRF
-    colour term scales with. Each block contributes fixed-size sums, so memory does not
-    grow with the scene, and every block then uses the same values: no seams.
-    """
-    if not any(u.card.architecture == "spectral" for u in plan.models):
-        return plan
-    uses = []
-    for use in plan.models:
-        if use.card.architecture != "spectral":
-            uses.append(use)
-            continue
-        bands = (use.bands[0], use.bands[1])
-        if client is None:
-            stats = _sum_stats([block_band_stats(plan.scene.path, b, bands) for b in plan.blocks])
-        else:
-            futures = client.map(
-                block_band_stats,
-                [plan.scene.path] * len(plan.blocks),
-                plan.blocks,
-                [bands] * len(plan.blocks),
-                pure=False,
-            )
-            stats = client.submit(_sum_stats, futures).result()
-        threshold = use.card.params.get("threshold")
-        if threshold is None:
-            threshold = otsu_threshold(stats.hist)
-            log.info("%s: Otsu threshold %.4f over the scene", use.card.name, threshold)
-        card = spectral_card(use.source, threshold=float(threshold))
-        card = replace(card, mean=stats.mean, std=stats.std)
-        uses.append(replace(use, card=card))
-    return replace(plan, models=tuple(uses))

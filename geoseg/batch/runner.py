@@ -1,7 +1,7 @@
 """Running a batch workflow: the scenes that need it, on one Dask client, nothing lost.
 
 :func:`run_workflow` brings a workflow's output folder up to date. It applies
-:func:`geoseg.manifest.decide` to every scene, runs those that need it in client-side threads
+:func:`geoseg.batch.manifest.decide` to every scene, runs those that need it in client-side threads
 sharing one Dask client, records one bad scene as failed and goes on, and removes the outputs
 an earlier run of a scene left under names its current outputs no longer use.
 
@@ -12,7 +12,7 @@ raises :class:`BatchInterrupted`. Local Dask workers ignore SIGINT and SIGTERM
 (:func:`geoseg.scheduler.dask_setup`): a Ctrl-C reaches every process of the terminal's
 group, and the batch, not each worker, decides how they stop.
 
-Beside the manifest (:mod:`geoseg.manifest`), in the output folder:
+Beside the manifest (:mod:`geoseg.batch.manifest`), in the output folder:
 
 - ``geoseg-batch.log``: appended, one line per event; past :data:`LOG_MAX_BYTES` it
   becomes ``geoseg-batch.log.1`` when the next run starts.
@@ -38,9 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from geoseg import __version__
-from geoseg.config import RunConfig
-from geoseg.errors import GeosegError, OutputExistsError
-from geoseg.manifest import (
+from geoseg.batch.manifest import (
     INTERRUPTED,
     MANIFEST_NAME,
     Manifest,
@@ -51,11 +49,13 @@ from geoseg.manifest import (
     scene_statuses,
     utc_now,
 )
-from geoseg.pipeline import run_scene
+from geoseg.config import RunConfig
+from geoseg.errors import GeosegError, OutputExistsError
+from geoseg.run.pipeline import run_scene
 from geoseg.scheduler import DaskLogMute, Execution, open_execution
 
 if TYPE_CHECKING:
-    from geoseg.workflow import Workflow
+    from geoseg.batch.workflow import Workflow
 
 __all__ = [
     "KEEP_RUNS",
@@ -318,7 +318,7 @@ def run_workflow(
     Parameters
     ----------
     workflow
-        From :func:`~geoseg.workflow.load_workflow`.
+        From :func:`~geoseg.batch.workflow.load_workflow`.
     execution
         Where blocks run; default: open the workflow's scheduler (only if there is work).
     on_event

@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 
 from geoseg.errors import ConfigError
-from geoseg.models.labels import IGNORE_INDEX, LabelReader
 from geoseg.tiling.grid import PixelWindow
 from geoseg.tiling.io import read_window
+from geoseg.training.labels import IGNORE_INDEX, LabelReader
 
 __all__ = [
     "SPLITS",

@@ -1,0 +1,2 @@
+"""Network architectures written in geoseg (not segmentation-models-pytorch): one module per
+architecture."""
