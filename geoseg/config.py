@@ -1,8 +1,14 @@
-"""Run configuration: what the user asked ``geoseg run`` to do, validated once."""
+"""Run configuration: what the user asked ``geoseg run`` to do, validated once.
+
+:func:`run_config` is the one place a :class:`RunConfig` is built from the values a user
+gives, on the command line (``geoseg run``) or in a workflow file (``geoseg batch``);
+:data:`RUN_OPTIONS` names each value's command-line option and workflow key.
+"""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from geoseg.errors import ConfigError
@@ -10,10 +16,12 @@ from geoseg.errors import ConfigError
 __all__ = [
     "DEVICES",
     "PRECISIONS",
+    "RUN_OPTIONS",
     "InferenceOptions",
     "RunConfig",
     "parse_band_list",
     "parse_class_list",
+    "run_config",
 ]
 
 _CLASS = re.compile(r"^[A-Za-z0-9_\-]+$")
@@ -180,3 +188,92 @@ class RunConfig:
                 ) from err
         if self.bands is not None and len(self.models) > 1:
             raise ConfigError("--bands applies to a single model; give one --model with it")
+
+
+# run_config() keyword -> (`geoseg run` option, workflow file key). One table, so a new run
+# option gets its workflow key in the same change (tests check both ways).
+RUN_OPTIONS: dict[str, tuple[str, str]] = {
+    "classes": ("--classes", "classes"),
+    "models": ("--model", "models"),
+    "bands": ("--bands", "bands"),
+    "sensor": ("--sensor", "sensor"),
+    "block": ("--block", "tiling.block"),
+    "tile": ("--tile", "tiling.tile"),
+    "overlap": ("--overlap", "tiling.overlap"),
+    "device": ("--device", "inference.device"),
+    "precision": ("--precision", "inference.precision"),
+    "batch_size": ("--batch-size", "inference.batch_size"),
+    "smooth": ("--smooth", "smoothing.method"),
+    "smooth_params": ("--smooth-param", "smoothing.params"),
+    "min_area_m2": ("--min-area", "min_area_m2"),
+    "simplify_m": ("--simplify", "simplify_m"),
+    "raster": ("--raster", "output.raster"),
+    "probabilities": ("--probabilities", "output.probabilities"),
+    "cog": ("--cog", "output.cog"),
+    "dst_crs": ("--dst-crs", "output.crs"),
+    "centerlines": ("--centerlines", "output.centerlines"),
+    "prune_m": ("--prune", "output.prune_m"),
+    "overwrite": ("--overwrite", "output.overwrite"),
+}
+
+
+def run_config(
+    *,
+    classes: str | Sequence[str],
+    models: Sequence[str] = (),
+    bands: str | Sequence[int] | None = None,
+    sensor: str | None = None,
+    block: int = 2048,
+    tile: int | None = None,
+    overlap: int | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    batch_size: int = 0,
+    smooth: str | None = None,
+    smooth_params: Sequence[str] = (),
+    min_area_m2: float = 0.0,
+    simplify_m: float = 0.0,
+    raster: bool = True,
+    probabilities: bool = False,
+    cog: bool = True,
+    dst_crs: str | None = None,
+    centerlines: bool = True,
+    prune_m: float = 20.0,
+    overwrite: bool = False,
+) -> RunConfig:
+    """A validated :class:`RunConfig` from user-facing values (see :data:`RUN_OPTIONS`).
+
+    ``classes`` and ``bands`` may be given as the command line spells them (``"water,roads"``,
+    ``"4,3,2"``) or as sequences; ``smooth="none"`` is kept as the method ``none``.
+
+    Raises
+    ------
+    ConfigError
+        Naming the bad value and what would be valid.
+    """
+    names = parse_class_list(classes if isinstance(classes, str) else ",".join(classes))
+    if isinstance(bands, str):
+        band_numbers: tuple[int, ...] | None = parse_band_list(bands)
+    else:
+        band_numbers = None if bands is None else tuple(int(b) for b in bands)
+    return RunConfig(
+        classes=names,
+        models=tuple(models),
+        bands=band_numbers,
+        sensor=sensor,
+        block=block,
+        inference=InferenceOptions(
+            device=device, precision=precision, batch_size=batch_size, tile=tile, overlap=overlap
+        ),
+        smooth=smooth,
+        smooth_params=tuple(smooth_params),
+        min_area_m2=min_area_m2,
+        simplify_m=simplify_m,
+        raster=raster,
+        probabilities=probabilities,
+        cog=cog,
+        dst_crs=dst_crs,
+        centerlines=centerlines,
+        prune_m=prune_m,
+        overwrite=overwrite,
+    )

@@ -57,10 +57,10 @@ class Execution:
     description: str
     model_slots: int = 1
 
-    def inference(self, options: Any) -> Any:
-        """``options`` (:class:`~geoseg.models.predictor.InferenceOptions`) with this
-        cluster's torch threads and concurrent forward passes per worker, unless the caller
-        set threads itself or the cluster is not geoseg's own."""
+    def with_cluster_threads(self, options: Any) -> Any:
+        """``options`` (:class:`~geoseg.config.InferenceOptions`) with this cluster's torch
+        threads and concurrent forward passes per worker, unless the caller set threads itself
+        or the cluster is not geoseg's own."""
         if not self.torch_threads or options.threads:
             return options
         return replace(options, threads=self.torch_threads, concurrent_batches=self.model_slots)
@@ -221,10 +221,10 @@ def dask_setup(worker: Any) -> None:
 def freeze_gc_at_exit() -> None:
     """At interpreter exit, freeze the garbage collector's objects before module teardown.
 
-    For geoseg's own processes (the CLI, local Dask workers). torch and smp leave ~380 k
-    tracked objects, and the interpreter's final collections over them took 1.0 s of a
-    process's exit (0.17 s frozen; the CLI's client without torch: 0.11 s vs 0.02 s). Only
-    cyclic garbage is then left to the OS, which reclaims the whole process anyway.
+    For geoseg's own processes (the CLI, local Dask workers). torch and smp leave hundreds of
+    thousands of tracked objects, and the interpreter's final collections over them make a
+    process's exit (and closing a local cluster, which waits for it) slow. Only cyclic garbage
+    is then left to the OS, which reclaims the whole process anyway.
     """
     atexit.register(gc.freeze)
 
@@ -233,19 +233,15 @@ def _worker_config(torch_threads: int, *, arenas: int) -> dict[str, Any]:
     """Dask settings for local model workers, CPU or GPU (read by the nannies when they spawn
     workers).
 
-    Dask's defaults suit pandas-style work, not a CPU-bound torch model, measured here on a
-    U-Net ResNet-34 bf16 batch (0.77 s in a plain process):
+    Dask's defaults suit pandas-style work, not a CPU-bound torch model:
     ``MALLOC_TRIM_THRESHOLD_=65536`` makes glibc return every freed activation buffer to the
-    kernel, so each forward pass faults its memory back in (1.06 s); ``OMP_NUM_THREADS=1``
-    starves OpenMP's pool; the 10 ms statistical profiler costs a few more percent. With the
-    variables left to torch and the profiler off a batch takes 0.80 s.
+    kernel, so each forward pass faults its memory back in; ``OMP_NUM_THREADS=1`` starves
+    OpenMP's pool; the 10 ms statistical profiler costs a few more percent.
 
     ``MALLOC_ARENA_MAX``: glibc gives threads that allocate at once their own arenas (up to
     8 per core), and a forward pass's activations, freed and allocated again for every tile,
     then come from heaps that are created, trimmed and deleted under it. One arena per model
-    slot (``arenas``) keeps them: on the 8192^2 benchmark scene the worker took 0.33 M page
-    faults and 1.9 s of system time instead of 0.7-2.7 M and 2.9-5.5 s, and peaked at
-    1.36 GB instead of 1.41-1.47 GB.
+    slot (``arenas``) keeps them, with fewer page faults, less system time and a lower peak.
     """
     n = str(max(1, torch_threads))
     return {
@@ -271,8 +267,6 @@ def _worker_settings(torch_threads: int, *, arenas: int) -> Iterator[None]:
     (a notebook's ``Client()``) would give geoseg's workers ``MALLOC_TRIM_THRESHOLD_=65536``
     and ``OMP_NUM_THREADS=1``, and geoseg's cluster would leave its values to the next one.
     The variables are taken out of ``os.environ`` while the workers spawn and put back after.
-    Measured on the 4096^2 benchmark scene through the Python API, after a default
-    ``LocalCluster`` in the same process: 17.5-18.1 s before, 12.7-12.9 s with this.
     A worker that its nanny restarts later (after a crash) gets the config's values again
     but inherits ``MALLOC_TRIM_THRESHOLD_`` if this process has it by then.
     """

@@ -317,15 +317,15 @@ def test_local_cpu_workers_run_one_single_threaded_pass_per_core() -> None:
     with open_execution("local", threads_per_worker=2) as ex:
         assert ex.model_slots == min(2, ex.torch_threads)
         env = ex.client.run(lambda: os.environ.get("MALLOC_ARENA_MAX"))
-        options = ex.inference(InferenceOptions())
+        options = ex.with_cluster_threads(InferenceOptions())
     assert (options.threads, options.concurrent_batches) == (ex.torch_threads, ex.model_slots)
     # one malloc arena per model slot (the forward passes' activations stay mapped)
     assert set(env.values()) == {str(ex.model_slots)}
     # A caller's own thread count wins; a cluster geoseg did not start sets nothing.
     mine = InferenceOptions(threads=1)
-    assert ex.inference(mine) == mine
+    assert ex.with_cluster_threads(mine) == mine
     outside = Execution(client=None, torch_threads=0, resources=None, description="tcp")
-    assert outside.inference(InferenceOptions()) == InferenceOptions()
+    assert outside.with_cluster_threads(InferenceOptions()) == InferenceOptions()
 
 
 def _fake_dask_cuda(calls: list[dict[str, object]]) -> types.ModuleType:

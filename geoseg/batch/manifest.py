@@ -11,7 +11,7 @@ State, in the workflow's output folder:
   and the run holding it, which tells ``geoseg batch status`` a running scene from one a
   killed batch left behind.
 
-:func:`decide` is the rule that makes a re-run do what is missing and nothing twice;
+:func:`scene_action` is the rule that makes a re-run do what is missing and nothing twice;
 :func:`scene_statuses` applies it to every scene. Running a batch (the scenes, the log, the
 run summaries) is :mod:`geoseg.batch.runner`.
 """
@@ -45,11 +45,11 @@ __all__ = [
     "Scene",
     "SceneRecord",
     "SceneStatus",
-    "decide",
     "folder_lock",
     "lock_holder",
     "lock_is_held",
     "read_manifest",
+    "scene_action",
     "scene_statuses",
     "utc_now",
     "workflow_status",
@@ -181,7 +181,7 @@ class Decision:
     reason: str
 
 
-def decide(
+def scene_action(
     record: SceneRecord | None,
     *,
     stamp: InputStamp,
@@ -246,7 +246,7 @@ def scene_statuses(
     retry_failed: bool = False,
     holder: LockHolder | None = None,
 ) -> list[SceneStatus]:
-    """:func:`decide` for every scene; ``holder``: the batch holding the folder's lock now.
+    """:func:`scene_action` for every scene; ``holder``: the batch holding the folder's lock now.
 
     A ``running`` row is running only while the batch that started it holds the lock;
     otherwise that batch was killed, and the scene is pending (``interrupted``).
@@ -254,7 +254,7 @@ def scene_statuses(
     out = []
     for scene in scenes:
         record = records.get(scene.input)
-        d = decide(
+        d = scene_action(
             record,
             stamp=scene.stamp,
             config_hash=config_hash,

@@ -1,9 +1,10 @@
 """Running a batch workflow: the scenes that need it, on one Dask client, nothing lost.
 
 :func:`run_workflow` brings a workflow's output folder up to date. It applies
-:func:`geoseg.batch.manifest.decide` to every scene, runs those that need it in client-side threads
-sharing one Dask client, records one bad scene as failed and goes on, and removes the outputs
-an earlier run of a scene left under names its current outputs no longer use.
+:func:`geoseg.batch.manifest.scene_action` to every scene, runs those that need it in
+client-side threads sharing one Dask client, records one bad scene as failed and goes on,
+and removes the outputs an earlier run of a scene left under names its current outputs no
+longer use.
 
 Interrupted (Ctrl-C, SIGTERM), it stops at once: the Dask tasks of running scenes are
 cancelled (blocks already finished stay in each scene's journal for the next run), their
@@ -547,7 +548,6 @@ def _run_scenes(
     budget = 2 * sum(client.nthreads().values()) if client is not None else 1
     k = max(1, min(workflow.concurrency, budget, len(todo))) if client is not None else 1
     config = workflow.config
-    config = replace(config, inference=ex.inference(config.inference))
     ended: queue.Queue[tuple[threading.Thread, BaseException | None]] = queue.Queue()
 
     def body(status: SceneStatus) -> None:
@@ -663,10 +663,9 @@ def _run_one(
             scene.input,
             scene.gpkg,
             replace(config, overwrite=True),
-            client=ex.client,
+            execution=ex,
             progress=progress,
             max_in_flight=max_in_flight,
-            resources=ex.resources,
             resume=True,
         )
     except _Stopped:

@@ -36,7 +36,7 @@ from geoseg import __version__
 from geoseg.batch.manifest import InputStamp, Scene
 from geoseg.batch.stac import is_remote, stac_asset
 from geoseg.batch.workflow import TEMPLATE_FIELDS, Workflow
-from geoseg.config import InferenceOptions, RunConfig, parse_class_list
+from geoseg.config import InferenceOptions, parse_class_list, run_config
 from geoseg.errors import ConfigError, GeosegError, WorkflowError
 from geoseg.models.defaults import DEFAULT_MODELS, WEIGHTS_DIR
 from geoseg.run.outputs import output_paths
@@ -70,7 +70,17 @@ _SECTION_KEYS = {
     "smoothing": ("method", "params"),
     "tiling": ("block", "tile", "overlap"),
     "inference": ("device", "precision", "batch_size"),
-    "output": ("folder", "name", "overwrite", "raster", "probabilities", "cog", "crs"),
+    "output": (
+        "folder",
+        "name",
+        "overwrite",
+        "raster",
+        "probabilities",
+        "cog",
+        "crs",
+        "centerlines",
+        "prune_m",
+    ),
 }
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _MAGIC = re.compile(r"[*?[]")
@@ -114,6 +124,8 @@ class _OutputSpec:
     probabilities: bool
     cog: bool
     crs: str | None
+    centerlines: bool
+    prune_m: float
 
 
 def _type_name(value: Any) -> str:
@@ -265,13 +277,17 @@ class _Parser:
         scenes = self._scenes(inputs, out, checksum=checksum)
         config = None
         try:
-            config = RunConfig(
+            config = run_config(
                 classes=classes,
                 models=models,
                 bands=bands,
                 sensor=sensor,
                 block=block,
-                inference=inference,
+                tile=tile,
+                overlap=overlap,
+                device=inference.device,
+                precision=inference.precision,
+                batch_size=inference.batch_size,
                 smooth=smooth,
                 smooth_params=smooth_params,
                 min_area_m2=min_area,
@@ -280,6 +296,9 @@ class _Parser:
                 probabilities=out.probabilities,
                 cog=out.cog,
                 dst_crs=out.crs,
+                centerlines=out.centerlines,
+                prune_m=out.prune_m,
+                overwrite=out.overwrite,
             )
         except ConfigError as err:
             if classes:  # no classes is reported at its key already
@@ -304,6 +323,10 @@ class _Parser:
                 "crs": out.crs,
             },
         }
+        # Only when set otherwise than the default, so the hash of a workflow written before
+        # these keys existed (and of every workflow that leaves them out) stays what it was.
+        if not out.centerlines or out.prune_m != 20.0:
+            settings["centerlines"] = {"enabled": out.centerlines, "prune_m": out.prune_m}
         return Workflow(
             path=self.path,
             name=name,
@@ -518,6 +541,8 @@ class _Parser:
             probabilities=self.typed(fields.get("probabilities"), (bool,), "true or false", False),
             cog=self.typed(fields.get("cog"), (bool,), "true or false", True),
             crs=self._crs(fields.get("crs")),
+            centerlines=self.typed(fields.get("centerlines"), (bool,), "true or false", True),
+            prune_m=float(self.number(fields.get("prune_m"), 20.0, minimum=0, whole=False)),
         )
 
     def _crs(self, f: _Field | None) -> str | None:

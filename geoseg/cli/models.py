@@ -29,7 +29,7 @@ def models() -> None:
 def models_list(verbose: bool, quiet: bool) -> None:
     """Default models per class, built-in methods and the architectures geoseg builds."""
     from geoseg.models.defaults import DEFAULT_MODELS, default_model_cards
-    from geoseg.models.registry import ARCHITECTURES
+    from geoseg.models.registry import ARCHITECTURES, GEOSEG_ARCHITECTURES, SMP_ARCHITECTURES
     from geoseg.models.spectral import METHODS
 
     cards = default_model_cards()
@@ -54,9 +54,13 @@ def models_list(verbose: bool, quiet: bool) -> None:
     click.echo("built-in methods (no weights; --model NAME, NAME:otsu or NAME:0.1):")
     for name, method in METHODS.items():
         click.echo(f"  {name:<8} {method.class_name}: {method.description}")
-    click.echo("architectures (segmentation-models-pytorch):")
-    for name, cls in ARCHITECTURES.items():
-        click.echo(f"  {name:<15} smp.{cls}")
+    click.echo("architectures:")
+    for name in ARCHITECTURES:
+        if name in SMP_ARCHITECTURES:
+            click.echo(f"  {name:<15} segmentation-models-pytorch {SMP_ARCHITECTURES[name]}")
+        else:
+            module, cls, _ = GEOSEG_ARCHITECTURES[name]
+            click.echo(f"  {name:<15} geoseg.models.architectures.{module}.{cls}")
 
 
 @models.command("show")

@@ -132,11 +132,9 @@ def run(
     quiet: bool,
 ) -> None:
     """Segment SCENE and write polygons per class to a GeoPackage."""
-    from dataclasses import replace
-
     import distributed  # noqa: F401  (configures its loggers on import; quiet them after)
 
-    from geoseg.config import InferenceOptions, RunConfig, parse_band_list, parse_class_list
+    from geoseg.config import run_config
     from geoseg.run.outputs import check_outputs, output_paths
     from geoseg.run.pipeline import plan_run, run_scene
     from geoseg.scheduler import (
@@ -150,19 +148,17 @@ def run(
     # Everything is checked before a cluster starts, so bad input fails in a fraction of a
     # second: first the option values (exit 2), then the files and the scene (exit 1).
     with _usage_errors(verbose=verbose):
-        config = RunConfig(
-            classes=parse_class_list(classes),
+        config = run_config(
+            classes=classes,
             models=models,
-            bands=parse_band_list(bands) if bands else None,
+            bands=bands or None,
             sensor=sensor,
             block=block,
-            inference=InferenceOptions(
-                device=device,
-                precision=precision,
-                batch_size=batch_size,
-                tile=tile,
-                overlap=overlap,
-            ),
+            tile=tile,
+            overlap=overlap,
+            device=device,
+            precision=precision,
+            batch_size=batch_size,
             smooth=smooth,
             smooth_params=smooth_params,
             min_area_m2=min_area,
@@ -191,8 +187,6 @@ def run(
         dashboard=dashboard,
         worker_log_level=_worker_log_level(verbose=verbose),
     ) as ex:
-        config = replace(config, inference=ex.inference(config.inference))
-        plan = replace(plan, inference=config.inference)
         if ex.client is not None and dashboard and not quiet:
             click.echo(f"geoseg: dashboard at {ex.client.dashboard_link}", err=True)
         with _progress(quiet=quiet, label=f"{Path(scene).name}") as progress:
@@ -200,9 +194,8 @@ def run(
                 scene,
                 out,
                 config,
-                client=ex.client,
+                execution=ex,
                 progress=progress,
-                resources=ex.resources,
                 resume=resume,
                 plan=plan,
             )

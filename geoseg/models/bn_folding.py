@@ -6,9 +6,7 @@ pass cheaper:
 - :func:`fold_batchnorm`: an eval-mode ``BatchNorm2d`` that only follows a ``Conv2d`` is an
   affine map per channel, so it folds into the convolution's weights and bias. Every
   encoder and decoder block of the smp CNNs is conv -> BN -> ReLU, and each unfolded BN is
-  one more pass over a full activation map. U-Net ResNet-34, 2 x 512^2 tiles on this 2-core
-  AVX-512-bf16 CPU: 0.213 s -> 0.171 s per batch under bf16 autocast, 0.394 s -> 0.348 s
-  in fp32.
+  one more pass over a full activation map (the saving is in ``benchmarks/MEASUREMENTS.md``).
 - :func:`cast_weights`: autocast converts every convolution and linear weight to the
   autocast dtype on each forward pass. Converting them once gives the same numbers (the
   same ops still run in the same dtype) without the per-pass copies, and halves the

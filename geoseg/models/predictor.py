@@ -14,11 +14,10 @@ one thread reads or vectorises a block while the model works on another's, a thr
 still fills every slot, and torch's threads are never oversubscribed. On a GPU there is one
 slot, and the next batch is queued while the caller blends the last.
 On a CPU the local cluster asks for one slot per core, each forward pass single-threaded
-(``concurrent_batches``): on 2 cores, two single-threaded passes side by side run a U-Net
-R34 tile in 0.082 s against 0.086 s for one two-thread OpenMP team, and the reading,
-blending and vectorizing that share the cores then slow one pass by their own share, where
-they stalled a team at every barrier (0.113 s per tile inside a 32768^2 run against 0.096 s
-bare). Two Python threads taking turns with two-thread teams are worse still: each keeps its
+(``concurrent_batches``): single-threaded passes side by side are at least as fast as one
+OpenMP team over the same cores, and the reading, blending and vectorizing that share the
+cores then slow one pass by their own share, where they would stall a team at every
+barrier. Two Python threads taking turns with two-thread teams are worse still: each keeps its
 own team, whose idle threads spin against the busy one.
 """
 
@@ -112,8 +111,7 @@ def _autocast_dtype(precision: str, device: str) -> torch.dtype | None:
 
 def _default_batch(device: str, tile: int) -> int:
     if not device.startswith("cuda"):
-        # CPU: larger batches buy nothing. U-Net R34 bf16 with folded batch norms, 512 px, 2
-        # threads: 0.095 s/tile at 1, 0.100 at 2, 0.102 at 4 (peak 0.95 / 0.96 / 1.08 GB).
+        # CPU: larger batches buy no throughput and cost memory (benchmarks/MEASUREMENTS.md).
         return max(1, (512 // tile) ** 2)
     import torch
 

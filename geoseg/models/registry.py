@@ -1,4 +1,11 @@
-"""Architecture registry over segmentation-models-pytorch, and model file I/O.
+"""Architecture registry, and model file I/O.
+
+Two kinds of architecture share one namespace: segmentation-models-pytorch classes
+(:data:`SMP_ARCHITECTURES`) and networks written in geoseg, one module per architecture under
+:mod:`geoseg.models.architectures` (:data:`GEOSEG_ARCHITECTURES`: ported published networks,
+FCN, Tiramisu). Every factory is called with keyword arguments only: ``in_channels``,
+``classes``, the card's ``params``, and, for architectures over an encoder, ``encoder_name``
+and ``encoder_weights=None``.
 
 Model files are safetensors (no pickle on the load path). Weights are never downloaded:
 every encoder is built with ``encoder_weights=None`` and filled from the file.
@@ -19,6 +26,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ARCHITECTURES",
+    "GEOSEG_ARCHITECTURES",
+    "SMP_ARCHITECTURES",
     "build_network",
     "import_state_dict",
     "load_network",
@@ -26,7 +35,7 @@ __all__ = [
 ]
 
 # Registry name -> smp class name. Kept as names so importing geoseg does not import torch.
-ARCHITECTURES: Mapping[str, str] = {
+SMP_ARCHITECTURES: Mapping[str, str] = {
     "unet": "Unet",
     "unetplusplus": "UnetPlusPlus",
     "fpn": "FPN",
@@ -40,27 +49,36 @@ ARCHITECTURES: Mapping[str, str] = {
     "segformer": "Segformer",
 }
 
+# Registry name -> (module under geoseg.models.architectures, class, takes an encoder).
+GEOSEG_ARCHITECTURES: Mapping[str, tuple[str, str, bool]] = {}
 
-def _factory(architecture: str) -> Callable[..., Any]:
-    try:
-        cls_name = ARCHITECTURES[architecture]
-    except KeyError:
+ARCHITECTURES: tuple[str, ...] = (*SMP_ARCHITECTURES, *GEOSEG_ARCHITECTURES)
+
+
+def _factory(architecture: str) -> tuple[Callable[..., Any], bool]:
+    """The architecture's class and whether it is built over an encoder."""
+    if architecture in GEOSEG_ARCHITECTURES:
+        import importlib
+
+        module, cls_name, encoder = GEOSEG_ARCHITECTURES[architecture]
+        mod = importlib.import_module(f"geoseg.models.architectures.{module}")
+        return getattr(mod, cls_name), encoder
+    if architecture not in SMP_ARCHITECTURES:
         raise ModelCardError(
             f"unknown architecture {architecture!r}; valid: {', '.join(ARCHITECTURES)}"
-        ) from None
+        )
     import segmentation_models_pytorch as smp
 
-    factory: Callable[..., Any] = getattr(smp, cls_name)
-    return factory
+    return getattr(smp, SMP_ARCHITECTURES[architecture]), True
 
 
 def build_network(card: ModelCard) -> torch.nn.Module:
     """An untrained network of the card's architecture, encoder, bands and classes."""
-    factory = _factory(card.architecture)
+    factory, takes_encoder = _factory(card.architecture)
+    encoder = {"encoder_name": card.encoder, "encoder_weights": None} if takes_encoder else {}
     try:
         return factory(
-            encoder_name=card.encoder,
-            encoder_weights=None,
+            **encoder,
             in_channels=len(card.bands),
             classes=len(card.classes),
             **dict(card.params),

@@ -37,10 +37,9 @@ def release_freed_memory() -> bool:
 
     glibc keeps freed heap memory for reuse, and the client's large arrays come and go (a
     block's classes, joining an object of millions of vertices), so without this the freed
-    memory of one block stays in the client's RSS. The client trims once per block: on the
-    8192^2 benchmark scene that costs ~120 k page faults where a fixed 1 MiB
-    ``M_MMAP_THRESHOLD`` (every large array mapped and unmapped) cost 1.1 M faults and
-    1.8 s of the client's CPU time.
+    memory of one block stays in the client's RSS. The client trims once per block, which
+    costs far fewer page faults than a fixed small ``M_MMAP_THRESHOLD`` (every large array
+    mapped and unmapped).
     """
     trim = _malloc_trim()
     return trim is not None and bool(trim(0))

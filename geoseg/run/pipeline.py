@@ -22,9 +22,9 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Generator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from geoseg import __version__
 from geoseg.config import RunConfig
@@ -39,6 +39,9 @@ from geoseg.run.results import BlockResult
 from geoseg.run.spectral_stats import prepare_spectral
 from geoseg.run.task import block_task, process_block
 from geoseg.tiling.grid import Block
+
+if TYPE_CHECKING:
+    from geoseg.scheduler import Execution
 
 __all__ = [
     "NODATA_CLASS",
@@ -147,7 +150,7 @@ def _plan_fingerprint(plan: RunPlan, config: RunConfig) -> str:
             ],
             "models": models,
             "classes": plan.classes,
-            "spec": [plan.spec.tile, plan.spec.overlap, plan.spec.block, plan.spec.halo_px],
+            "spec": [plan.tiling.tile, plan.tiling.overlap, plan.tiling.block, plan.tiling.halo_px],
             "inference": [plan.inference.precision, plan.inference.tile, plan.inference.overlap],
             "min_area_m2": plan.min_area_m2,
             "simplify_px": plan.simplify_px,
@@ -242,6 +245,7 @@ def run_scene(
     config: RunConfig,
     *,
     client: Any = None,
+    execution: Execution | None = None,
     progress: Progress | None = None,
     max_in_flight: int | None = None,
     resources: Mapping[str, float] | None = None,
@@ -258,6 +262,10 @@ def run_scene(
         What to extract and how.
     client
         A ``distributed.Client``; ``None`` runs every block in this process.
+    execution
+        Where blocks run, from :func:`geoseg.scheduler.open_execution`: its client and
+        resources (instead of ``client`` and ``resources``), and the cluster's torch threads
+        and forward passes per worker for the models.
     progress
         Called with ``(blocks_done, blocks_total)`` after each block.
     max_in_flight
@@ -277,6 +285,9 @@ def run_scene(
     check_outputs(paths.all(), overwrite=config.overwrite)
     if plan is None:
         plan = plan_run(scene_path, config)
+    if execution is not None:
+        client, resources = execution.client, execution.resources
+        plan = replace(plan, inference=execution.with_cluster_threads(plan.inference))
     plan = prepare_spectral(plan, client=client)
     scene_digest = FileDigest(plan.scene.path)
     if max_in_flight is None:

@@ -57,12 +57,16 @@ class ModelUse:
     """One model in a run: where it comes from, which scene bands feed it, what it gives.
 
     ``outputs`` maps each requested class this model provides to its output channel.
+    ``tile`` and ``overlap`` are the model's tile plan for this run: the card's, unless the
+    user set them (resolved here once; the predictor is given them).
     """
 
     source: str
     card: ModelCard
     bands: tuple[int, ...]
     outputs: tuple[tuple[str, int], ...]
+    tile: int
+    overlap: int
     recipes: Mapping[str, SmoothingRecipe] = field(default_factory=dict)
 
     @property
@@ -78,7 +82,7 @@ class RunPlan:
     models: tuple[ModelUse, ...]
     classes: tuple[str, ...]
     colors: tuple[str, ...]
-    spec: TilingSpec
+    tiling: TilingSpec
     blocks: tuple[Block, ...]
     inference: InferenceOptions
     pixel_size_m: tuple[float, float]
@@ -236,7 +240,19 @@ def plan_run(scene_path: str | os.PathLike[str], config: RunConfig) -> RunPlan:
         spectral = card.architecture == "spectral"
         own = {c: recipe_for(c, config.smooth, overrides, spectral=spectral) for c, _ in outputs}
         recipes.extend(own.values())
-        uses.append(ModelUse(source=source, card=card, bands=bands, outputs=outputs, recipes=own))
+        uses.append(
+            ModelUse(
+                source=source,
+                card=card,
+                bands=bands,
+                outputs=outputs,
+                recipes=own,
+                tile=config.inference.tile or card.tile_size,
+                overlap=card.overlap
+                if config.inference.overlap is None
+                else config.inference.overlap,
+            )
+        )
     if remaining:
         offered = sorted({c for _, card in models for c in card.class_names[1:]})
         raise ClassNotAvailableError(
@@ -244,12 +260,8 @@ def plan_run(scene_path: str | os.PathLike[str], config: RunConfig) -> RunPlan:
             f"available: {', '.join(offered)}"
         )
     colors = {c: u.card.classes[idx].color for u in uses for c, idx in u.outputs}
-    tile = config.inference.tile or max(u.card.tile_size for u in uses)
-    overlap = (
-        config.inference.overlap
-        if config.inference.overlap is not None
-        else max(u.card.overlap for u in uses)
-    )
+    tile = max(u.tile for u in uses)
+    overlap = max(u.overlap for u in uses)
     halo = max(overlap, smoothing_halo_px(recipes, pixel_size_m=(dx, dy)))
     lines = tuple(c for c in config.classes if c in LINE_CLASSES) if config.centerlines else ()
     if lines:
@@ -264,7 +276,7 @@ def plan_run(scene_path: str | os.PathLike[str], config: RunConfig) -> RunPlan:
         models=tuple(uses),
         classes=config.classes,
         colors=tuple(colors[c] for c in config.classes),
-        spec=spec,
+        tiling=spec,
         blocks=blocks,
         inference=config.inference,
         pixel_size_m=(dx, dy),

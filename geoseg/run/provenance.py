@@ -97,10 +97,10 @@ def run_provenance(
         "models": json.dumps(models),
         "tiling": json.dumps(
             {
-                "tile": plan.spec.tile,
-                "overlap": plan.spec.overlap,
+                "tile": plan.tiling.tile,
+                "overlap": plan.tiling.overlap,
                 "block_core": plan.blocks[0].core.height if plan.blocks else 0,
-                "halo": plan.spec.halo_px,
+                "halo": plan.tiling.halo_px,
                 "blocks": len(plan.blocks),
             }
         ),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from dataclasses import replace
 
 import numpy as np
 
@@ -37,7 +38,9 @@ __all__ = ["block_task", "process_block"]
 def _segmenter(use: ModelUse, options: InferenceOptions) -> Segmenter:
     if use.card.architecture == "spectral":
         return SpectralSegmenter(use.card)
-    return cached_segmenter(use.source, options=options)
+    return cached_segmenter(
+        use.source, options=replace(options, tile=use.tile, overlap=use.overlap)
+    )
 
 
 def process_block(plan: RunPlan, block: Block) -> BlockResult:

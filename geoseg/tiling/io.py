@@ -38,8 +38,8 @@ __all__ = [
 
 # GDAL settings for every read and write: a bounded block cache (decoded blocks shared by
 # neighbouring reads; on the writing side dirty blocks are flushed to disk once it is full,
-# where GDAL's default cache, 5 % of RAM, kept a 16384^2 class raster's ~300 MB of blocks
-# in the client) and no listing of whole remote directories when opening one object.
+# where GDAL's default cache, 5 % of RAM, would keep a large class raster's blocks in the
+# client) and no listing of whole remote directories when opening one object.
 GDAL_ENV: Mapping[str, Any] = {
     "GDAL_CACHEMAX": 64,
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",

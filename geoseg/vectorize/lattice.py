@@ -17,8 +17,8 @@ object's vertex count:
    the shell. The others are its holes.
 
 A general overlay union (GEOS) builds a planar graph of the whole object with several
-copies of its coordinates; for an object spanning a 32768^2 scene (millions of vertices)
-that graph was the client's largest allocation.
+copies of its coordinates; for an object spanning a large scene (millions of vertices)
+that graph would be the client's largest allocation.
 """
 
 from __future__ import annotations

@@ -8,12 +8,12 @@ are joined in exact integer pixel coordinates, so shared edges cancel exactly.
 
 The pieces of an object tile it without overlapping, on the pixel lattice: their union is
 bookkeeping on flat arrays (:func:`geoseg.vectorize.lattice.join_pieces`: shared border
-edges cancel, the rest are relinked into rings). On the water of a 32768^2 scene (one
-object of 0.78 million vertices in 256 blocks) that join took 1.1 s, against 24 s for GEOS's
-coverage union of the noded pieces and 72 s for a general union (``benchmarks/merge.py``).
-Pieces are held as flat int32 rings (:class:`~geoseg.vectorize.lattice.Rings`), about a
-third of a GEOS polygon's memory. An object spanning the scene is still the client's
-largest allocation: it must be whole in memory to be written as one polygon.
+edges cancel, the rest are relinked into rings), an order of magnitude faster than GEOS's
+coverage union of the noded pieces and more than a general union (``benchmarks/merge.py``,
+figures in ``benchmarks/MEASUREMENTS.md``). Pieces are held as flat int32 rings
+(:class:`~geoseg.vectorize.lattice.Rings`), about a third of a GEOS polygon's memory. An
+object spanning the scene is still the client's largest allocation: it must be whole in
+memory to be written as one polygon.
 
 Memory stays bounded on any scene size: an object can only grow through the border of a
 member block with an unprocessed neighbour, so once every member block is *closed* (it and

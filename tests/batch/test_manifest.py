@@ -16,11 +16,11 @@ from geoseg.batch.manifest import (
     Manifest,
     Scene,
     SceneRecord,
-    decide,
     folder_lock,
     lock_holder,
     lock_is_held,
     read_manifest,
+    scene_action,
     scene_statuses,
 )
 from geoseg.batch.runner import BatchLog, clean_partials, remove_outputs, write_run_summary
@@ -50,40 +50,40 @@ def outputs(tmp_path: Path) -> tuple[Path, Path]:
     return gpkg, raster
 
 
-def _decide(record: SceneRecord | None, outputs: tuple[Path, Path], **kw: object) -> str:
+def _action(record: SceneRecord | None, outputs: tuple[Path, Path], **kw: object) -> str:
     args: dict = {"stamp": STAMP, "config_hash": "h1", "outputs": outputs, "max_attempts": 3}
     args.update(kw)
-    d = decide(record, **args)
+    d = scene_action(record, **args)
     return f"{d.action}: {d.reason}"
 
 
-def test_decide_does_what_is_missing_and_nothing_twice(outputs: tuple[Path, Path]) -> None:
+def test_scene_action_does_what_is_missing_and_nothing_twice(outputs: tuple[Path, Path]) -> None:
     gpkg, raster = outputs
     done = _record(gpkg=str(gpkg), outputs=(str(gpkg), str(raster)))
-    assert _decide(None, outputs) == "run: new"
-    assert _decide(done, outputs) == "skip: up to date"
-    assert _decide(done, outputs, stamp=InputStamp(size=100, mtime_ns=2)) == "run: input changed"
-    assert _decide(done, outputs, config_hash="h2") == "run: config changed"
-    assert _decide(done, (gpkg.with_name("b.gpkg"), raster)) == "run: outputs changed"
-    assert _decide(done, (gpkg,)) == "run: outputs changed"  # e.g. raster: false now
+    assert _action(None, outputs) == "run: new"
+    assert _action(done, outputs) == "skip: up to date"
+    assert _action(done, outputs, stamp=InputStamp(size=100, mtime_ns=2)) == "run: input changed"
+    assert _action(done, outputs, config_hash="h2") == "run: config changed"
+    assert _action(done, (gpkg.with_name("b.gpkg"), raster)) == "run: outputs changed"
+    assert _action(done, (gpkg,)) == "run: outputs changed"  # e.g. raster: false now
     raster.unlink()
-    assert _decide(done, outputs) == "run: outputs missing"
+    assert _action(done, outputs) == "run: outputs missing"
 
 
-def test_decide_retries_failed_scenes_up_to_the_limit(outputs: tuple[Path, Path]) -> None:
-    assert _decide(_record(status="failed", attempts=1), outputs) == "run: retry 2 of 3"
+def test_scene_action_retries_failed_scenes_up_to_the_limit(outputs: tuple[Path, Path]) -> None:
+    assert _action(_record(status="failed", attempts=1), outputs) == "run: retry 2 of 3"
     exhausted = _record(status="failed", attempts=3)
-    assert _decide(exhausted, outputs) == "give-up: gave up after 3 attempts"
-    assert _decide(exhausted, outputs, retry_failed=True).startswith("run: retry (retries used")
+    assert _action(exhausted, outputs) == "give-up: gave up after 3 attempts"
+    assert _action(exhausted, outputs, retry_failed=True).startswith("run: retry (retries used")
     # A changed input or config starts over, whatever the attempts.
-    assert _decide(exhausted, outputs, config_hash="h2") == "run: config changed"
+    assert _action(exhausted, outputs, config_hash="h2") == "run: config changed"
     started = "2026-11-25T03:00:00Z"
-    assert _decide(_record(status="pending", attempts=0), outputs) == "run: pending"
+    assert _action(_record(status="pending", attempts=0), outputs) == "run: pending"
     stopped = _record(status="pending", attempts=0, started=started)  # a clean stop
-    assert _decide(stopped, outputs) == "run: interrupted"
+    assert _action(stopped, outputs) == "run: interrupted"
     killed = _record(status="running", attempts=1, started=started)  # no batch holds it
-    assert _decide(killed, outputs) == "run: interrupted: the batch was killed while it ran"
-    assert _decide(_record(status="pending", attempts=3), outputs).startswith("give-up")
+    assert _action(killed, outputs) == "run: interrupted: the batch was killed while it ran"
+    assert _action(_record(status="pending", attempts=3), outputs).startswith("give-up")
 
 
 def test_checksums_win_over_modification_times() -> None:
