@@ -40,9 +40,9 @@ def test_layers_appear_under_the_final_name_only_on_commit(tmp_path: Path) -> No
         metadata={"class": "water"},
     )
     writer.write_layer("roads", np.empty(0, dtype=object), {"area_m2": np.empty(0)})
-    # until the commit, nothing looks finished: only a hidden partial file exists
+    # until the commit, nothing looks finished: only hidden partial files exist
     assert not out.exists()
-    assert [p.name for p in tmp_path.iterdir()] == [".scene.gpkg.partial.gpkg"]
+    assert all(p.name.startswith(".scene.gpkg.") for p in tmp_path.iterdir())
     assert writer.commit() == out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.gpkg"]
 
@@ -110,12 +110,15 @@ def test_committing_nothing_is_an_error(tmp_path: Path) -> None:
         writer.commit()
 
 
-def test_a_write_that_fails_is_an_output_write_error_naming_the_layer(tmp_path: Path) -> None:
-    writer = GeoPackageWriter(tmp_path / "no" / "such" / "folder" / "scene.gpkg", crs=UTM)
-    with pytest.raises(
-        OutputWriteError, match=r"cannot write layer 'water' to .*scene\.gpkg"
-    ) as err:
+def test_an_output_that_cannot_be_written_is_an_output_write_error(tmp_path: Path) -> None:
+    target = tmp_path / "no" / "such" / "folder" / "scene.gpkg"
+
+    def write() -> None:
+        writer = GeoPackageWriter(target, crs=UTM)
         writer.write_layer("water", _squares(1), {"area_m2": np.array([1.0])})
+
+    with pytest.raises(OutputWriteError, match=r"cannot .*no/such/folder/scene\.gpkg") as err:
+        write()
     assert isinstance(err.value, GeosegError) and isinstance(err.value, OSError)
 
 
@@ -175,6 +178,7 @@ def test_the_store_gives_features_back_in_key_order_whatever_order_they_came(
     assert store.copy_sorted("water", writer, metadata={"class": "water"}) == 11
     writer.commit()
     store.discard()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.gpkg"]  # staging is gone
     got = pyogrio.read_dataframe(out, layer="water")
     assert got["area_m2"].tolist() == [10.0 * k for k in range(11)]
     assert "key" not in got.columns  # the sort key is staging bookkeeping
@@ -182,7 +186,6 @@ def test_the_store_gives_features_back_in_key_order_whatever_order_they_came(
     assert shapely.equals(np.asarray(got.geometry.values), expected).all()
     assert _layers(out)["water"] == "Polygon"
     assert pyogrio.read_info(out, layer="water")["layer_metadata"] == {"class": "water"}
-    assert not (tmp_path / ".scene.staging.gpkg").exists()
 
 
 def test_the_store_reports_a_layer_that_got_no_feature(tmp_path: Path) -> None:
@@ -194,10 +197,12 @@ def test_the_store_reports_a_layer_that_got_no_feature(tmp_path: Path) -> None:
 
 def test_a_new_store_starts_empty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(PolygonStore, "BATCH", 1)  # staged at once
-    path = tmp_path / ".staging.gpkg"
-    old = PolygonStore(path, crs=UTM)
+    out = tmp_path / "scene.gpkg"
+    old = PolygonStore(out, crs=UTM)
     old.add("water", _squares(1), {"key": np.array([0], dtype=np.int64)})
-    assert path.exists()
-    PolygonStore(path, crs=UTM)  # a new run on the same output
-    assert not path.exists()
+    new = PolygonStore(out, crs=UTM)  # a new run on the same output
+    writer = GeoPackageWriter(out, crs=UTM)
+    assert new.copy_sorted("water", writer) == -1  # nothing of the old run's features
+    for done in (old.discard, new.discard, writer.abort):
+        done()
     assert os.listdir(tmp_path) == []
