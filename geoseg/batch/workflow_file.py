@@ -36,6 +36,7 @@ from geoseg import __version__
 from geoseg.batch.manifest import InputStamp, Scene
 from geoseg.batch.stac import is_remote, stac_asset
 from geoseg.batch.workflow import TEMPLATE_FIELDS, Workflow
+from geoseg.batch.yaml_guard import MAX_MESSAGE, excerpt, first_alias
 from geoseg.config import InferenceOptions, parse_class_list, run_config
 from geoseg.errors import ConfigError, GeosegError, WorkflowError
 from geoseg.models.defaults import DEFAULT_MODELS, WEIGHTS_DIR
@@ -145,7 +146,7 @@ class _Parser:
         self.loader = yaml.SafeLoader(text)
 
     def problem(self, line: int, key: str, message: str) -> None:
-        self.problems.append((line, key, message))
+        self.problems.append((line, excerpt(key, 80), excerpt(message, MAX_MESSAGE)))
 
     def bad(self, f: _Field, message: str) -> None:
         self.problem(f.at, f.key, message)
@@ -192,7 +193,7 @@ class _Parser:
         if f is None or f.value is None:
             return default
         if not isinstance(f.value, kinds) or (isinstance(f.value, bool) and bool not in kinds):
-            self.bad(f, f"must be {what}, not {_type_name(f.value)} ({f.value!r})")
+            self.bad(f, f"must be {what}, not {_type_name(f.value)} ({excerpt(repr(f.value))})")
             return default
         return f.value
 
@@ -225,6 +226,16 @@ class _Parser:
             root = self.loader.get_single_node()
             if root is None:
                 self.problem(1, "(file)", "empty; start from an example in workflows/")
+                return None
+            if alias := first_alias(root):
+                # Refused before any value is built: nested aliases expand exponentially
+                # (a "billion laughs" of a few lines takes minutes and gigabytes).
+                self.problem(
+                    alias.start_mark.line + 1,
+                    "(file)",
+                    "the value anchored here (&name) is used again through an alias (*name); "
+                    "workflow files may not use aliases: write the value out where it is needed",
+                )
                 return None
             if not isinstance(root, yaml.MappingNode):
                 what = _type_name(self._value(root))
@@ -305,7 +316,7 @@ class _Parser:
                 self.problem(first, "(settings)", str(err))
         if config is None or out.folder is None or self.problems:
             return None
-        settings = {
+        settings: dict[str, Any] = {
             "geoseg_version": __version__,
             "classes": list(classes),
             "models": model_hashes,

@@ -1,35 +1,47 @@
 """Default models: which model ``geoseg run --classes ...`` uses when none is given.
 
 Each class maps to candidate sources in order of preference: a model file shipped in
-:data:`WEIGHTS_DIR` (trained by ``python -m geoseg.training.shipped``; its card holds
-the training data and scores) or a built-in spectral method (``"ndwi:0.35"``). For a scene,
-a class gets the first candidate whose input bands the scene provides, so water falls back
-to NDWI on any scene with green and near-infrared bands.
+:data:`WEIGHTS_DIR` (trained by ``python -m geoseg.training.shipped``, or a published network
+ported by ``tools/``; its card holds the training data, scores, licence and attribution) or a
+built-in spectral method (``"ndwi:0.35"``). For a scene, a class gets the first candidate
+whose input bands the scene provides, at a pixel size it was made for, in units it
+understands (:func:`units_misfit`).
 
-=======  ====================================================================================
-class    candidates
-=======  ====================================================================================
-roads    ``roads-unet-r18.safetensors`` (RGB aerial, 1 m)
-water    ``landsat7-water-crops.safetensors`` (Landsat 7 B1-B5, 28.5 m), then ``ndwi:0.35``
-=======  ====================================================================================
+================  ==================================================================================
+class             candidates
+================  ==================================================================================
+roads             ``roads-unet-r18`` (RGB aerial, 1 m)
+water             ``dynamicworld-s2l1c`` (Sentinel-2 L1C, 9 bands with red edge and SWIR, 10 m),
+                  ``watnet-l578`` (Landsat 5/7/8 surface reflectance 0-1, 6 bands, 30 m),
+                  ``landsat7-water-crops`` (Landsat 7 8-bit DNs, B1-B5, 28.5 m), ``ndwi:0.35``
+crops, trees,     ``dynamicworld-s2l1c``
+grass, built,
+bare, shrub_and_
+scrub, snow_and_
+ice
+================  ==================================================================================
 
-Water: on the held-out region of the Landsat 7 scene, run as ``geoseg run`` runs by default
-(with the water smoothing recipe: ``crf+morph`` for the model, ``morph`` for indices), the
-trained model's water IoU (0.743) beats NDWI > 0.35 (0.728) and MNDWI > 0.25 (0.729), whose
-thresholds were chosen on the training area, and Otsu's thresholds (0.11, 0.05), which fail
-on scenes with little water (they split vegetation instead). On the Sentinel-2 Beaufort
-scene (no SWIR: only NDWI runs) NDWI > 0.35 finds every labelled open-water pixel.
+The candidates for water never compete: Dynamic World needs the Sentinel-2 red-edge bands,
+WatNet reflectance (a Landsat scene whose scale and offset are known, or reflectance already),
+the Landsat 7 model 8-bit DNs; NDWI (green and NIR) takes every other scene, e.g. 4-band
+RGB + NIR imagery. Dynamic World's ``water`` is its water plus flooded vegetation (flood
+extent); the other classes are its own.
 
-MNDWI > 0.25 is not a candidate between the model and NDWI for scenes with SWIR: it ties
-NDWI on the Landsat held-out region (0.729 vs 0.728 smoothed, 0.713 vs 0.723 without) and
-there is no second labelled scene with SWIR here to show it does better.
+Water on Landsat 7 8-bit DNs: on the held-out region of the Landsat 7 scene, run as ``geoseg
+run`` runs by default (with the water smoothing recipe: ``crf+morph`` for models, ``morph``
+for indices), the trained model's water IoU (0.743) beats NDWI > 0.35 (0.728) and MNDWI >
+0.25 (0.729), whose thresholds were chosen on the training area, and Otsu's thresholds (0.11,
+0.05), which fail on scenes with little water (they split vegetation instead). On the
+Sentinel-2 Beaufort scene (8-bit renders of B01-B08, no SWIR: only NDWI runs) NDWI > 0.35 finds
+every labelled open-water pixel. The shipped cards hold what was measured for the ported
+networks (``training.measured_here``), and the README's Models section compares them.
 
 A trained default is also passed over when the scene's values are not in the units it was
 trained on (:func:`units_misfit`: the Landsat 7 model takes 8-bit DNs; a Landsat 8 scene of
-16-bit DNs or reflectance in 0-1 gets NDWI instead).
+16-bit DNs or reflectance in 0-1 gets another candidate instead).
 
-Crops have no default: the Landsat model's crops output does not validate (the 1996
-agriculture labels are spectrally indistinguishable from grassland in the 2000 image).
+Crops come from Dynamic World only: the Landsat model's crops output does not validate (the
+1996 agriculture labels are spectrally indistinguishable from grassland in the 2000 image).
 """
 
 from __future__ import annotations
@@ -44,9 +56,12 @@ import numpy as np
 from geoseg.errors import BandError, ClassNotAvailableError, ModelCardError
 from geoseg.models.card import ModelCard, read_card
 from geoseg.models.spectral import is_spectral, spectral_card
+from geoseg.tiling.resample import MAX_COARSER
 
 __all__ = [
     "DEFAULT_MODELS",
+    "DYNAMIC_WORLD",
+    "WATNET",
     "RESOLUTION_TOLERANCE",
     "VALUE_SCALE_TOLERANCE",
     "WEIGHTS_DIR",
@@ -59,16 +74,26 @@ log = logging.getLogger(__name__)
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
+DYNAMIC_WORLD = "dynamicworld-s2l1c.safetensors"
+WATNET = "watnet-l578.safetensors"
+
 DEFAULT_MODELS: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {
         "roads": ("roads-unet-r18.safetensors",),
-        "water": ("landsat7-water-crops.safetensors", "ndwi:0.35"),
+        "water": (DYNAMIC_WORLD, WATNET, "landsat7-water-crops.safetensors", "ndwi:0.35"),
+        **{
+            c: (DYNAMIC_WORLD,)
+            for c in (
+                "crops", "trees", "grass", "built", "bare", "shrub_and_scrub", "snow_and_ice",
+            )
+        },  # fmt: skip
     }
 )
 
-RESOLUTION_TOLERANCE = 2.0
-"""A trained default is used on scenes whose pixels are at most this factor finer or coarser
-than its training data (when the caller passes the scene's pixel size)."""
+RESOLUTION_TOLERANCE = MAX_COARSER
+"""A trained default is used on scenes whose pixels are finer than its training data's, at
+any ratio, or at most this factor coarser (when the caller passes the scene's pixel size):
+the run reads the scene at the model's pixel size (:mod:`geoseg.tiling.resample`)."""
 
 
 VALUE_SCALE_TOLERANCE = 8.0
@@ -122,8 +147,7 @@ def _provides(card: ModelCard, roles: Sequence[str | None], count: int) -> bool:
 def _resolution_fits(card: ModelCard, resolution_m: float | None) -> bool:
     if resolution_m is None or card.resolution_m is None or resolution_m <= 0:
         return True
-    ratio = resolution_m / card.resolution_m
-    return 1 / RESOLUTION_TOLERANCE <= ratio <= RESOLUTION_TOLERANCE
+    return resolution_m / card.resolution_m <= RESOLUTION_TOLERANCE
 
 
 def _describe_scene(roles: Sequence[str | None], count: int) -> str:
@@ -154,8 +178,8 @@ def default_sources(
         The scene's band count.
     resolution_m
         The scene's pixel size in metres; when given, trained models whose training
-        resolution differs by more than :data:`RESOLUTION_TOLERANCE` times are passed over
-        (a 1 m roads model sees nothing useful in 10 m pixels).
+        pixels are more than :data:`RESOLUTION_TOLERANCE` times finer than the scene's are
+        passed over (a 1 m roads model sees nothing useful in 10 m pixels).
     value_misfit
         Says why a candidate would not understand the scene's values (see
         :func:`units_misfit`), or None; candidates it objects to are passed over.

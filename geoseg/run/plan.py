@@ -8,7 +8,9 @@ threshold, band statistics) before blocks are processed.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +35,7 @@ from geoseg.postprocess import (
 )
 from geoseg.tiling.grid import Block, TilingSpec, plan_blocks
 from geoseg.tiling.io import SceneInfo, read_scene_info, sample_band_medians
+from geoseg.tiling.resample import ModelGrid, model_grid
 from geoseg.vectorize.centerlines import centerline_halo_px
 from geoseg.vectorize.geometry import pixel_size_m
 
@@ -57,8 +60,10 @@ class ModelUse:
     """One model in a run: where it comes from, which scene bands feed it, what it gives.
 
     ``outputs`` maps each requested class this model provides to its output channel.
-    ``tile`` and ``overlap`` are the model's tile plan for this run: the card's, unless the
-    user set them (resolved here once; the predictor is given them).
+    ``tile`` and ``overlap`` are the model's tile plan for this run, in its own pixels: the
+    card's, unless the user set them (resolved here once; the predictor is given them).
+    ``grid`` is the model's pixel grid over the scene when the model reads the scene at its
+    card's pixel size rather than the scene's (``None``: the scene's own pixels).
     """
 
     source: str
@@ -67,6 +72,15 @@ class ModelUse:
     outputs: tuple[tuple[str, int], ...]
     tile: int
     overlap: int
+    grid: ModelGrid | None = None
+
+    @property
+    def scene_px(self) -> float:
+        """Scene pixels per model pixel (the larger of the two axes)."""
+        if self.grid is None:
+            return 1.0
+        return max(self.grid.row_factor, self.grid.col_factor)
+
     recipes: Mapping[str, SmoothingRecipe] = field(default_factory=dict)
 
     @property
@@ -143,6 +157,16 @@ def _resolve_models(
 
     given = [load(src) for src in config.models]
     for _, card in given:
+        # A model the user named that gives no requested class is an error, never silently
+        # replaced by a default model.
+        gives = card.class_names[1:]
+        if not set(gives) & set(config.classes):
+            raise ClassNotAvailableError(
+                f"model {card.name!r} gives {', '.join(gives)}, not "
+                f"{', '.join(config.classes)}; drop it or ask for its classes "
+                f"(--classes {','.join(gives[:3])})"
+            )
+    for _, card in given:
         if why := misfit(card):
             log.warning("model %r may not suit %s: %s", card.name, scene.path, why)
     covered = {c for _, card in given for c in card.class_names[1:]}
@@ -171,6 +195,25 @@ def _resolve_models(
     return given + [load(src) for src in defaults if src not in config.models]
 
 
+def _model_grid(scene: SceneInfo, card: ModelCard, *, pixel_size_m: float) -> ModelGrid | None:
+    """The grid ``card``'s model reads ``scene`` on (``None``: the scene's own pixels).
+
+    Without a CRS the scene's pixel size in metres is unknown, so the model reads the
+    scene's pixels as they are.
+    """
+    if scene.crs is None or card.architecture == "spectral":
+        return None
+    try:
+        return model_grid(
+            scene_height=scene.height,
+            scene_width=scene.width,
+            scene_pixel_m=pixel_size_m,
+            model_pixel_m=card.resolution_m,
+        )
+    except ConfigError as err:
+        raise ConfigError(f"model {card.name!r}: {err}") from err
+
+
 UNRELIABLE_IOU = 0.1
 """A class a model's card says it segments with a held-out IoU below this gets a warning."""
 
@@ -191,12 +234,6 @@ def plan_run(scene_path: str | os.PathLike[str], config: RunConfig) -> RunPlan:
         With one line saying what is wrong and how to fix it.
     """
     scene = read_scene_info(scene_path)
-    if scene.crs is None:
-        log.warning(
-            "%s has no CRS: polygons will be in its pixel grid units and area_m2 in those "
-            "units squared; assign a CRS (gdal_edit.py -a_srs) to georeference the output",
-            scene.path,
-        )
     roles = scene_roles(scene, sensor=config.sensor, explicit=config.bands is not None)
     # One pixel size for the whole scene (at its centre), so every block smooths alike.
     dx, dy = pixel_size_m(scene.transform, crs=scene.crs, row=scene.height / 2, col=scene.width / 2)
@@ -206,6 +243,8 @@ def plan_run(scene_path: str | os.PathLike[str], config: RunConfig) -> RunPlan:
             "or name the scene's bands with --sensor so the default models can pick theirs"
         )
     models = _resolve_models(config, scene=scene, roles=roles, resolution_m=(dx + dy) / 2)
+    # The models the user named (as _resolve_models resolves them): never dropped silently.
+    named = {src for src, _ in models[: len(config.models)]}
     overrides = parse_overrides(config.smooth_params)
     strays = sorted(override_classes(overrides) - {c.lower() for c in config.classes})
     if strays:
@@ -220,6 +259,11 @@ def plan_run(scene_path: str | os.PathLike[str], config: RunConfig) -> RunPlan:
     for source, card in models:
         outputs = tuple((c, card.class_index(c)) for c in remaining if c in card.class_names[1:])
         if not outputs:
+            if source in named:
+                log.warning(
+                    "model %r gives %s, which an earlier model already gives; it is not used",
+                    card.name, ", ".join(c for c in card.class_names[1:] if c in config.classes),
+                )  # fmt: skip
             continue
         remaining = [c for c in remaining if c not in dict(outputs)]
         for c, _ in outputs:
@@ -251,6 +295,7 @@ def plan_run(scene_path: str | os.PathLike[str], config: RunConfig) -> RunPlan:
                 overlap=card.overlap
                 if config.inference.overlap is None
                 else config.inference.overlap,
+                grid=_model_grid(scene, card, pixel_size_m=(dx + dy) / 2),
             )
         )
     if remaining:
@@ -260,14 +305,27 @@ def plan_run(scene_path: str | os.PathLike[str], config: RunConfig) -> RunPlan:
             f"available: {', '.join(offered)}"
         )
     colors = {c: u.card.classes[idx].color for u in uses for c, idx in u.outputs}
-    tile = max(u.tile for u in uses)
-    overlap = max(u.overlap for u in uses)
-    halo = max(overlap, smoothing_halo_px(recipes, pixel_size_m=(dx, dy)))
+    # The block's tiling in scene pixels: a model reading coarser pixels needs its tile and
+    # overlap scaled up, so its tiles at a block's edge still have their context.
+    # (The block tiling's tile only sizes blocks: a multiple of 32 like any tile.)
+    tile = max(32 * math.ceil(u.tile * u.scene_px / 32) for u in uses)
+    overlap = max(math.ceil(u.overlap * u.scene_px) for u in uses)
     lines = tuple(c for c in config.classes if c in LINE_CLASSES) if config.centerlines else ()
-    if lines:
-        # The road mask must be final over core + centreline halo before skeletonizing.
-        halo += centerline_halo_px(
-            prune_m=config.prune_m, pixel_size_m=(dx, dy), max_road_width_m=MAX_ROAD_WIDTH_M
+    halo = _halo_px(
+        scene,
+        config,
+        recipes=recipes,
+        lines=lines,
+        pixel_size=(dx, dy),
+        overlap=overlap,
+        block=max(config.block, tile),
+    )
+    if scene.crs is None:  # told once the plan stands (a refused run says why instead)
+        log.warning(
+            "%s has no CRS: polygons will be in its pixel grid units and area_m2 in those "
+            "units squared (metric parameters take a unit as a metre); assign a CRS "
+            "(gdal_edit.py -a_srs) to georeference the output",
+            scene.path,
         )
     spec = TilingSpec(tile=tile, overlap=overlap, block=max(config.block, tile), halo=halo)
     blocks = tuple(plan_blocks(scene.height, scene.width, spec=spec))
@@ -286,3 +344,95 @@ def plan_run(scene_path: str | os.PathLike[str], config: RunConfig) -> RunPlan:
         centerlines=lines,
         prune_m=config.prune_m,
     )
+
+
+NO_CRS_MIN_PIXEL = 0.01
+"""Below this pixel size a scene without a CRS is taken to be in degrees (or another unit
+that is not a metre): no Earth-observation pixel is under 1 cm, and a degree-based one up
+to 1 km is under 0.01."""
+
+
+def _halo_px(
+    scene: SceneInfo,
+    config: RunConfig,
+    *,
+    recipes: Sequence[SmoothingRecipe],
+    lines: tuple[str, ...],
+    pixel_size: tuple[float, float],
+    overlap: int,
+    block: int,
+) -> int:
+    """Pixels read around each block core: tile overlap, smoothing and centreline reach.
+
+    Metric parameters (smoothing radii and areas, ``--min-area``, ``--simplify``,
+    centreline ``--prune``) become pixels through the scene's pixel size. Without a CRS
+    that size is in the transform's units, taken as metres; when it is too small to be
+    metres (degrees) they have no meaning and are refused. In every case the halo is at most
+    the block size: a parameter can make the work per block at most 9 times the core's,
+    never a multi-gigabyte read.
+
+    Raises
+    ------
+    ConfigError
+        Naming the parameter and the way out.
+    """
+    dx, dy = pixel_size
+    px = min(dx, dy)
+    smoothed = [r for r in recipes if r.method != "none"]
+    if scene.crs is None and px < NO_CRS_MIN_PIXEL:
+        metric = [
+            name
+            for name, used in (
+                ("smoothing", bool(smoothed)),
+                ("--min-area", config.min_area_m2 > 0),
+                ("--simplify", config.simplify_m > 0),
+                ("road centrelines (--prune)", bool(lines)),
+            )
+            if used
+        ]
+        if metric:
+            way_out = " ".join(
+                flag
+                for flag, used in (
+                    ("--smooth none", bool(smoothed)),
+                    ("--no-centerlines", bool(lines)),
+                    ("--min-area 0", config.min_area_m2 > 0),
+                    ("--simplify 0", config.simplify_m > 0),
+                )
+                if used
+            )
+            raise ConfigError(
+                f"{Path(scene.path).name} has no CRS and its pixels are {dx:.3g} x {dy:.3g} "
+                f"units, too small to be metres (degrees?): {', '.join(metric)} in metres "
+                "cannot be turned into pixels; assign the scene's CRS (gdal_edit.py -a_srs "
+                f"EPSG:4326 {Path(scene.path).name}) or pass {way_out}"
+            )
+    fix = "raise --block (at most 8192) or lower it"
+    for recipe in smoothed:
+        # Checked one by one before any footprint is built: a 100 km radius would otherwise
+        # allocate its structuring element before the halo could be compared with anything.
+        for f in dataclasses.fields(recipe.morph):
+            value = getattr(recipe.morph, f.name)
+            if not isinstance(value, int | float) or value <= 0:
+                continue
+            reach = value / px if f.name.endswith("_m") else math.sqrt(value) / px
+            if f.name.endswith(("_m", "_m2")) and reach > block:
+                raise ConfigError(
+                    f"smoothing parameter {f.name}={value:g} spans {reach:.0f} pixels at "
+                    f"{px:.3g} m per pixel, more than the block ({block} px); {fix} "
+                    "(--smooth-param), or pass --smooth none"
+                )
+    halo = max(overlap, smoothing_halo_px(recipes, pixel_size_m=(dx, dy)))
+    if lines:
+        # The road mask must be final over core + centreline halo before skeletonizing.
+        halo += centerline_halo_px(
+            prune_m=config.prune_m, pixel_size_m=(dx, dy), max_road_width_m=MAX_ROAD_WIDTH_M
+        )
+    if halo > block:
+        raise ConfigError(
+            f"smoothing{' and centrelines' if lines else ''} need a halo of {halo} pixels "
+            f"around each block at {px:.3g} m per pixel, more than the block itself "
+            f"({block} px); {fix}: --smooth-param, --prune, or --smooth none"
+            + (" / --no-centerlines" if lines else "")
+        )
+    return halo

@@ -24,7 +24,8 @@ from geoseg.run.memory import peak_rss_mb
 from geoseg.run.plan import MAX_ROAD_WIDTH_M, NODATA_CLASS, ModelUse, RunPlan
 from geoseg.run.results import BlockResult, ClassPolygons, finish_polygons
 from geoseg.tiling.grid import Block
-from geoseg.tiling.io import read_window
+from geoseg.tiling.io import read_model_window, read_window
+from geoseg.tiling.resample import to_scene_grid
 from geoseg.vectorize.centerlines import BlockLines, block_centerlines
 from geoseg.vectorize.polygons import BlockPolygons, polygonize_block
 
@@ -61,12 +62,30 @@ def process_block(plan: RunPlan, block: Block) -> BlockResult:
         if use.bands not in images:
             images[use.bands] = read_window(plan.scene.path, block.read, bands=use.bands)
         image, valid = images[use.bands]
+        # A model that reads the scene at its own pixel size sees its own grid's window; its
+        # probabilities come back to the scene grid.
+        grid = use.grid if valid.any() else None
+        if grid is not None:
+            model_window = grid.cover(block.read)
+            model_image, model_valid = read_model_window(
+                plan.scene.path, model_window, bands=use.bands, grid=grid
+            )
         t1 = time.perf_counter()
         seg = _segmenter(use, plan.inference)
         loaded = time.perf_counter()
         device = seg.device
         precision = getattr(seg, "precision", "index")  # spectral methods: no network
-        probs = seg.predict(image, valid) if valid.any() else None
+        probs = None
+        if grid is None and valid.any():
+            probs = seg.predict(image, valid)
+        elif grid is not None and model_valid.any():
+            probs = to_scene_grid(
+                seg.predict(model_image, model_valid),
+                model_valid,
+                grid=grid,
+                model_window=model_window,
+                window=block.read,
+            )
         t2 = time.perf_counter()
         # A network's forward passes are "predict", counted as the model's time: a pass on
         # one of a model's n slots occupies 1/n of it. This thread's own tile cutting,

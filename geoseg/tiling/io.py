@@ -19,11 +19,15 @@ import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.crs import CRS
+from rasterio.enums import Resampling
 from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.windows import Window
 
-from geoseg.errors import OutputWriteError, SceneReadError
+from geoseg.config import MAX_BLOCK
+from geoseg.errors import ConfigError, OutputWriteError, SceneReadError
+from geoseg.tiling.atomic import commit, create_temporary
 from geoseg.tiling.grid import PixelWindow
+from geoseg.tiling.resample import ModelGrid
 
 __all__ = [
     "GDAL_ENV",
@@ -31,6 +35,7 @@ __all__ = [
     "RasterWriter",
     "SceneInfo",
     "absolute_scene_path",
+    "read_model_window",
     "read_scene_info",
     "read_window",
     "sample_band_medians",
@@ -61,6 +66,10 @@ class SceneInfo:
     descriptions: tuple[str | None, ...] = field(default=())
     colorinterp: tuple[str, ...] = field(default=())
     """GDAL colour interpretation of each band (``"red"``, ``"alpha"``, ``"gray"`` ...)."""
+    scales: tuple[float, ...] = field(default=())
+    offsets: tuple[float, ...] = field(default=())
+    """Each band's scale and offset metadata: physical value = stored value x scale + offset
+    (1 and 0 where a band has none)."""
 
     @property
     def res(self) -> tuple[float, float]:
@@ -153,13 +162,32 @@ def read_scene_info(path: str | os.PathLike[str]) -> SceneInfo:
             nodata=src.nodata,
             descriptions=tuple(src.descriptions),
             colorinterp=tuple(ci.name for ci in src.colorinterp),
+            scales=tuple(1.0 if s is None else float(s) for s in src.scales),
+            offsets=tuple(0.0 if o is None else float(o) for o in src.offsets),
         )
 
 
+MAX_PAD_PX = 2 * MAX_BLOCK
+"""Most pixels a read is padded by beyond the scene on one side: a block's halo and its tile
+are each at most ``MAX_BLOCK`` (:mod:`geoseg.config`), so a valid plan never comes near."""
+
+
 def _pad(arr: np.ndarray, pads: tuple[tuple[int, int], tuple[int, int]]) -> np.ndarray:
-    """Reflect-pad the last two axes; a 1-pixel axis can only be repeated."""
+    """Reflect-pad the last two axes; a 1-pixel axis can only be repeated.
+
+    Raises
+    ------
+    ConfigError
+        For a pad over :data:`MAX_PAD_PX`, before anything is allocated.
+    """
     if not any(a or b for a, b in pads):
         return arr
+    widest = max(max(p) for p in pads)
+    if widest > MAX_PAD_PX:
+        raise ConfigError(
+            f"a read would be padded by {widest} pixels beyond the scene, more than "
+            f"{MAX_PAD_PX}; use a smaller --block, --tile or smoothing halo"
+        )
     lead = [(0, 0)] * (arr.ndim - 2)
     out = arr
     for axis in range(2):
@@ -214,6 +242,61 @@ def read_window(
     image = _pad(data, pads)
     valid = np.pad(valid, pads, mode="constant", constant_values=False)
     return image, valid
+
+
+def read_model_window(
+    path: str, window: PixelWindow, *, bands: Sequence[int], grid: ModelGrid
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read ``bands`` over ``window`` in the model pixels of ``grid``; beyond the scene the
+    model pixels are reflected (and not valid), as :func:`read_window` does with scene pixels.
+
+    Downsampling averages the scene pixels under each model pixel (GDAL picks an internal
+    overview when one fits); upsampling interpolates bilinearly. A model pixel is valid when
+    every scene pixel it is made of is.
+
+    Returns
+    -------
+    image
+        ``(len(bands), height, width)`` float32 on the model grid.
+    valid
+        ``(height, width)`` bool.
+    """
+    extent = PixelWindow(row_off=0, col_off=0, height=grid.height, width=grid.width)
+    inner = window.intersection(extent)
+    if inner is None:
+        raise SceneReadError(f"window {window} lies outside scene {path!r}")
+    row_off, col_off, height, width = grid.scene_bounds(inner)
+    rwin = Window(col_off, row_off, width, height)
+    shape = (len(bands), inner.height, inner.width)
+    down = grid.downsamples
+    reason = None
+    with _open(path) as src:
+        try:
+            data = src.read(
+                list(bands),
+                window=rwin,
+                out_shape=shape,
+                out_dtype="float32",
+                resampling=Resampling.average if down else Resampling.bilinear,
+            )
+            masks = src.read_masks(
+                list(bands),
+                window=rwin,
+                out_shape=shape,
+                resampling=Resampling.average if down else Resampling.nearest,
+            )
+        except RasterioError as err:
+            reason = _gdal_reason(err)
+    if reason is not None:
+        raise SceneReadError(
+            f"cannot read {path!r} resampled to {grid.height}x{grid.width} model pixels: {reason}"
+        ) from GdalError(reason)
+    # An averaged mask is 255 only where (nearly) every scene pixel under the model pixel is.
+    valid = np.all(masks == 255, axis=0) & np.all(np.isfinite(data), axis=0)
+    top, left = inner.row_off - window.row_off, inner.col_off - window.col_off
+    bottom, right = window.row_end - inner.row_end, window.col_end - inner.col_end
+    pads = ((top, bottom), (left, right))
+    return _pad(data, pads), np.pad(valid, pads, mode="constant", constant_values=False)
 
 
 def sample_band_medians(
@@ -274,11 +357,17 @@ class RasterWriter:
         band_scales: Sequence[tuple[float, float]] | None = None,
     ) -> None:
         self.path = Path(path)
-        self.tmp_path = self.path.with_name(f".{self.path.name}.partial")
+        self._cog_tmp: Path | None = None
+        try:
+            # A new file of this process under an unpredictable name (see tiling.atomic).
+            self.tmp_path = create_temporary(self.path)
+        except OSError as err:
+            raise OutputWriteError(f"cannot create {self.path}: {err.strerror or err}") from err
         try:
             with rasterio.Env(**GDAL_ENV):
                 self._dst = rasterio.open(self.tmp_path, "w", **_plain_bands(profile))
         except (RasterioError, OSError) as err:
+            self.tmp_path.unlink(missing_ok=True)
             raise OutputWriteError(f"cannot create {self.path}: {_first_line(err)}") from err
         if colormap:
             self._dst.write_colormap(1, dict(colormap))
@@ -314,8 +403,8 @@ class RasterWriter:
         if cog:
             from rasterio.shutil import copy as gdal_copy
 
-            cog_tmp = self.path.with_name(f".{self.path.name}.cog.partial")
             try:
+                self._cog_tmp = cog_tmp = create_temporary(self.path)
                 with rasterio.Env(**GDAL_ENV):
                     gdal_copy(
                         self.tmp_path,
@@ -329,14 +418,14 @@ class RasterWriter:
                         NUM_THREADS="ALL_CPUS",
                     )
             except (RasterioError, OSError) as err:
-                cog_tmp.unlink(missing_ok=True)
+                self.abort()
                 raise OutputWriteError(
                     f"cannot write {self.path} as COG: {_first_line(err)}"
                 ) from err
-            os.replace(cog_tmp, self.path)
+            commit(cog_tmp, self.path)
             self.tmp_path.unlink(missing_ok=True)
         else:
-            os.replace(self.tmp_path, self.path)
+            commit(self.tmp_path, self.path)
         return self.path
 
     def abort(self) -> None:
@@ -345,7 +434,8 @@ class RasterWriter:
             self._dst.close()
             self._closed = True
         self.tmp_path.unlink(missing_ok=True)
-        self.path.with_name(f".{self.path.name}.cog.partial").unlink(missing_ok=True)
+        if self._cog_tmp is not None:
+            self._cog_tmp.unlink(missing_ok=True)
 
 
 def write_array(
