@@ -55,6 +55,12 @@ class FileDigest:
         return self._value
 
 
+def _exact(value: float) -> str:
+    """A number as short as it can be written and still read back exactly ("250", "12.3456789")."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(value)
+
+
 def run_provenance(
     plan: RunPlan,
     config: RunConfig,
@@ -106,7 +112,7 @@ def run_provenance(
         ),
         "smoothing": json.dumps(smoothing),
         "inference": json.dumps(dataclasses.asdict(plan.inference)),
-        "min_area_m2": f"{plan.min_area_m2:g}",
-        "simplify_m": f"{config.simplify_m:g}",
+        "min_area_m2": _exact(plan.min_area_m2),
+        "simplify_m": _exact(config.simplify_m),
         "dst_crs": config.dst_crs or "",
     }

@@ -137,11 +137,6 @@ def test_a_scene_without_a_crs_and_an_unset_target_crs_are_empty(plan: RunPlan) 
     assert record["input_crs"] == "" and record["dst_crs"] == ""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="run_provenance formats min_area_m2 and simplify_m with :g (6 significant digits): "
-    "1234567 m2 is recorded as '1.23457e+06', so the record does not reproduce the run",
-)
 def test_area_and_tolerance_options_are_recorded_exactly(plan: RunPlan) -> None:
     config = replace(CONFIG, min_area_m2=1_234_567.0, simplify_m=12.3456789)
     record = run_provenance(
