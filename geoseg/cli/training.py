@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import sys
+import shlex
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,30 +19,15 @@ from geoseg.cli._base import (
 from geoseg.errors import ConfigError
 
 
-def _resolve_relative(data: dict[str, Any], base: Path) -> dict[str, Any]:
-    """Make a training file's relative paths relative to the file, not the shell."""
-
-    def fix(p: str) -> str:
-        return p if (p.startswith("/vsi") or "://" in p or Path(p).is_absolute()) else str(base / p)
-
-    out = dict(data)
-    inputs = []
-    for item in out.get("inputs", []):
-        item = dict(item)
-        if "image" in item:
-            item["image"] = fix(str(item["image"]))
-        labels = item.get("labels")
-        if isinstance(labels, str):
-            item["labels"] = fix(labels)
-        elif isinstance(labels, dict) and "path" in labels:
-            item["labels"] = {**labels, "path": fix(str(labels["path"]))}
-        inputs.append(item)
-    if inputs:
-        out["inputs"] = inputs
-    for key in ("output", "checkpoint_dir"):
-        if isinstance(out.get(key), str):
-            out[key] = fix(out[key])
-    return out
+def _train_command(config_file: str, options: Sequence[tuple[str, object]]) -> str:
+    """The ``geoseg train`` command line of a run, for its card: the options as given."""
+    words = ["geoseg", "train", config_file]
+    for flag, value in options:
+        if value is True:
+            words.append(flag)
+        elif value is not None and value is not False:
+            words += [flag, str(value)]
+    return shlex.join(words)
 
 
 @main.command()
@@ -51,6 +37,13 @@ def _resolve_relative(data: dict[str, Any], base: Path) -> dict[str, Any]:
 @click.option("--steps", type=int, help="Override the batches per epoch.")
 @click.option("--device", help="auto, cpu, cuda or cuda:N.")
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Continue a run.")
+@click.option(
+    "--evaluate/--no-evaluate",
+    "score",
+    default=True,
+    show_default=True,
+    help="Then score the held-out data through the geoseg run pipeline into the card.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing model file.")
 @_common
 @_handles_errors
@@ -61,42 +54,48 @@ def train(
     steps: int | None,
     device: str | None,
     resume: bool,
+    score: bool,
     overwrite: bool,
     verbose: bool,
     quiet: bool,
 ) -> None:
     """Train a model from CONFIG_FILE (YAML: inputs, class_map, bands, architecture ...).
 
-    Relative paths in the file are relative to the file. Checkpoints go to
-    ``<output>.ckpt/`` unless ``checkpoint_dir`` is set, so an interrupted run resumes.
+    Relative paths in the file are relative to the file (input paths to its `data_root`
+    when set). Checkpoints go to ``<output>.ckpt/`` unless ``checkpoint_dir`` is set, so an
+    interrupted run resumes. Then the held-out data is scored through the real `geoseg run`
+    pipeline, without smoothing and with the default recipes (and against the index methods
+    the file's `compare` lists), into the card, which also records this command.
     """
-    import yaml
-
     from geoseg.errors import OutputExistsError
-    from geoseg.training.loop import TrainConfig, TrainProgress
+    from geoseg.training.config_file import read_train_file
     from geoseg.training.loop import train as run_training
+    from geoseg.training.progress import TrainProgress
+    from geoseg.training.scoring import check_scoring, score_held_out
 
-    path = Path(config_file)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"cannot read training file {config_file!r}: {err}") from err
-    if not isinstance(data, dict):
-        raise ConfigError(f"training file {config_file!r} must hold a mapping of options")
-    data = _resolve_relative(data, path.parent.resolve())
-    overrides: dict[str, Any] = {"resume": resume, "command": " ".join(sys.argv)}
+    command = _train_command(
+        config_file,
+        [
+            ("-o", output),
+            ("--epochs", epochs),
+            ("--steps", steps),
+            ("--device", device),
+            ("--no-resume", not resume),
+            ("--no-evaluate", not score),
+            ("--overwrite", overwrite),
+        ],
+    )
+    overrides: dict[str, Any] = {"resume": resume, "command": command}
     if output:
         overrides["output"] = str(Path(output).resolve())
     for key, value in (("epochs", epochs), ("steps_per_epoch", steps), ("device", device)):
         if value is not None:
             overrides[key] = value
-    data.update(overrides)
-    if "output" not in data:
-        raise ConfigError("no output model file: set `output:` in the file or pass -o")
-    data.setdefault("checkpoint_dir", f"{data['output']}.ckpt")
-    config = TrainConfig.from_dict(data)
+    config = read_train_file(config_file, overrides=overrides)
     if Path(config.output).exists() and not overwrite:
         raise OutputExistsError(f"{config.output!r} exists; pass --overwrite to replace it")
+    if score:
+        check_scoring(config)  # before hours of training, not after
     with _progress(quiet=quiet, label="training") as bar:
 
         def report(p: TrainProgress) -> None:
@@ -107,6 +106,14 @@ def train(
                 click.echo(f"geoseg: epoch {p.epoch}/{p.epochs} {p.record.describe()}", err=True)
 
         result = run_training(config, progress=report)
+    if score:
+        from geoseg.run.evaluate import evaluate as run_evaluation
+
+        def say(line: str) -> None:
+            if not quiet:
+                click.echo(f"geoseg: {line}", err=True)
+
+        score_held_out(result.model_path, config, evaluate=run_evaluation, progress=say)
     if not quiet:
         click.echo(f"geoseg: wrote {result.model_path} ({result.describe()})", err=True)
 

@@ -20,6 +20,7 @@ from geoseg.errors import ConfigError
 from geoseg.models.bands import CANONICAL_BANDS
 from geoseg.models.card import ClassInfo
 from geoseg.models.registry import ARCHITECTURES
+from geoseg.models.spectral import METHODS
 from geoseg.tiling.grid import PixelWindow
 from geoseg.training.chips import Augment, ValidationSplit
 from geoseg.training.labels import ClassMap, LabelSource
@@ -84,6 +85,7 @@ RESUMABLE_CHANGES = frozenset(
         "command",
         "name",
         "description",
+        "compare",
     }
 )
 
@@ -156,6 +158,12 @@ class TrainConfig:
         Floating-point type of the weights in the model file (``fp16`` halves its size).
     command
         How the run was started (recorded in the card for reproducibility).
+    compare
+        Spectral index methods (``("ndwi", "mndwi")``, all finding one class of the model)
+        to compare the trained model with on the held-out data. The weights do not depend
+        on it: ``geoseg train`` scores them after training, each index with Otsu's threshold
+        and with the fixed threshold that does best on the training area
+        (:func:`geoseg.training.scoring.score_held_out`).
     """
 
     inputs: tuple[TrainingInput, ...]
@@ -198,6 +206,7 @@ class TrainConfig:
     resume: bool = True
     store_dtype: str = "fp32"
     command: str | None = None
+    compare: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "inputs", tuple(self.inputs))
@@ -278,6 +287,9 @@ class TrainConfig:
                 raise ConfigError(f"every std must be positive: {list(self.std)}")
         if self.threads < 0:
             raise ConfigError(f"threads {self.threads} must be >= 0 (0: torch's default)")
+        compare = (self.compare,) if isinstance(self.compare, str) else tuple(self.compare)
+        object.__setattr__(self, "compare", compare)
+        _check_compare(self.compare, self.class_map)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form; :meth:`from_dict` reads it back."""
@@ -359,6 +371,27 @@ class TrainConfig:
         """Hash of the options a resumed run must share with the run it continues."""
         body = {k: v for k, v in self.to_dict().items() if k not in RESUMABLE_CHANGES}
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _check_compare(compare: tuple[str, ...], class_map: ClassMap) -> None:
+    """Index methods that exist and all find one class of the model."""
+    for name in compare:
+        if name not in METHODS:
+            raise ConfigError(
+                f"compare: unknown index method {name!r}; valid: {', '.join(METHODS)} "
+                f"(without a threshold: it is chosen on the training area)"
+            )
+    found = sorted({METHODS[name].class_name for name in compare})
+    if len(found) > 1:
+        raise ConfigError(
+            f"compare: {', '.join(compare)} find different classes ({', '.join(found)}); "
+            f"compare methods that find one class"
+        )
+    if found and found[0] not in class_map.class_names[1:]:
+        raise ConfigError(
+            f"compare: {', '.join(compare)} find {found[0]}, which is not a class of the model "
+            f"({', '.join(class_map.class_names[1:])})"
+        )
 
 
 def _fields(obj: Any) -> dict[str, Any]:

@@ -91,6 +91,17 @@ def test_train_then_evaluate(tmp_path: Path) -> None:
     assert kept["iou"] == best["iou"] and kept["f1"] == best["f1"]
     assert f"best epoch {card.training['best_epoch']}, score " in result.output
 
+    # The card records the command that made it, and the held-out tile scored through the
+    # whole geoseg run pipeline, without smoothing and with the default recipes.
+    assert card.training["reproducibility"]["command"] == f"geoseg train {cfg} --steps 3"
+    evaluation = card.training["evaluation"]
+    assert evaluation["held_out"] == [str(data / "img1.tif")] and evaluation["region"] is None
+    for key, smooth in (("none", "none"), ("default", "default recipes")):
+        (scores,) = evaluation[key]
+        assert scores["smooth"] == smooth and scores["labelled_pixels"] == 160 * 160
+        assert 0.0 <= scores["classes"]["water"]["iou"] <= 1.0
+    assert "geoseg: scoring the held-out data through the pipeline" in result.output
+
     again = runner.invoke(main, ["train", str(cfg)])
     assert again.exit_code == 1 and "exists; pass --overwrite" in again.output
 
@@ -115,6 +126,39 @@ def test_train_then_evaluate(tmp_path: Path) -> None:
     )
     assert water["support"] > 0 and 0.0 <= water["iou"] <= 1.0
     assert body["labelled_pixels"] == body["region_pixels"] == 160 * 160
+
+
+def test_train_compares_the_model_with_index_thresholds_chosen_on_the_training_tile(
+    tmp_path: Path,
+) -> None:
+    cfg = _training_files(tmp_path, compare=["ndwi"])
+    result = CliRunner().invoke(main, ["train", str(cfg), "-q"])
+    assert result.exit_code == 0, result.output
+    assert result.output == ""
+    comparison = read_card(tmp_path / "water.safetensors").training["comparison"]
+    results = comparison["results"]
+    (fixed,) = [k for k in results if k.startswith("ndwi:") and k != "ndwi:otsu"]
+    assert set(results) == {"water.safetensors", "ndwi:otsu", fixed}
+    assert results[fixed]["threshold_chosen_on"].startswith("training area")
+    # NDWI separates the synthetic water (dark in nir) on the training tile too.
+    assert results[fixed]["training_area_iou"] > 0.9
+    assert results[fixed]["water"]["none"]["iou"] > 0.9
+    assert comparison["best"] in results and comparison["best_without_smoothing"] in results
+    assert comparison["water_pixels"] == results["ndwi:otsu"]["water"]["none"]["support"] > 0
+
+
+def test_train_checks_the_comparison_before_training(tmp_path: Path) -> None:
+    cfg = _training_files(tmp_path, compare=["ndwi"], validation={"kind": "none"})
+    result = CliRunner().invoke(main, ["train", str(cfg)])
+    assert result.exit_code == 1
+    assert "compare needs one held-out input or region, the split holds out 0" in result.output
+    assert not (tmp_path / "water.safetensors").exists()
+    # Without scoring, nothing is compared, and the card has no pipeline scores.
+    result = CliRunner().invoke(main, ["train", str(cfg), "--no-evaluate", "--steps", "2"])
+    assert result.exit_code == 0, result.output
+    training = read_card(tmp_path / "water.safetensors").training
+    assert "evaluation" not in training and "comparison" not in training
+    assert training["reproducibility"]["command"].endswith("--steps 2 --no-evaluate")
 
 
 def test_train_without_validation_keeps_the_last_epoch(tmp_path: Path) -> None:

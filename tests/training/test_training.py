@@ -15,10 +15,12 @@ from geoseg.models.predictor import TorchSegmenter
 from geoseg.models.registry import build_network, load_network, save_model
 from geoseg.tiling.io import read_window
 from geoseg.training.chips import ValidationSplit
+from geoseg.training.config import TrainConfig, TrainingInput
 from geoseg.training.labels import ClassMap, LabelSource
-from geoseg.training.loop import TrainConfig, TrainingInput, TrainProgress, train
+from geoseg.training.loop import train
 from geoseg.training.metrics import compute_metrics, confusion_matrix
-from tests.models.conftest import CLASSES, Scene, make_scene
+from geoseg.training.progress import TrainProgress
+from tests.training.conftest import CLASSES, Scene, make_scene
 
 # A small real network: MobileNetV2 encoder cut at depth 3, a narrow decoder (~9 MB file).
 NET = {"encoder": "mobilenet_v2", "params": {"encoder_depth": 3, "decoder_channels": [32, 16, 8]}}
@@ -198,7 +200,7 @@ def test_early_stopping_keeps_the_best_epoch(scenes, tmp_path):
 
 def test_fp16_storage_halves_the_file_and_predicts_the_same(tmp_path):
     from geoseg.models.card import ModelCard
-    from geoseg.training.loop import _cast_state
+    from geoseg.training.checkpoints import cast_state
 
     card = ModelCard(
         name="t",
@@ -214,7 +216,7 @@ def test_fp16_storage_halves_the_file_and_predicts_the_same(tmp_path):
     torch.manual_seed(0)
     net = build_network(card).eval()
     full = save_model(tmp_path / "fp32.safetensors", card, net.state_dict())
-    half = save_model(tmp_path / "fp16.safetensors", card, _cast_state(net.state_dict(), "fp16"))
+    half = save_model(tmp_path / "fp16.safetensors", card, cast_state(net.state_dict(), "fp16"))
     assert half.stat().st_size < 0.55 * full.stat().st_size
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
@@ -318,14 +320,3 @@ def test_data_relative():
     assert data_relative("/data/other/a.tif", "/data/shared") is None
     assert data_relative("/vsis3/bucket/a.tif", "/") is None
     assert data_relative("https://host/a.tif", "/") is None
-
-
-def test_default_model_commands_name_the_threads_they_were_trained_with(tmp_path):
-    from geoseg.training.shipped import landsat_config, roads_config
-
-    # The shipped Landsat model was trained with one torch thread (its card says so).
-    landsat = landsat_config(tmp_path, tmp_path)
-    assert landsat.threads == 1
-    assert landsat.command == "python -m geoseg.training.shipped landsat --threads 1"
-    roads = roads_config(tmp_path, tmp_path)
-    assert roads.threads == 0 and roads.command == "python -m geoseg.training.shipped roads"

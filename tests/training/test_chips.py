@@ -25,7 +25,7 @@ from geoseg.training.chips import (
     scan_scene,
 )
 from geoseg.training.labels import IGNORE_INDEX, ClassMap, LabelReader, LabelSource
-from tests.models.conftest import CLASSES, TRANSFORM, UTM
+from tests.training.conftest import CLASSES, TRANSFORM, UTM
 
 
 def _win(r: int, c: int, h: int, w: int) -> PixelWindow:

@@ -1,0 +1,377 @@
+"""The default models shipped in the package: files, cards, selection per scene, accuracy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from safetensors import safe_open
+
+from geoseg.errors import BandError, ClassNotAvailableError, ModelCardError
+from geoseg.models.bands import band_roles
+from geoseg.models.card import ModelCard
+from geoseg.models.defaults import (
+    DEFAULT_MODELS,
+    WEIGHTS_DIR,
+    default_model_cards,
+    default_sources,
+    units_misfit,
+)
+from geoseg.models.registry import load_network
+from geoseg.models.spectral import is_spectral
+from geoseg.training.config_file import read_train_file
+
+# The training files that reproduce the shipped models (`make train-defaults`), and the files.
+TRAIN_FILES = Path(__file__).resolve().parents[2] / "workflows" / "train"
+ROADS = read_train_file(TRAIN_FILES / "roads.yaml", overrides={"output": "roads"})
+LANDSAT = read_train_file(TRAIN_FILES / "landsat.yaml", overrides={"output": "landsat"})
+ROADS_FILE = f"{ROADS.name}.safetensors"
+LANDSAT_FILE = f"{LANDSAT.name}.safetensors"
+ROADS_HELD_OUT = ROADS.inputs[ROADS.validation.tiles[0]]
+LANDSAT_REGION = LANDSAT.validation.region
+assert LANDSAT_REGION is not None
+
+SHIPPED = sorted({s for c in DEFAULT_MODELS.values() for s in c if not is_spectral(s)})
+WATER_FALLBACK = DEFAULT_MODELS["water"][-1]  # the NDWI method
+MAX_BYTES = 30 * 1024 * 1024
+MIN_DEFAULT_IOU = 0.2  # a class gets a default model only if it validates at least this well
+
+RGB = ["red", "green", "blue"]
+LANDSAT7 = band_roles(["B1 blue", "B2 green", "B3 red", "B4 NIR", "B5 SWIR1", "B7 SWIR2"])
+
+
+@pytest.fixture(scope="module")
+def cards() -> dict[str, ModelCard]:
+    return default_model_cards()
+
+
+# --- the files -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_model_is_a_small_self_describing_safetensors_file(name, cards):
+    path = WEIGHTS_DIR / name
+    assert path.is_file(), f"{name} is missing; run make train-defaults"
+    assert path.stat().st_size < MAX_BYTES
+    # safetensors: a JSON header and raw tensors; nothing is unpickled to load it.
+    with safe_open(str(path), framework="pt") as f:
+        assert "geoseg.card" in (f.metadata() or {})
+    card, net = load_network(path)
+    assert not net.training
+    assert card == cards[name]
+    # Every class the mapping sends to this file is one of its outputs.
+    claimed = {cls for cls, sources in DEFAULT_MODELS.items() if name in sources}
+    assert claimed <= set(card.class_names[1:])
+    # The card says what it was trained on, for how long, and how well it did.
+    t = card.training
+    assert t["epochs"] >= 1 and t["steps"] >= 100 and t["wall_time_s"] > 0
+    assert any("validation" in d["use"] or "held_out" in d for d in t["data"])
+    for cls in claimed:
+        assert t["validation"]["classes"][cls]["iou"] >= MIN_DEFAULT_IOU
+    # The command that made it: `make train-defaults` runs the files in workflows/train/;
+    # the files shipped now were made before those existed, by a script since removed.
+    command = t["reproducibility"]["command"]
+    assert command.startswith(
+        ("geoseg train workflows/train/", "python -m geoseg.models.train_defaults ")
+    ), command
+    assert card.training["weights_dtype"] == "fp16"
+
+
+def test_cards_list_every_default_and_every_shipped_file(cards):
+    shipped = {p.name for p in WEIGHTS_DIR.glob("*.safetensors")}
+    assert shipped == {ROADS_FILE, LANDSAT_FILE}
+    assert set(cards) == {s for c in DEFAULT_MODELS.values() for s in c} | shipped
+    assert cards[WATER_FALLBACK].bands == ("green", "nir")
+    assert cards[ROADS_FILE].bands == ("red", "green", "blue")
+    assert cards[LANDSAT_FILE].bands == ("blue", "green", "red", "nir", "swir1")
+    assert cards[LANDSAT_FILE].class_names == ("background", "water", "crops")
+
+
+def test_the_water_default_is_what_validated_best(cards):
+    comparison = cards[LANDSAT_FILE].training["comparison"]
+    results = comparison["results"]
+    # Decided on what `geoseg run` gives by default: each class's smoothing recipe.
+    best = max(results.values(), key=lambda r: r["water"]["default"]["iou"] or 0.0)
+    assert comparison["best"] == best["source"]
+    assert DEFAULT_MODELS["water"][0] == best["source"]
+    # The NDWI fallback is the best NDWI method of the comparison (threshold chosen on
+    # the training area), for scenes without the first candidate's bands.
+    ndwi = [r for k, r in results.items() if k.startswith("ndwi:")]
+    assert max(ndwi, key=lambda r: r["water"]["default"]["iou"])["source"] == WATER_FALLBACK
+    # Every spectral contender was scored on the same held-out region.
+    assert {"ndwi:otsu", "mndwi:otsu"} <= set(results)
+    assert sum(k.startswith("ndwi:") for k in results) == 2
+    assert sum(k.startswith("mndwi:") for k in results) == 2
+    assert comparison["region"] == [
+        LANDSAT_REGION.row_off,
+        LANDSAT_REGION.col_off,
+        LANDSAT_REGION.height,
+        LANDSAT_REGION.width,
+    ]
+
+
+# --- choosing the model for a scene ---------------------------------------------------------
+
+
+def test_roads_on_an_rgb_scene_named_or_not():
+    roads = str(WEIGHTS_DIR / ROADS_FILE)
+    assert default_sources(["roads"], roles=RGB, count=3) == (roads,)
+    # The Massachusetts tiles: three bands without descriptions, in R, G, B order.
+    assert default_sources(["roads"], roles=[None] * 3, count=3) == (roads,)
+    with pytest.raises(BandError, match="roads"):
+        default_sources(["roads"], roles=[None] * 4, count=4)  # which three? unknowable
+
+
+def test_water_on_landsat7_uses_the_trained_model_and_sources_are_listed_once():
+    landsat = str(WEIGHTS_DIR / LANDSAT_FILE)
+    assert default_sources(["water"], roles=LANDSAT7, count=6) == (landsat,)
+    assert default_sources(["roads", "water"], roles=LANDSAT7, count=6) == (
+        str(WEIGHTS_DIR / ROADS_FILE),
+        landsat,
+    )
+    assert default_sources(["water", "water"], roles=LANDSAT7, count=6) == (landsat,)
+
+
+def test_water_falls_back_to_ndwi_on_a_green_and_nir_scene():
+    naip = band_roles([None] * 4, sensor="naip")  # red, green, blue, nir
+    assert default_sources(["water"], roles=naip, count=4) == (WATER_FALLBACK,)
+    assert default_sources(["water", "roads"], roles=naip, count=4) == (
+        WATER_FALLBACK,
+        str(WEIGHTS_DIR / ROADS_FILE),
+    )
+    # The Sentinel-2 render in ../shared/data: B01..B08, no SWIR.
+    s2 = band_roles([f"B0{i}" for i in range(1, 9)])
+    assert default_sources(["water"], roles=s2, count=8) == (WATER_FALLBACK,)
+    # Two unnamed bands are taken as the method's own order (green, nir).
+    assert default_sources(["water"], roles=[None, None], count=2) == (WATER_FALLBACK,)
+
+
+def test_trained_models_are_passed_over_at_a_very_different_resolution():
+    landsat = str(WEIGHTS_DIR / LANDSAT_FILE)
+    assert default_sources(["water"], roles=LANDSAT7, count=6, resolution_m=30.0) == (landsat,)
+    # 10 m pixels: the 28.5 m model is passed over for NDWI, which has no resolution.
+    assert default_sources(["water"], roles=LANDSAT7, count=6, resolution_m=10.0) == (
+        WATER_FALLBACK,
+    )
+    with pytest.raises(BandError, match=r"trained for 1 m pixels, the scene's are 8.22 m; pass"):
+        default_sources(["roads"], roles=RGB, count=3, resolution_m=8.21533)
+
+
+def test_units_misfit_tells_8_bit_dns_from_16_bit_dns_and_reflectance(cards):
+    landsat = cards[LANDSAT_FILE]
+    assert units_misfit(landsat, np.array([81.0, 67, 67, 69, 90])) is None  # its own units
+    assert units_misfit(landsat, np.array([60.0, 40, 30, 15, 10])) is None  # a dark, wet scene
+    assert units_misfit(landsat, np.array([160.0, 140, 150, 130, 170])) is None  # bright
+    why = units_misfit(landsat, np.array([9000.0, 8800, 8200, 14000, 11000]))  # Landsat 8 DNs
+    assert why is not None and "9e+03/8.8e+03" in why and "81.1/67.1" in why
+    assert units_misfit(landsat, np.array([0.08, 0.07, 0.06, 0.3, 0.2])) is not None
+    assert units_misfit(cards[WATER_FALLBACK], np.array([9000.0, 8000])) is None  # scale-free
+    assert units_misfit(landsat, None) is None  # nothing sampled: no objection
+
+
+def test_defaults_whose_units_do_not_match_the_scene_are_passed_over(cards):
+    def l8_dns(card: ModelCard) -> str | None:
+        return units_misfit(card, np.full(len(card.bands), 9000.0))
+
+    assert default_sources(["water"], roles=LANDSAT7, count=6, value_misfit=l8_dns) == (
+        WATER_FALLBACK,
+    )
+    with pytest.raises(BandError, match=r"roads-unet-r18.safetensors: it was trained on values"):
+        default_sources(["roads"], roles=RGB, count=3, value_misfit=l8_dns)
+
+
+def _landsat_like(path: Path, scale: float, dtype: str) -> Path:
+    """A 6-band 30 m scene named like Landsat 7 (B1-B5, B7) with values ``scale`` x 8-bit."""
+    rng = np.random.default_rng(0)
+    base = rng.integers(40, 110, size=(6, 300, 300)).astype(np.float64)
+    profile = dict(
+        driver="GTiff", width=300, height=300, count=6, dtype=dtype, crs="EPSG:32617",
+        transform=Affine(30, 0, 500000, 0, -30, 4000000),
+    )  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write((base * scale).astype(dtype))
+        for i, name in enumerate(["B1", "B2", "B3", "B4", "B5", "B7"], start=1):
+            dst.set_band_description(i, name)
+    return path
+
+
+def test_a_run_plan_samples_the_scene_to_choose_the_water_model(tmp_path: Path, caplog):
+    from geoseg.config import RunConfig
+    from geoseg.run.plan import plan_run
+
+    landsat = str(WEIGHTS_DIR / LANDSAT_FILE)
+    config = RunConfig(classes=("water",), sensor="landsat7")
+    dn8 = plan_run(_landsat_like(tmp_path / "l7.tif", 1.0, "uint8"), config)
+    assert [u.source for u in dn8.models] == [landsat]
+    dn16 = plan_run(_landsat_like(tmp_path / "l8.tif", 120.0, "uint16"), config)
+    assert [u.source for u in dn16.models] == [WATER_FALLBACK]
+    refl = plan_run(_landsat_like(tmp_path / "sr.tif", 1 / 800, "float32"), config)
+    assert [u.source for u in refl.models] == [WATER_FALLBACK]
+    # A model the user names is kept, with a warning saying why it may not suit the scene.
+    caplog.clear()
+    config = RunConfig(classes=("water",), models=(landsat,), sensor="landsat7")
+    given = plan_run(tmp_path / "l8.tif", config)
+    assert [u.source for u in given.models] == [landsat]
+    assert "may not suit" in caplog.text and "other units or scaling" in caplog.text
+
+
+def test_an_unknown_class_lists_the_classes_with_defaults():
+    with pytest.raises(ClassNotAvailableError, match=r"'buildings'.*: roads, water;.*--model"):
+        default_sources(["water", "buildings"], roles=LANDSAT7, count=6)
+
+
+def test_crops_have_no_default_because_no_trained_model_validates_for_them(cards):
+    # The Landsat model has a crops output, but on the held-out region it finds none of the
+    # 1996 agriculture pixels: a default that silently returns nothing would mislead.
+    crops = cards[LANDSAT_FILE].training["validation"]["classes"]["crops"]
+    assert crops["iou"] < MIN_DEFAULT_IOU
+    assert "crops" not in DEFAULT_MODELS
+    with pytest.raises(ClassNotAvailableError, match="no default model for class 'crops'"):
+        default_sources(["crops"], roles=LANDSAT7, count=6)
+
+
+def test_a_scene_without_the_bands_says_what_each_candidate_needs_and_how_to_fix_it():
+    with pytest.raises(BandError) as err:
+        default_sources(["water"], roles=RGB, count=3)
+    msg = str(err.value)
+    assert "class 'water'" in msg
+    assert f"{LANDSAT_FILE} needs blue, green, red, nir, swir1;" in msg
+    assert f"{WATER_FALLBACK} needs green, nir" in msg
+    assert "(bands red, green, blue)" in msg
+    assert "--bands" in msg and "--sensor" in msg and "--model" in msg
+    with pytest.raises(BandError, match=r"class 'water'.*\(3 unnamed bands\)"):
+        default_sources(["water"], roles=[None] * 3, count=3)
+
+
+def test_a_missing_weights_file_falls_back_for_water_and_fails_clearly_for_roads(
+    monkeypatch, tmp_path
+):
+    monkeypatch.setattr("geoseg.models.defaults.WEIGHTS_DIR", tmp_path)
+    assert default_sources(["water"], roles=LANDSAT7, count=6) == (WATER_FALLBACK,)
+    with pytest.raises(ModelCardError, match=r"class 'roads' is unusable.*does not exist.*retrain"):
+        default_sources(["roads"], roles=RGB, count=3)
+
+
+# --- accuracy on the held-out data, through the real pipeline --------------------------------
+
+
+def _iou_floor(card: ModelCard, cls: str) -> float:
+    return float(card.training["validation"]["classes"][cls]["iou"]) - 0.02
+
+
+def test_roads_model_reaches_its_card_score_on_the_held_out_tile(shared_data, cards):
+    from geoseg.run.evaluate import evaluate
+
+    card = cards[ROADS_FILE]
+    # The card's validation ran the tiled inference without smoothing; so does this.
+    result = evaluate(
+        str(WEIGHTS_DIR / ROADS_FILE),
+        ROADS_HELD_OUT.image,
+        ROADS_HELD_OUT.labels,
+        class_map=ROADS.class_map,
+        smooth="none",
+    )
+    assert result.metrics["roads"].iou >= _iou_floor(card, "roads")
+
+
+def test_landsat_model_reaches_its_card_scores_on_the_held_out_region(shared_data, cards):
+    from geoseg.run.evaluate import evaluate
+
+    card = cards[LANDSAT_FILE]
+    (data,) = LANDSAT.inputs
+    result = evaluate(
+        str(WEIGHTS_DIR / LANDSAT_FILE),
+        data.image,
+        data.labels,
+        class_map=LANDSAT.class_map,
+        region=LANDSAT_REGION,
+        smooth="none",
+    )
+    claimed = [cls for cls, sources in DEFAULT_MODELS.items() if LANDSAT_FILE in sources]
+    assert claimed
+    for cls in claimed:
+        assert result.metrics[cls].iou >= _iou_floor(card, cls), cls
+
+
+def test_card_records_the_pipeline_scores_it_was_shipped_with(cards):
+    # What `geoseg evaluate` measured when the model was trained, with and without smoothing,
+    # so users see what the default recipes do to each class.
+    for name in SHIPPED:
+        ev = cards[name].training["evaluation"]
+        assert set(ev) >= {"none", "default", "held_out"}
+        json.dumps(ev)  # plain JSON
+        assert Path(ev["held_out"][0]).name.endswith(".tif")
+
+
+def test_landsat_card_keeps_the_last_epoch_so_the_comparison_is_fair(cards):
+    # keep="last": the held-out region chose neither the epoch nor the threshold of any
+    # contender, so the water comparison compares like with like.
+    t = cards[LANDSAT_FILE].training
+    assert t["kept"] == "last"
+    assert t["best_epoch"] == t["epochs"] == t["history"][-1]["epoch"]
+    water = t["validation"]["classes"]["water"]["iou"]
+    model = t["comparison"]["results"][LANDSAT_FILE]["water"]["none"]["iou"]
+    assert model == pytest.approx(water, abs=0.01)  # training-time and pipeline scores agree
+
+
+# --- smoothing recipes in a run plan ---------------------------------------------------------
+
+
+def test_water_smoothing_depends_on_whether_a_model_or_an_index_gives_it(tmp_path: Path):
+    from geoseg.config import RunConfig
+    from geoseg.run.plan import plan_run
+
+    scene = _landsat_like(tmp_path / "l7.tif", 1.0, "uint8")
+    trained = plan_run(scene, RunConfig(classes=("water",), sensor="landsat7"))
+    assert trained.models[0].source == str(WEIGHTS_DIR / LANDSAT_FILE)
+    assert trained.models[0].recipes["water"].method == "crf+morph"
+    config = RunConfig(classes=("water",), models=(WATER_FALLBACK,), sensor="landsat7")
+    index = plan_run(scene, config)
+    assert index.models[0].recipes["water"].method == "morph"
+    assert index.models[0].recipes["water"].morph == trained.models[0].recipes["water"].morph
+    # The halo follows the recipe actually used: no CRF reach for the index.
+    assert index.tiling.halo_px < trained.tiling.halo_px
+
+
+def test_a_class_prefixed_smoothing_parameter_changes_only_that_class_in_a_run(tmp_path: Path):
+    from geoseg.config import RunConfig
+    from geoseg.errors import ConfigError
+    from geoseg.run.plan import plan_run
+
+    scene = _landsat_like(tmp_path / "l7.tif", 1.0, "uint8")
+
+    def recipes(*params: str) -> dict:
+        config = RunConfig(
+            classes=("water", "vegetation"),
+            models=("ndwi:0.35", "ndvi:0.3"),
+            sensor="landsat7",
+            smooth_params=params,
+        )
+        return {c: r for u in plan_run(scene, config).models for c, r in u.recipes.items()}
+
+    default = recipes()
+    scoped = recipes("water.min_object_area_m2=500")
+    assert scoped["water"].morph.min_object_area_m2 == 500.0
+    assert scoped["vegetation"] == default["vegetation"]
+    every = recipes("min_object_area_m2=500")
+    assert every["water"].morph.min_object_area_m2 == 500.0
+    assert every["vegetation"].morph.min_object_area_m2 == 500.0
+    with pytest.raises(ConfigError, match=r"class 'watr'.*\(classes: water, vegetation\)"):
+        recipes("watr.min_object_area_m2=500")
+
+
+def test_a_class_its_model_does_not_validate_for_gets_a_warning(tmp_path: Path, caplog):
+    from geoseg.config import RunConfig
+    from geoseg.run.plan import plan_run
+
+    scene = _landsat_like(tmp_path / "l7.tif", 1.0, "uint8")
+    landsat = str(WEIGHTS_DIR / LANDSAT_FILE)
+    caplog.clear()
+    plan_run(scene, RunConfig(classes=("water",), models=(landsat,), sensor="landsat7"))
+    assert "held-out" not in caplog.text  # water validates at 0.68
+    plan_run(scene, RunConfig(classes=("crops",), models=(landsat,), sensor="landsat7"))
+    assert "scored crops IoU 0.00 on its held-out data" in caplog.text
