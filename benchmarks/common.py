@@ -90,8 +90,9 @@ def unet_r34(path: Path, *, steps: int = 150, seed: int = 0) -> Path:
     from geoseg.models.spectral import normalized_difference
     from geoseg.tiling.io import write_array
     from geoseg.training.chips import ValidationSplit
+    from geoseg.training.config import TrainConfig, TrainingInput
     from geoseg.training.labels import ClassMap, LabelSource
-    from geoseg.training.loop import TrainConfig, TrainingInput, train
+    from geoseg.training.loop import train
 
     with rasterio.open(S2_SCENE) as ds:
         green, nir = ds.read(3), ds.read(8)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from geoseg.training.loop import TrainConfig
+from geoseg.training.config import TrainConfig
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

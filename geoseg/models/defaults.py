@@ -1,7 +1,7 @@
 """Default models: which model ``geoseg run --classes ...`` uses when none is given.
 
 Each class maps to candidate sources in order of preference: a model file shipped in
-:data:`WEIGHTS_DIR` (trained by ``python -m geoseg.training.shipped``, or a published network
+:data:`WEIGHTS_DIR` (trained by ``make train-defaults``, i.e. ``geoseg train workflows/train/<name>.yaml``, or a published network
 ported by ``tools/``; its card holds the training data, scores, licence and attribution) or a
 built-in spectral method (``"ndwi:0.35"``). For a scene, a class gets the first candidate
 whose input bands the scene provides, at a pixel size it was made for, in units it
@@ -237,7 +237,7 @@ def default_sources(
         if chosen is None and not needs:
             raise ModelCardError(
                 f"the default model for class {name!r} is unusable ({'; '.join(broken)}); "
-                f"reinstall geoseg or retrain it with python -m geoseg.training.shipped"
+                f"reinstall geoseg or retrain it with make train-defaults"
             )
         if chosen is None:
             fix = (

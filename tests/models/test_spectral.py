@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -240,13 +241,12 @@ def _s2_open_water(*, dry_only: bool) -> ClassMap:
 
 def _ndwi_water(scene: str, shared, smooth: str | None, *, dry_only: bool = False):
     from geoseg.run.evaluate import evaluate
-    from geoseg.training.shipped import LANDSAT_REGION
 
     if scene == "landsat":
         root = shared / "landsat7_nc"
         image = root / "lsat7_2000_stack.tif"
         labels = LabelSource(path=str(root / "strata_landcover.tif"))
-        class_map, region = WATER, LANDSAT_REGION
+        class_map, region = WATER, _landsat_held_out()
     else:
         root = shared / "sentinel2_beaufort"
         image = root / "s2b_l1c_2018-10-13_B01-B08.tif"
@@ -274,3 +274,11 @@ def test_ndwi_fallback_with_its_default_smoothing_on_held_out_data(
     assert smoothed.iou >= raw.iou - 0.005, "the default recipe must not make NDWI worse"
     if scene == "sentinel2":
         assert smoothed.recall >= 0.95  # every open-water polygon is found
+
+
+def _landsat_held_out():
+    """The held-out region of the shipped Landsat model (workflows/train/landsat.yaml)."""
+    from geoseg.training.config_file import read_train_file
+
+    path = Path(__file__).resolve().parents[2] / "workflows" / "train" / "landsat.yaml"
+    return read_train_file(path, overrides={"output": "unused"}).validation.region
