@@ -15,8 +15,11 @@ try:
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+unknown"
 
-# Public name -> module that defines it.
+# Public name -> module that defines it ("run" is the callable module geoseg.run itself).
 _API = {
+    "run": "",
+    "load_model": "geoseg.run.api",
+    "RunResult": "geoseg.run.api",
     "GeosegError": "geoseg.errors",
     "InferenceOptions": "geoseg.config",
     "RunConfig": "geoseg.config",
@@ -38,14 +41,17 @@ __all__ = [
     "InferenceOptions",
     "ModelCard",
     "RunConfig",
+    "RunResult",
     "RunSummary",
     "Workflow",
     "__version__",
+    "load_model",
     "load_network",
     "load_workflow",
     "open_execution",
     "plan_run",
     "read_card",
+    "run",
     "run_config",
     "run_scene",
     "run_workflow",
@@ -59,12 +65,15 @@ if TYPE_CHECKING:
     from geoseg.errors import GeosegError
     from geoseg.models.card import ModelCard, read_card
     from geoseg.models.registry import load_network
+    from geoseg.run.api import RunResult, load_model, run
     from geoseg.run.pipeline import RunSummary, run_scene
     from geoseg.run.plan import plan_run
     from geoseg.scheduler import open_execution
 
 
 def __getattr__(name: str) -> Any:
+    if name == "run":
+        return importlib.import_module("geoseg.run")
     if name in _API:
         return getattr(importlib.import_module(_API[name]), name)
     raise AttributeError(f"module 'geoseg' has no attribute {name!r}")
