@@ -1,7 +1,9 @@
 """Running a model over one block: device choice, batching, autocast, blending.
 
 A :class:`Segmenter` turns a block of raw scene pixels into blended class probabilities.
-:class:`TorchSegmenter` does it for smp networks: it normalises with the card, cuts tiles
+:class:`TorchSegmenter` does it for torch networks (smp and those written in geoseg): it
+normalises with the card's transforms, turns the network's outputs into the card's class
+probabilities (softmax, or sigmoid of one logit; channels summed into merged classes), cuts tiles
 on the block's grid, runs batches under autocast (bf16 on CPUs with AVX-512 bf16 / AMX,
 fp16 on CUDA) with channels_last memory, batch norms folded into the convolutions and
 weights pre-cast (:mod:`geoseg.models.bn_folding`), and blends tiles with
@@ -41,6 +43,7 @@ from geoseg.config import InferenceOptions
 from geoseg.errors import ConfigError, DeviceMemoryError
 from geoseg.models.bn_folding import cast_weights, fold_batchnorm
 from geoseg.models.card import ModelCard
+from geoseg.models.normalisation import Normaliser
 from geoseg.tiling.blend import BlendAccumulator
 from geoseg.tiling.grid import tile_origins
 
@@ -123,7 +126,7 @@ def _default_batch(device: str, tile: int) -> int:
 
 
 class TorchSegmenter:
-    """An smp network loaded on a device, with the card that describes it."""
+    """A torch network loaded on a device, with the card that describes it."""
 
     def __init__(
         self,
@@ -163,8 +166,8 @@ class TorchSegmenter:
         if self.autocast_dtype is not None:
             cast_weights(net, self.autocast_dtype)
         self.network = net.to(memory_format=torch.channels_last)
-        self._mean = np.asarray(card.mean, dtype=np.float32)[:, None, None]
-        self._std = np.asarray(card.std, dtype=np.float32)[:, None, None]
+        self._normaliser = Normaliser(card.transforms, bands=len(card.bands), typical=card.mean)
+        self._merge = _merge_matrix(card)
         self._runner = ThreadPoolExecutor(max_workers=self.slots, thread_name_prefix="geoseg-model")
         self._clock = threading.local()
         self._shrink_lock = threading.Lock()
@@ -198,20 +201,15 @@ class TorchSegmenter:
     def normalise(
         self, image: np.ndarray, valid: np.ndarray, *, out: np.ndarray | None = None
     ) -> np.ndarray:
-        """``(x - mean) / std`` as float32; nodata pixels become 0 (the band mean).
+        """The card's normalisation as float32 (``(x - mean) / std`` unless the card lists
+        transforms); nodata pixels get the value of the band means (0 after a z-score).
 
         Computed in ``out`` (float32, shaped like ``image``) when given, with no temporaries.
         """
-        if out is None:
-            out = np.empty(image.shape, dtype=np.float32)
-        np.subtract(image, self._mean, out=out, dtype=np.float32)
-        np.divide(out, self._std, out=out)
-        if not valid.all():
-            out[:, ~valid] = 0.0
-        return out
+        return self._normaliser(image, valid, out=out)
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
-        """Softmax probabilities ``(N, C, T, T)`` float32 for a normalised batch.
+        """Class probabilities ``(N, C, T, T)`` float32 for a normalised batch.
 
         Runs on one of the model's slots; the time spent waiting for it and computing are
         added to :meth:`take_model_seconds` of the calling thread.
@@ -285,8 +283,22 @@ class TorchSegmenter:
                     logits = self.network(x)
             else:
                 logits = self.network(x)
-            probs = torch.softmax(logits.float(), dim=1)
+            probs = self._probabilities(logits.float())
         return probs.cpu().numpy()
+
+    def _probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """The card's class probabilities from the network's logits ``(N, K, H, W)``."""
+        import torch
+
+        if self.card.activation == "sigmoid":
+            p = torch.sigmoid(logits)
+            probs = torch.cat([1.0 - p, p], dim=1)
+        else:
+            probs = torch.softmax(logits, dim=1)
+        if self._merge is None:
+            return probs
+        merge = self._merge.to(probs.device)
+        return torch.einsum("kc,nchw->nkhw", merge, probs)
 
     def _batches(
         self, origins: list[tuple[int, int]], image: np.ndarray, valid: np.ndarray
@@ -353,6 +365,20 @@ class TorchSegmenter:
         x = self.normalise(image, valid)
         x = np.pad(x, ((0, 0), (0, ph), (0, pw)), mode="reflect")
         return self.forward(x[np.newaxis])[0][:, :h, :w]
+
+
+def _merge_matrix(card: ModelCard) -> torch.Tensor | None:
+    """``(classes, channels)`` 0/1 matrix summing probability channels into the card's
+    classes, or ``None`` when each class is one channel in order."""
+    channels = card.class_channels
+    if channels is None:
+        return None
+    import torch
+
+    merge = torch.zeros(len(channels), card.probability_channels)
+    for k, chans in enumerate(channels):
+        merge[k, list(chans)] = 1.0
+    return merge
 
 
 def load_segmenter(path: str | os.PathLike[str], *, options: InferenceOptions) -> Segmenter:

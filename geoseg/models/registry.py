@@ -4,8 +4,9 @@ Two kinds of architecture share one namespace: segmentation-models-pytorch class
 (:data:`SMP_ARCHITECTURES`) and networks written in geoseg, one module per architecture under
 :mod:`geoseg.models.architectures` (:data:`GEOSEG_ARCHITECTURES`: ported published networks,
 FCN, Tiramisu). Every factory is called with keyword arguments only: ``in_channels``,
-``classes``, the card's ``params``, and, for architectures over an encoder, ``encoder_name``
-and ``encoder_weights=None``.
+``classes`` (the network's output channels, :attr:`ModelCard.network_outputs`), the card's
+``params``, and, for architectures over an encoder, ``encoder_name`` and
+``encoder_weights=None``.
 
 Model files are safetensors (no pickle on the load path). Weights are never downloaded:
 every encoder is built with ``encoder_weights=None`` and filled from the file.
@@ -50,7 +51,12 @@ SMP_ARCHITECTURES: Mapping[str, str] = {
 }
 
 # Registry name -> (module under geoseg.models.architectures, class, takes an encoder).
-GEOSEG_ARCHITECTURES: Mapping[str, tuple[str, str, bool]] = {}
+GEOSEG_ARCHITECTURES: Mapping[str, tuple[str, str, bool]] = {
+    # Google's Dynamic World land-cover network (Sentinel-2 L1C, 9 bands), ported from TF.
+    "dynamicworld": ("dynamicworld", "DynamicWorldNet", False),
+    # Xin Luo's WatNet-L578 surface-water U-Net (Landsat 5/7/8 surface reflectance).
+    "watnet": ("watnet", "WatNet", False),
+}
 
 ARCHITECTURES: tuple[str, ...] = (*SMP_ARCHITECTURES, *GEOSEG_ARCHITECTURES)
 
@@ -80,13 +86,14 @@ def build_network(card: ModelCard) -> torch.nn.Module:
         return factory(
             **encoder,
             in_channels=len(card.bands),
-            classes=len(card.classes),
+            classes=card.network_outputs,
             **dict(card.params),
         )
     except (KeyError, ValueError, TypeError) as err:
         raise ModelCardError(
-            f"cannot build {card.architecture} with encoder {card.encoder!r} "
-            f"and params {dict(card.params)}: {err}"
+            f"cannot build {card.architecture}"
+            + (f" with encoder {card.encoder!r}" if takes_encoder else "")
+            + f" and params {dict(card.params)}: {err}"
         ) from err
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from geoseg.models.card import (
     card_to_json,
     read_card,
 )
+from geoseg.models.normalisation import Transform
 from geoseg.models.registry import (
     ARCHITECTURES,
     build_network,
@@ -174,3 +176,156 @@ def test_missing_bands_are_one_clear_error() -> None:
     ) == (1, 3)
     with pytest.raises(BandError, match="band 5 does not exist"):
         resolve_bands(("red", "nir"), count=3, roles=[None] * 3, explicit=(1, 5))
+
+
+# --- format 2: transforms, units, activation, merged classes, licence --------------------------
+
+WEIGHTS = Path(__file__).resolve().parents[2] / "geoseg" / "models" / "weights"
+FORMAT_1_FILES = ("roads-unet-r18.safetensors", "landsat7-water-crops.safetensors")
+
+
+def merged_card(**kw: object) -> ModelCard:
+    base: dict[str, object] = {
+        "architecture": "dynamicworld",
+        "encoder": "",
+        "outputs": 4,
+        "classes": (
+            ClassInfo(name="background"),
+            ClassInfo(name="water", color="#0000ff", channels=(0, 3)),
+            ClassInfo(name="crops", color="#ff8000", channels=(2,)),
+        ),
+        "normalisation": (
+            Transform(op="scale", params={"factor": 0.005}),
+            Transform(op="log1p"),
+            Transform(op="zscore", params={"mean": (1.7, 1.7, 1.6), "std": (2.0, 2.0, 2.1)}),
+            Transform(op="sigmoid", params={"gain": 5.0, "shift": -1.0}),
+        ),
+        "reflectance_scale": 10000.0,
+        "licence": "Apache-2.0",
+        "attribution": "Made by someone else.\n\nCopyright 2021 Someone",
+        "source": "https://example.org/weights (v1)",
+    }
+    base.update(kw)
+    return small_card(**base)
+
+
+def test_a_card_with_transforms_roundtrips_as_format_2() -> None:
+    card = merged_card()
+    text = card_to_json(card)
+    assert json.loads(text)["format"] == "geoseg-model/2"
+    assert json.loads(text)["normalisation"][0] == {"op": "scale", "factor": 0.005}
+    assert card_from_json(text) == card
+    sigmoid = small_card(
+        architecture="watnet", encoder="", activation="sigmoid", reflectance_scale=1.0
+    )
+    assert card_from_json(card_to_json(sigmoid)) == sigmoid
+
+
+@pytest.mark.parametrize("name", FORMAT_1_FILES)
+def test_shipped_format_1_cards_read_and_write_back_byte_for_byte(name: str) -> None:
+    path = WEIGHTS / name
+    if not path.is_file():
+        pytest.skip(f"{name} not shipped")
+    with safe_open(str(path), framework="np") as f:
+        text = f.metadata()[CARD_KEY]
+    assert json.loads(text)["format"] == "geoseg-model/1"
+    card = card_from_json(text)
+    assert card_to_json(card) == text
+    # Their normalisation is the z-score of mean and std, their output a softmax per class.
+    (step,) = card.transforms
+    assert step.op == "zscore" and step.params == {"mean": card.mean, "std": card.std}
+    assert card.class_channels is None and card.network_outputs == len(card.classes)
+
+
+def test_a_card_using_nothing_new_is_still_written_as_format_1() -> None:
+    assert json.loads(card_to_json(small_card()))["format"] == "geoseg-model/1"
+    assert "licence" not in json.loads(card_to_json(small_card()))
+
+
+def test_format_1_cards_cannot_use_format_2_fields() -> None:
+    text = card_to_json(small_card()).replace('"name": "t"', '"name": "t", "licence": "MIT"')
+    with pytest.raises(ModelCardError, match="'licence' needs format 'geoseg-model/2'"):
+        card_from_json(text)
+    with pytest.raises(ModelCardError, match="expected one of geoseg-model/1, geoseg-model/2"):
+        card_from_json(text.replace("geoseg-model/1", "geoseg-model/9"))
+
+
+def test_merged_classes_resolve_their_channels_and_the_background_takes_the_rest() -> None:
+    card = merged_card()
+    assert card.class_channels == ((1,), (0, 3), (2,))
+    assert card.network_outputs == 4 and card.probability_channels == 4
+    sigmoid = small_card(architecture="watnet", encoder="", activation="sigmoid")
+    assert sigmoid.network_outputs == 1 and sigmoid.probability_channels == 2
+    assert sigmoid.class_channels is None
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        ({"activation": "relu"}, "activation 'relu' is not one of softmax, sigmoid"),
+        ({"outputs": None}, "classes list channels, so give the network's output count"),
+        ({"outputs": 3}, "class 'water' takes channel 3 but the network has 3 probability"),
+        (
+            {
+                "classes": (
+                    ClassInfo(name="background"),
+                    ClassInfo(name="water", channels=(0, 3)),
+                    ClassInfo(name="wet", channels=(3,)),
+                )
+            },
+            "channel 3 is in both 'water' and 'wet'; a channel belongs to one class",
+        ),
+        (
+            {"classes": (ClassInfo(name="background"), ClassInfo(name="water"))},
+            "4 probability channels; list each class's channels",
+        ),
+        (
+            {
+                "classes": (
+                    ClassInfo(name="background"),
+                    ClassInfo(name="water", channels=(0,)),
+                    ClassInfo(name="crops"),
+                )
+            },
+            "class 'crops' lists no channels",
+        ),
+        ({"reflectance_scale": 0.0}, "reflectance_scale 0.0 must be positive"),
+        (
+            {"normalisation": (Transform(op="scale", params={"factor": [1.0, 2.0]}),)},
+            "normalisation scale.factor has 2 values for 3 bands",
+        ),
+        ({"activation": "sigmoid", "outputs": 2}, "a sigmoid model has one output logit, not 2"),
+    ],
+)
+def test_invalid_format_2_cards_name_the_problem(mutate: dict[str, object], message: str) -> None:
+    with pytest.raises(ModelCardError, match=message) as err:
+        merged_card(**mutate)
+    assert "\n" not in str(err.value)
+
+
+def test_a_sigmoid_card_needs_exactly_two_classes() -> None:
+    with pytest.raises(ModelCardError, match="3 classes but 2 probability channels"):
+        small_card(
+            activation="sigmoid",
+            classes=(ClassInfo(name="background"), ClassInfo(name="a"), ClassInfo(name="b")),
+        )
+
+
+def test_bad_class_channels_are_one_line_errors() -> None:
+    with pytest.raises(ModelCardError, match=r"channels \[1, 1\] must be distinct"):
+        ClassInfo(name="water", channels=(1, 1))
+    text = card_to_json(merged_card()).replace('"channels": [\n        2\n      ]', '"channels": 2')
+    with pytest.raises(ModelCardError, match=r"'classes\.crops\.channels' must be a list"):
+        card_from_json(text)
+
+
+def test_geoseg_architectures_build_with_the_network_output_count() -> None:
+    assert {"dynamicworld", "watnet"} <= set(ARCHITECTURES)
+    dw = build_network(merged_card())
+    assert dw.head.out_channels == 4 and dw.stem.conv.in_channels == 3
+    wat = build_network(small_card(architecture="watnet", encoder="", activation="sigmoid"))
+    assert wat.outp[0].out_channels == 1
+    with pytest.raises(ModelCardError, match=r"cannot build watnet and params \{'depth': 3\}"):
+        build_network(
+            small_card(architecture="watnet", encoder="", activation="sigmoid", params={"depth": 3})
+        )

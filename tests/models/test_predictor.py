@@ -6,18 +6,26 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 
 from geoseg.config import InferenceOptions
 from geoseg.errors import ConfigError, DeviceMemoryError
+from geoseg.models.card import ClassInfo, ModelCard
+from geoseg.models.normalisation import Transform
 from geoseg.models.predictor import (
     TorchSegmenter,
     cpu_supports_bf16,
     load_segmenter,
 )
 from tests.helpers import synthetic_image, synthetic_truth
+
+if TYPE_CHECKING:
+    import torch
+
+FP32 = InferenceOptions(precision="fp32", device="cpu")
 
 
 def _scene(seed: int = 21) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -231,3 +239,103 @@ def test_a_single_tile_that_does_not_fit_is_one_clear_error(tiny_model: Path) ->
     seg.network = _SmallDevice(seg.network, fits=0)  # type: ignore[assignment]
     with pytest.raises(DeviceMemoryError, match=r"tile of this model does not fit.*--tile"):
         seg.predict(image, valid)
+
+
+# --- output activation and merged classes --------------------------------------------------------
+
+
+def _fixed_network(weights: list[list[float]]) -> torch.nn.Module:
+    """A 1x1 convolution whose logits are known: ``logit_k = sum_b weights[k][b] * x_b``."""
+    import torch
+
+    w = torch.tensor(weights, dtype=torch.float32)
+    conv = torch.nn.Conv2d(w.shape[1], w.shape[0], 1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(w[:, :, None, None])
+    return conv
+
+
+def _card(**kw: object) -> ModelCard:
+    base: dict[str, object] = {
+        "name": "fixed",
+        "architecture": "unet",
+        "encoder": "resnet18",
+        "bands": ("red", "nir"),
+        "mean": (0.0, 0.0),
+        "std": (1.0, 1.0),
+        "tile_size": 32,
+        "overlap": 8,
+    }
+    base.update(kw)
+    return ModelCard(**base)  # type: ignore[arg-type]
+
+
+def test_a_sigmoid_model_gives_background_one_minus_p_and_its_class_p() -> None:
+    import torch
+
+    card = _card(
+        activation="sigmoid",
+        classes=(ClassInfo(name="background"), ClassInfo(name="water")),
+        normalisation=(Transform(op="clip", params={"min": 0.0, "max": 1.0}),),
+    )
+    seg = TorchSegmenter(card, _fixed_network([[4.0, -4.0]]), options=FP32)
+    rng = np.random.default_rng(1)
+    image = rng.uniform(-0.5, 1.5, size=(2, 40, 45)).astype(np.float32)
+    probs = seg.predict(image, np.ones((40, 45), bool))
+    x = np.clip(image, 0, 1)
+    p = torch.sigmoid(torch.from_numpy(4 * x[0] - 4 * x[1])).numpy()
+    np.testing.assert_allclose(probs[1], p, atol=1e-5)
+    np.testing.assert_allclose(probs[0], 1 - p, atol=1e-5)
+
+
+def test_merged_classes_sum_their_channels_probabilities() -> None:
+    import torch
+
+    weights = [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.5]]  # 4 logits
+    card = _card(
+        outputs=4,
+        classes=(
+            ClassInfo(name="background"),  # channel 1, the one no class takes
+            ClassInfo(name="water", channels=(0, 3)),
+            ClassInfo(name="crops", channels=(2,)),
+        ),
+    )
+    seg = TorchSegmenter(card, _fixed_network(weights), options=FP32)
+    rng = np.random.default_rng(2)
+    image = rng.normal(size=(2, 36, 36)).astype(np.float32)
+    probs = seg.predict_whole(image, np.ones((36, 36), bool))
+    logits = np.einsum("kb,bhw->khw", np.asarray(weights), image)
+    soft = torch.softmax(torch.from_numpy(logits), dim=0).numpy()
+    np.testing.assert_allclose(probs[0], soft[1], atol=1e-5)
+    np.testing.assert_allclose(probs[1], soft[0] + soft[3], atol=1e-5)
+    np.testing.assert_allclose(probs[2], soft[2], atol=1e-5)
+    np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=1e-5)
+
+
+def test_a_transform_chain_feeds_the_network_what_the_card_says() -> None:
+    chain = (
+        Transform(op="scale", params={"factor": 0.005}),
+        Transform(op="log1p"),
+        Transform(op="zscore", params={"mean": (1.7, 2.3), "std": (2.0, 2.6)}),
+        Transform(op="sigmoid", params={"gain": 5.0, "shift": -1.0}),
+    )
+    card = _card(
+        normalisation=chain,
+        mean=(1100.0, 2400.0),
+        std=(350.0, 900.0),
+        classes=(ClassInfo(name="background"), ClassInfo(name="water")),
+    )
+    seg = TorchSegmenter(card, _fixed_network([[0.0, 0.0], [1.0, 0.0]]), options=FP32)
+    dn = np.array([[[0, 800, 4000]], [[100, 2400, 9000]]], dtype=np.int16)
+    x = seg.normalise(dn, np.array([[True, True, False]]))
+    expected = 1 / (
+        1 + np.exp(-(5 * (np.log(dn * 0.005 + 1) - [[[1.7]], [[2.3]]]) / [[[2.0]], [[2.6]]] - 1))
+    )
+    np.testing.assert_allclose(x[:, :, :2], expected[:, :, :2], atol=1e-6)
+    # Nodata gets the chain's value at the card's typical input, an ordinary pixel.
+    typical = np.array([[[1100.0]], [[2400.0]]])
+    fill = 1 / (
+        1
+        + np.exp(-(5 * (np.log(typical * 0.005 + 1) - [[[1.7]], [[2.3]]]) / [[[2.0]], [[2.6]]] - 1))
+    )
+    np.testing.assert_allclose(x[:, 0, 2], fill[:, 0, 0], atol=1e-6)
