@@ -16,6 +16,12 @@ A scene's bands are matched to those roles, in this order of trust:
    and masks the other bands when the scene is read;
 5. the scene's band order when it has exactly as many bands as the model needs. A scene
    with more, unnamed bands is an error: guessing would silently feed the wrong bands.
+
+Presets of a product (``sentinel2-l1c``, ``sentinel2-l2a``, ``landsat89-c2l2``,
+``landsat57-c2l2``) also know how its digital numbers become physical values
+(:data:`SCALING`, :func:`preset_scaling`): what a reader applies when the file itself carries
+no scale and offset. The plain sensor presets (``sentinel2``, ``landsat8`` ...) name bands only:
+the same sensor's files come as DNs of several products or as 8-bit renders.
 """
 
 from __future__ import annotations
@@ -27,7 +33,15 @@ from types import MappingProxyType
 
 from geoseg.errors import BandError, ConfigError
 
-__all__ = ["CANONICAL_BANDS", "LAYOUTS", "SENSORS", "band_roles", "resolve_bands"]
+__all__ = [
+    "CANONICAL_BANDS",
+    "LAYOUTS",
+    "SCALING",
+    "SENSORS",
+    "band_roles",
+    "preset_scaling",
+    "resolve_bands",
+]
 
 log = logging.getLogger(__name__)
 
@@ -45,54 +59,65 @@ CANONICAL_BANDS: tuple[str, ...] = (
     "swir2",
 )
 
+_S2: Mapping[str, str | None] = {
+    "B01": "coastal",
+    "B02": "blue",
+    "B03": "green",
+    "B04": "red",
+    "B05": "rededge1",
+    "B06": "rededge2",
+    "B07": "rededge3",
+    "B08": "nir",
+    "B8A": "nir08",
+    "B09": None,
+    "B10": None,
+    "B11": "swir1",
+    "B12": "swir2",
+}
+_L8: Mapping[str, str | None] = {
+    "B1": "coastal",
+    "B2": "blue",
+    "B3": "green",
+    "B4": "red",
+    "B5": "nir",
+    "B6": "swir1",
+    "B7": "swir2",
+    "B8": None,
+    "B9": None,
+    "B10": None,
+    "B11": None,
+}
+_L7_REFLECTIVE: Mapping[str, str | None] = {
+    "B1": "blue",
+    "B2": "green",
+    "B3": "red",
+    "B4": "nir",
+    "B5": "swir1",
+    "B6": None,
+    "B7": "swir2",
+}
+
 # Sensor presets: band code (as in file names and band descriptions) -> role; None for
 # bands with no spectral role here (panchromatic, cirrus, water vapour, thermal).
 SENSORS: Mapping[str, Mapping[str, str | None]] = MappingProxyType(
     {
-        "sentinel2": {
-            "B01": "coastal",
-            "B02": "blue",
-            "B03": "green",
-            "B04": "red",
-            "B05": "rededge1",
-            "B06": "rededge2",
-            "B07": "rededge3",
-            "B08": "nir",
-            "B8A": "nir08",
-            "B09": None,
-            "B10": None,
-            "B11": "swir1",
-            "B12": "swir2",
-        },
-        "landsat8": {
-            "B1": "coastal",
-            "B2": "blue",
-            "B3": "green",
-            "B4": "red",
-            "B5": "nir",
-            "B6": "swir1",
-            "B7": "swir2",
-            "B8": None,
-            "B9": None,
-            "B10": None,
-            "B11": None,
-        },
-        "landsat7": {
-            "B1": "blue",
-            "B2": "green",
-            "B3": "red",
-            "B4": "nir",
-            "B5": "swir1",
-            "B6": None,
-            "B7": "swir2",
-            "B8": None,
-        },
+        "sentinel2": _S2,
+        "landsat8": _L8,
+        "landsat7": {**_L7_REFLECTIVE, "B8": None},
         "naip": {"B1": "red", "B2": "green", "B3": "blue", "B4": "nir"},
         "rgb": {"B1": "red", "B2": "green", "B3": "blue"},
+        # Products: the bands of the plain presets, and the scaling of their DNs (SCALING).
+        "sentinel2-l1c": _S2,
+        "sentinel2-l2a": {k: v for k, v in _S2.items() if k != "B10"},
+        # Collection 2 Level-2: SR_B1..SR_B7 surface reflectance, ST_B10 surface temperature.
+        "landsat89-c2l2": {**{f"B{i}": _L8[f"B{i}"] for i in range(1, 8)}, "B10": None},
+        # Landsat 4-5 TM and 7 ETM+: SR_B1..SR_B5, SR_B7, ST_B6.
+        "landsat57-c2l2": _L7_REFLECTIVE,
     }
 )
 
 _S2_1_8 = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08")
+_S2_10_20 = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
 
 # The band stacks a preset maps by position (band count -> codes in order): the usual
 # exports in band-number order. Any other count of unnamed bands is refused.
@@ -103,7 +128,7 @@ LAYOUTS: Mapping[str, Mapping[int, tuple[str, ...]]] = MappingProxyType(
             4: ("B02", "B03", "B04", "B08"),
             8: _S2_1_8,
             # the 10 m and 20 m bands
-            10: ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12"),
+            10: _S2_10_20,
             # Level-2A (no B10) and Level-1C
             12: (*_S2_1_8, "B8A", "B09", "B11", "B12"),
             13: (*_S2_1_8, "B8A", "B09", "B10", "B11", "B12"),
@@ -119,6 +144,40 @@ LAYOUTS: Mapping[str, Mapping[int, tuple[str, ...]]] = MappingProxyType(
         },
         "naip": {3: ("B1", "B2", "B3"), 4: ("B1", "B2", "B3", "B4")},
         "rgb": {3: ("B1", "B2", "B3")},
+        "sentinel2-l1c": {
+            4: ("B02", "B03", "B04", "B08"),
+            10: _S2_10_20,
+            13: (*_S2_1_8, "B8A", "B09", "B10", "B11", "B12"),
+        },
+        "sentinel2-l2a": {
+            4: ("B02", "B03", "B04", "B08"),
+            10: _S2_10_20,
+            12: (*_S2_1_8, "B8A", "B09", "B11", "B12"),
+        },
+        "landsat89-c2l2": {
+            6: ("B2", "B3", "B4", "B5", "B6", "B7"),
+            7: ("B1", "B2", "B3", "B4", "B5", "B6", "B7"),
+        },
+        "landsat57-c2l2": {6: ("B1", "B2", "B3", "B4", "B5", "B7")},
+    }
+)
+
+# Physical value = DN * scale + offset, per band code, for the product presets (reflectance
+# 0-1 for reflective bands, kelvin for Landsat surface temperature). A file's own scale and
+# offset metadata wins over these.
+_S2_L1C = (1e-4, 0.0)  # TOA reflectance x 10000 (harmonised archives, baselines before 04.00)
+_S2_L2A = (1e-4, -0.1)  # BOA_ADD_OFFSET -1000 since processing baseline 04.00 (Jan 2022)
+_LC2_SR = (2.75e-5, -0.2)  # Landsat Collection 2 Level-2 surface reflectance
+_LC2_ST = (0.00341802, 149.0)  # Landsat Collection 2 Level-2 surface temperature, K
+SCALING: Mapping[str, Mapping[str, tuple[float, float]]] = MappingProxyType(
+    {
+        "sentinel2-l1c": dict.fromkeys(_S2, _S2_L1C),
+        "sentinel2-l2a": dict.fromkeys((k for k in _S2 if k != "B10"), _S2_L2A),
+        "landsat89-c2l2": {**{f"B{i}": _LC2_SR for i in range(1, 8)}, "B10": _LC2_ST},
+        "landsat57-c2l2": {
+            **{f"B{i}": _LC2_SR for i in (1, 2, 3, 4, 5, 7)},
+            "B6": _LC2_ST,
+        },
     }
 )
 
@@ -138,6 +197,8 @@ _ALIASES = {
     "aerosol": "coastal",
 }
 _S2_CODE = re.compile(r"^b(0[1-9]|1[0-2]|8a)$")
+# Unpadded codes (B1 ... B12) are Sentinel-2's only with B8A among them (Landsat has none).
+_S2_UNPADDED = re.compile(r"^b([1-9]|1[0-2]|8a)$")
 _CODE = re.compile(r"^B0*(\d{1,2})(A?)$")
 _COLOURS = ("red", "green", "blue")
 
@@ -163,14 +224,20 @@ def _preset_codes(sensor: str) -> dict[str, str]:
     return {k: code for code in SENSORS[sensor] if (k := _code_key(code)) is not None}
 
 
-def _from_code(desc: str, sensor: str) -> tuple[bool, str | None]:
-    """``(known, role)`` of the first band code in a description (``"SR_B4"``) under a preset."""
+def _code_of(desc: str, sensor: str) -> str | None:
+    """The preset's code of the first band code in a description (``"SR_B4"`` -> ``B4``)."""
     codes = _preset_codes(sensor)
     for tok in re.split(r"[\s_\-:,()/.]+", desc):
         key = _code_key(tok) if tok else None
         if key is not None and key in codes:
-            return True, SENSORS[sensor][codes[key]]
-    return False, None
+            return codes[key]
+    return None
+
+
+def _from_code(desc: str, sensor: str) -> tuple[bool, str | None]:
+    """``(known, role)`` of the first band code in a description (``"SR_B4"``) under a preset."""
+    code = _code_of(desc, sensor)
+    return (False, None) if code is None else (True, SENSORS[sensor][code])
 
 
 def _codes_text(codes: Sequence[str]) -> str:
@@ -235,7 +302,7 @@ def band_roles(
         raise ConfigError(f"unknown sensor {sensor!r}; valid sensors: {', '.join(SENSORS)}")
     descs = [(d or "").strip() for d in descriptions]
     interp = [str(c).lower() for c in colorinterp] + [""] * max(0, len(descs) - len(colorinterp))
-    if sensor is None and descs and all(_S2_CODE.match(d.lower()) for d in descs):
+    if sensor is None and descs and _is_sentinel2(descs):
         sensor = "sentinel2"
     roles: list[str | None] = []
     described = False
@@ -253,6 +320,64 @@ def band_roles(
         if role is None and interp[i] in _COLOURS:
             roles[i] = interp[i]
     return roles
+
+
+def _is_sentinel2(descs: Sequence[str]) -> bool:
+    """Whether every description is a Sentinel-2 band code (``B03``, or ``B3`` beside ``B8A``)."""
+    low = [d.lower() for d in descs]
+    if all(_S2_CODE.match(d) for d in low):
+        return True
+    return "b8a" in low and all(_S2_UNPADDED.match(d) or _S2_CODE.match(d) for d in low)
+
+
+def preset_scaling(
+    sensor: str | None, descriptions: Sequence[str | None]
+) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """Per-band ``(scales, offsets)`` a product preset gives a scene's digital numbers.
+
+    ``physical = DN * scale + offset`` for each band of the scene, in order: reflectance 0-1
+    for reflective bands, kelvin for Landsat surface temperature. Each band's code comes from
+    its description (``"SR_B4"``, ``"B04"``) or, when no band is described, from its position
+    in the preset's stack of that many bands (:data:`LAYOUTS`). A reader applies these only
+    when the file carries no scale and offset of its own.
+
+    Parameters
+    ----------
+    sensor
+        A preset name; ``None`` or a preset that names bands only gives ``None``.
+    descriptions
+        The scene's band descriptions (``None``/``""`` where a band has none); their number
+        is the scene's band count.
+
+    Returns
+    -------
+    tuple or None
+        ``(scales, offsets)``, one per scene band (``(1.0, 0.0)`` for a band the preset does
+        not know), or ``None`` when the preset states no scaling or no band can be placed.
+
+    Examples
+    --------
+    >>> preset_scaling("landsat89-c2l2", [None] * 7)[1]
+    (-0.2, -0.2, -0.2, -0.2, -0.2, -0.2, -0.2)
+    >>> preset_scaling("sentinel2-l2a", ["B02", "B8A"])
+    ((0.0001, 0.0001), (-0.1, -0.1))
+    >>> preset_scaling("sentinel2", [None] * 13) is None
+    True
+    """
+    if sensor is None or sensor not in SCALING:
+        if sensor is not None and sensor not in SENSORS:
+            raise ConfigError(f"unknown sensor {sensor!r}; valid sensors: {', '.join(SENSORS)}")
+        return None
+    table = SCALING[sensor]
+    descs = [(d or "").strip() for d in descriptions]
+    found: list[str | None] = [_code_of(d, sensor) if d else None for d in descs]
+    if not any(found):
+        layout = LAYOUTS[sensor].get(len(descs))
+        if layout is None:
+            return None
+        found = list(layout)
+    pairs = [table.get(code, (1.0, 0.0)) if code else (1.0, 0.0) for code in found]
+    return tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
 
 
 def _by_position(sensor: str, alpha: Sequence[bool]) -> list[str | None]:

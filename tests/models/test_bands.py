@@ -11,7 +11,14 @@ from affine import Affine
 
 from geoseg.config import RunConfig
 from geoseg.errors import BandError, ConfigError
-from geoseg.models.bands import LAYOUTS, SENSORS, band_roles, resolve_bands
+from geoseg.models.bands import (
+    LAYOUTS,
+    SCALING,
+    SENSORS,
+    band_roles,
+    preset_scaling,
+    resolve_bands,
+)
 from geoseg.models.defaults import WEIGHTS_DIR
 from geoseg.run.plan import plan_run
 from geoseg.tiling.io import read_scene_info, read_window
@@ -44,6 +51,27 @@ BY_POSITION = {
     ("naip", 3): ["red", "green", "blue"],
     ("naip", 4): ["red", "green", "blue", "nir"],
     ("rgb", 3): ["red", "green", "blue"],
+    ("sentinel2-l1c", 4): ["blue", "green", "red", "nir"],
+    ("sentinel2-l1c", 10): [
+        "blue", "green", "red", "rededge1", "rededge2", "rededge3", "nir", "nir08", "swir1",
+        "swir2",
+    ],
+    ("sentinel2-l1c", 13): [
+        "coastal", "blue", "green", "red", "rededge1", "rededge2", "rededge3", "nir", "nir08",
+        None, None, "swir1", "swir2",
+    ],
+    ("sentinel2-l2a", 4): ["blue", "green", "red", "nir"],
+    ("sentinel2-l2a", 10): [
+        "blue", "green", "red", "rededge1", "rededge2", "rededge3", "nir", "nir08", "swir1",
+        "swir2",
+    ],
+    ("sentinel2-l2a", 12): [
+        "coastal", "blue", "green", "red", "rededge1", "rededge2", "rededge3", "nir", "nir08",
+        None, "swir1", "swir2",
+    ],
+    ("landsat89-c2l2", 6): ["blue", "green", "red", "nir", "swir1", "swir2"],
+    ("landsat89-c2l2", 7): ["coastal", "blue", "green", "red", "nir", "swir1", "swir2"],
+    ("landsat57-c2l2", 6): ["blue", "green", "red", "nir", "swir1", "swir2"],
 }  # fmt: skip
 
 
@@ -227,3 +255,53 @@ def test_an_rgba_geotiff_feeds_rgb_and_its_alpha_masks_pixels(tmp_path):
     info = read_scene_info(rgba)
     _, valid = read_window(str(rgba), info.window, bands=plan.models[0].bands)
     assert not valid[:5].any() and valid[5:].all()  # alpha 0 = no data
+
+
+# --- product presets: their digital numbers' scale and offset ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sensor", "scale", "offset"),
+    [
+        ("sentinel2-l1c", 1e-4, 0.0),  # TOA reflectance x 10000
+        ("sentinel2-l2a", 1e-4, -0.1),  # (DN - 1000) / 10000 since processing baseline 04.00
+        ("landsat89-c2l2", 2.75e-5, -0.2),  # Collection 2 Level-2 surface reflectance
+        ("landsat57-c2l2", 2.75e-5, -0.2),
+    ],
+)
+def test_product_presets_turn_their_reflective_bands_into_reflectance(sensor, scale, offset):
+    for count, codes in LAYOUTS[sensor].items():
+        scales, offsets = preset_scaling(sensor, [None] * count)
+        assert scales == (scale,) * count and offsets == (offset,) * count
+        # Band codes in the descriptions place each band whatever the order.
+        assert preset_scaling(sensor, list(reversed(codes))) == (scales, offsets)
+    assert set(SCALING[sensor]) <= set(SENSORS[sensor])
+
+
+def test_landsat_surface_temperature_bands_keep_their_own_scaling():
+    scales, offsets = preset_scaling("landsat89-c2l2", ["SR_B4", "SR_B5", "ST_B10"])
+    assert scales == (2.75e-5, 2.75e-5, 0.00341802) and offsets == (-0.2, -0.2, 149.0)
+    assert preset_scaling("landsat57-c2l2", ["SR_B3", "ST_B6"])[1] == (-0.2, 149.0)
+
+
+def test_presets_that_name_bands_only_and_unplaceable_stacks_give_no_scaling():
+    for sensor in ("sentinel2", "landsat8", "landsat7", "naip", "rgb"):
+        assert preset_scaling(sensor, [None] * 4) is None
+    assert preset_scaling(None, ["B02"]) is None
+    assert preset_scaling("sentinel2-l2a", [None] * 7) is None  # no 7-band L2A stack
+    with pytest.raises(ConfigError, match="unknown sensor 'spot'"):
+        preset_scaling("spot", [None])
+
+
+def test_the_l2a_preset_has_no_cirrus_band_and_its_12_band_stack_skips_it():
+    assert "B10" not in SENSORS["sentinel2-l2a"]
+    roles = band_roles([None] * 12, sensor="sentinel2-l2a")
+    assert roles[9] is None and roles[10:] == ["swir1", "swir2"]
+
+
+def test_unpadded_sentinel2_codes_name_the_bands_without_a_sensor():
+    # The Sen1Floods11 chips describe their bands B1 ... B12 with B8A.
+    codes = ["B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B10", "B11", "B12"]
+    assert band_roles(codes) == BY_POSITION[("sentinel2", 13)]
+    # Without B8A, bare numbers could be Landsat's: no guess.
+    assert band_roles(["B1", "B2", "B3", "B4"]) == [None] * 4
