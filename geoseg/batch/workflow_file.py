@@ -34,7 +34,7 @@ import yaml  # type: ignore[import-untyped, unused-ignore]
 
 from geoseg import __version__
 from geoseg.batch.manifest import InputStamp, Scene
-from geoseg.batch.stac import is_remote, stac_asset
+from geoseg.tiling.stac import is_remote, stac_asset
 from geoseg.batch.workflow import TEMPLATE_FIELDS, Workflow
 from geoseg.batch.yaml_guard import MAX_MESSAGE, excerpt, first_alias
 from geoseg.config import InferenceOptions, parse_class_list, run_config

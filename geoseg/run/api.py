@@ -24,8 +24,9 @@ from geoseg.run.outputs import check_outputs, output_paths
 from geoseg.run.pipeline import RunSummary, run_scene
 from geoseg.run.plan import plan_run
 from geoseg.scheduler import Execution, check_address, open_execution, task_resources
+from geoseg.tiling.stac import is_stac_item, scene_from_item
 
-__all__ = ["RunResult", "load_model", "run"]
+__all__ = ["RunResult", "load_model", "resolve_scene", "run"]
 
 _OPTIONS = tuple(p for p in inspect.signature(run_config).parameters if p not in ("classes",))
 
@@ -70,13 +71,15 @@ def run(
     Parameters
     ----------
     scene
-        A GeoTIFF path or GDAL path (``/vsis3/...``, ``https://...``).
+        A GeoTIFF path or GDAL path (``/vsis3/...``, ``https://...``), or a STAC item
+        (``item.json`` or its URL): its bands, composed without copying pixels.
     classes
         ``["water", "roads"]`` or ``"water,roads"``.
     models
         Model files or built-in methods; empty: each class's default model.
     output
-        The ``.gpkg`` to write; default ``<scene stem>.gpkg`` in the current folder.
+        The ``.gpkg`` to write; default ``<scene stem>.gpkg`` (a STAC item: ``<item id>.gpkg``)
+        in the current folder.
     scheduler
         ``"local"`` (a new local Dask cluster, closed afterwards), ``"sync"`` (in this
         process) or a scheduler address; ignored when ``client`` is given.
@@ -102,7 +105,8 @@ def run(
     if unknown:
         raise ConfigError(f"unknown option {unknown[0]!r}; valid options: {', '.join(_OPTIONS)}")
     config = run_config(classes=classes, models=[str(m) for m in models], **options)
-    out = Path(output) if output is not None else Path(f"{Path(scene).stem}.gpkg")
+    scene, stem = resolve_scene(os.fspath(scene))
+    out = Path(output) if output is not None else Path(f"{stem}.gpkg")
     paths = output_paths(out, raster=config.raster, probabilities=config.probabilities)
     if client is None:
         check_address(scheduler)
@@ -126,6 +130,16 @@ def run(
         report=summary.report() | {"cluster": ex.description, "scene": str(scene)},
         summary=summary,
     )
+
+
+def resolve_scene(scene: str) -> tuple[str, str]:
+    """The GDAL path of a ``geoseg run`` scene argument and the stem its outputs are named
+    from: a raster is itself and its file stem; a STAC item is its assets (one GeoTIFF, or
+    its band assets composed as a VRT) and its id."""
+    if is_stac_item(scene):
+        asset = scene_from_item(scene)
+        return asset.path, asset.item_id
+    return scene, Path(scene).stem
 
 
 @contextmanager

@@ -21,7 +21,7 @@ _CHUNK = 8 << 20
 
 
 def _is_virtual(path: str) -> bool:
-    return path.startswith("/vsi") or "://" in path
+    return path.startswith(("/vsi", "<VRTDataset")) or "://" in path
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str | None:
@@ -81,6 +81,16 @@ def run_provenance(
             "scene_bands": list(u.bands),
             "classes": [c for c, _ in u.outputs],
             "params": dict(u.card.params),
+            # Weights made elsewhere travel with their licence and required attribution.
+            **(
+                {
+                    "licence": u.card.licence,
+                    "attribution": u.card.attribution,
+                    "weights_source": u.card.source,
+                }
+                if u.card.licence
+                else {}
+            ),
         }
         for u in plan.models
     ]

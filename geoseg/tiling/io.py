@@ -91,7 +91,8 @@ class GdalError(RuntimeError):
 
 
 def _is_local(path: str) -> bool:
-    return not (path.startswith("/vsi") or "://" in path)
+    # A VRT given as its XML text (a STAC item's bands composed) is no file either.
+    return not (path.startswith(("/vsi", "<VRTDataset")) or "://" in path)
 
 
 def absolute_scene_path(path: str | os.PathLike[str]) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from geoseg.batch.stac import StacAsset, is_remote, stac_asset
+from geoseg.tiling.stac import StacAsset, is_remote, stac_asset
 
 COG = "image/tiff; application=geotiff; profile=cloud-optimized"
 
