@@ -7,6 +7,7 @@ gives, on the command line (``geoseg run``) or in a workflow file (``geoseg batc
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from geoseg.errors import ConfigError
 
 __all__ = [
     "DEVICES",
+    "MAX_BLOCK",
     "PRECISIONS",
     "RUN_OPTIONS",
     "InferenceOptions",
@@ -59,6 +61,11 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 DEVICES = ("auto", "cpu", "cuda")
 
+MAX_BLOCK = 8192
+"""Largest block core and model tile (pixels). A block reads its core plus a halo of at most
+the block size on each side (:func:`geoseg.run.plan.plan_run`), so no option can make one
+block's memory grow past what a core of this size needs."""
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class InferenceOptions:
@@ -100,6 +107,18 @@ class InferenceOptions:
             raise ConfigError("batch size and threads must be >= 0 (0 = automatic)")
         if self.concurrent_batches < 1:
             raise ConfigError(f"concurrent batches {self.concurrent_batches} must be >= 1")
+        if self.tile is not None and (self.tile < 32 or self.tile % 32):
+            # The words of TilingSpec's check; 0 must not mean "the card's" (None does).
+            raise ConfigError(
+                f"tile size {self.tile} is not a positive multiple of 32; "
+                f"try {max(32, round(self.tile / 32) * 32)}"
+            )
+        if self.tile is not None and self.tile > MAX_BLOCK:
+            raise ConfigError(f"tile size {self.tile} is too large; use at most {MAX_BLOCK}")
+        if self.overlap is not None and self.overlap < 0:
+            raise ConfigError(
+                f"--overlap {self.overlap} must be >= 0; leave it out to use the model card's"
+            )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -174,17 +193,27 @@ class RunConfig:
                 f"block size {self.block} is too small; use at least 64 (blocks of 1024 or "
                 "more keep the halo's repeated work small)"
             )
-        if self.min_area_m2 < 0 or self.simplify_m < 0 or self.prune_m < 0:
-            raise ConfigError("--min-area, --simplify and --prune must be >= 0")
+        if self.block > MAX_BLOCK:
+            raise ConfigError(
+                f"block size {self.block} is too large; use at most {MAX_BLOCK} (a block is "
+                "the unit of memory: 2048, the default, suits most machines)"
+            )
+        for option, value in (
+            ("--min-area", self.min_area_m2),
+            ("--simplify", self.simplify_m),
+            ("--prune", self.prune_m),
+        ):
+            if not math.isfinite(value) or value < 0:
+                raise ConfigError(f"{option} {value} must be a finite number >= 0")
         if self.dst_crs is not None:
             from rasterio.crs import CRS
-            from rasterio.errors import CRSError
 
             try:
                 CRS.from_user_input(self.dst_crs)
-            except CRSError as err:
+            except Exception as err:  # CRSError, and ValueError for EPSG:<not a number>
+                reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
                 raise ConfigError(
-                    f"--dst-crs {self.dst_crs!r} is not a CRS (e.g. EPSG:3857): {err}"
+                    f"--dst-crs {self.dst_crs[:200]!r} is not a CRS (e.g. EPSG:3857): {reason}"
                 ) from err
         if self.bands is not None and len(self.models) > 1:
             raise ConfigError("--bands applies to a single model; give one --model with it")

@@ -370,3 +370,44 @@ def test_airflow_dag_runs_the_cli_for_each_workflow(monkeypatch: pytest.MonkeyPa
     assert run.endswith("geoseg batch run /opt/geoseg/workflows/water-monitoring.yaml -q")
     assert "geoseg batch status /opt/geoseg/workflows/water-monitoring.yaml" in status
     assert all((REPO / "workflows" / f"{n}.yaml").is_file() for n in ("water-monitoring", "roads"))
+
+
+def _bomb(levels: int) -> str:
+    """A "billion laughs": ``levels`` anchors, each a list of nine aliases of the one before."""
+    lines = ["l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("key", ["smoothing: {params: {x: *l8}}", "min_area_m2: *l8"])
+def test_a_yaml_alias_bomb_is_refused_before_anything_is_built(folder: Path, key: str) -> None:
+    """Before: 9**9 strings were built (a minute and 6 GB; a 34 MB error line for min_area_m2)."""
+    import time
+
+    path = _write(folder, GOOD + _bomb(9) + key + "\n")
+    t0 = time.perf_counter()
+    with pytest.raises(WorkflowError) as caught:
+        load_workflow(path)
+    assert time.perf_counter() - t0 < 2.0
+    header, problem = str(caught.value).splitlines()
+    assert header.endswith("is not a valid workflow (1 problem):")
+    assert problem == (
+        f"{path}:9: (file): the value anchored here (&name) is used again through an alias "
+        "(*name); workflow files may not use aliases: write the value out where it is needed"
+    )
+    assert not (folder / "out").exists()
+
+
+def test_a_huge_bad_value_is_quoted_as_a_short_excerpt(folder: Path) -> None:
+    path = _write(folder, GOOD + f"simplify_m: [{', '.join(['12345'] * 100_000)}]\n")
+    with pytest.raises(WorkflowError) as caught:
+        load_workflow(path)
+    (problem,) = str(caught.value).splitlines()[1:]
+    assert problem.startswith(f"{path}:9: simplify_m: must be a number, not a list ([12345, ")
+    assert problem.endswith("... (700000 characters))")
+    assert len(problem) < 200 + len(str(path))
+
+
+def test_anchors_without_aliases_are_fine(folder: Path) -> None:
+    wf = load_workflow(_write(folder, GOOD.replace("classes: [water]", "classes: &c [water]")))
+    assert wf.config.classes == ("water",)
