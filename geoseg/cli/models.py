@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import click
@@ -16,6 +17,8 @@ from geoseg.cli._base import (
     main,
 )
 from geoseg.errors import ConfigError
+from geoseg.models.card import ModelCard
+from geoseg.models.normalisation import Transform
 
 
 @main.group()
@@ -35,7 +38,7 @@ def models_list(verbose: bool, quiet: bool) -> None:
     cards = default_model_cards()
     click.echo("default models (used when --model is not given; first that fits the scene):")
     for name, sources in DEFAULT_MODELS.items():
-        click.echo(f"  {name:<8} {' -> '.join(sources)}")
+        click.echo(f"  {name:<15} {' -> '.join(sources)}")
     click.echo("shipped model files:")
     for source, card in cards.items():
         if card.architecture == "spectral":
@@ -47,10 +50,17 @@ def models_list(verbose: bool, quiet: bool) -> None:
             for c in card.class_names[1:]
             if isinstance(scores.get(c), dict) and scores[c].get("iou") is not None
         )
+        arch = f"{card.architecture}/{card.encoder}" if card.encoder else card.architecture
+        licence = f"; {card.licence}" if card.licence else ""
         click.echo(
-            f"  {source}: {card.architecture}/{card.encoder}, bands {', '.join(card.bands)}, "
-            f"{card.resolution_m or '?'} m; validation {ious or 'n/a'}"
+            f"  {source}: {arch}, bands {', '.join(card.bands)}, "
+            f"{card.resolution_m or '?'} m; validation {ious or 'n/a'}{licence}"
         )
+        if card.attribution:
+            credit = textwrap.fill(
+                _credit(card.attribution), width=96, initial_indent="    ", subsequent_indent="    "
+            )
+            click.echo(credit)
     click.echo("built-in methods (no weights; --model NAME, NAME:otsu or NAME:0.1):")
     for name, method in METHODS.items():
         click.echo(f"  {name:<8} {method.class_name}: {method.description}")
@@ -79,16 +89,79 @@ def models_show(model_file: str, as_json: bool, verbose: bool, quiet: bool) -> N
     click.echo(f"name:          {card.name}")
     click.echo(f"architecture:  {card.architecture} / {card.encoder or '-'}")
     click.echo(f"bands:         {', '.join(card.bands)}")
-    click.echo(f"normalisation: mean {list(card.mean)} std {list(card.std)}")
+    click.echo(f"input:         {_units(card)}")
+    if card.normalisation is None:
+        click.echo(f"normalisation: mean {list(card.mean)} std {list(card.std)}")
+    else:
+        steps = " -> ".join(_step(t) for t in card.normalisation) or "none"
+        click.echo(f"normalisation: {steps}")
+        click.echo(f"typical input: mean {list(card.mean)} std {list(card.std)}")
     classes = ", ".join(f"{c.name} ({c.color})" for c in card.classes)
     click.echo(f"classes:       {classes}")
+    click.echo(f"outputs:       {_outputs(card)}")
     click.echo(f"tile/overlap:  {card.tile_size}/{card.overlap}")
     if card.resolution_m:
         click.echo(f"resolution:    {card.resolution_m} m")
     if card.description:
         click.echo(f"description:   {card.description}")
+    if card.licence:
+        click.echo(f"licence:       {card.licence}")
+    if card.source:
+        click.echo(f"source:        {card.source}")
+    if card.attribution:
+        click.echo("attribution:")
+        for line in card.attribution.splitlines():
+            click.echo(f"  {line}".rstrip())
     for key, value in card.training.items():
         click.echo(f"training.{key}: {value}")
+
+
+def _credit(attribution: str) -> str:
+    """An attribution on one line, without the licence's boilerplate (shown in full by
+    ``geoseg models show``)."""
+    lines: list[str] = []
+    for line in attribution.splitlines():
+        if line.strip().lower().startswith("permission is hereby granted"):
+            break
+        if line.strip():
+            lines.append(line.strip())
+    return " ".join(lines)
+
+
+def _units(card: ModelCard) -> str:
+    if card.reflectance_scale is None:
+        return "the scene's values as stored"
+    scale = f" x {card.reflectance_scale:g}" if card.reflectance_scale != 1 else " (0-1)"
+    return (
+        f"reflectance{scale} (the scene's scale and offset applied when known: band metadata, "
+        "else --sensor)"
+    )
+
+
+def _step(transform: Transform) -> str:
+    def fmt(value: object) -> str:
+        if isinstance(value, tuple):
+            return "[" + ", ".join(f"{v:.6g}" for v in value) + "]"
+        return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+    args = ", ".join(f"{k}={fmt(v)}" for k, v in transform.params.items())
+    return f"{transform.op}({args})"
+
+
+def _outputs(card: ModelCard) -> str:
+    text = (
+        "sigmoid of 1 logit -> [1 - p, p]"
+        if card.activation == "sigmoid"
+        else f"softmax over {card.network_outputs} logits"
+    )
+    merged = card.class_channels
+    if merged is not None:
+        parts = [
+            f"{c.name}={'+'.join(map(str, chans)) or 'none'}"
+            for c, chans in zip(card.classes, merged, strict=True)
+        ]
+        text += f"; classes from channels: {', '.join(parts)}"
+    return text
 
 
 @models.command("import")

@@ -1,19 +1,20 @@
 """Default models: which model ``geoseg run --classes ...`` uses when none is given.
 
 Each class maps to candidate sources in order of preference: a model file shipped in
-:data:`WEIGHTS_DIR` (trained by ``make train-defaults``, i.e. ``geoseg train workflows/train/<name>.yaml``, or a published network
-ported by ``tools/``; its card holds the training data, scores, licence and attribution) or a
-built-in spectral method (``"ndwi:0.35"``). For a scene, a class gets the first candidate
-whose input bands the scene provides, at a pixel size it was made for, in units it
-understands (:func:`units_misfit`).
+:data:`WEIGHTS_DIR` (trained by ``make train-defaults``, i.e. ``geoseg train
+workflows/train/<name>.yaml``, or a published network ported by ``tools/``; its card holds
+the training data, scores, licence and attribution) or a built-in spectral method
+(``"ndwi:0.35"``). For a scene, a class gets the first candidate whose input bands the scene
+provides, at a pixel size it was made for, in units it understands (:func:`units_misfit`).
 
 ================  ==================================================================================
 class             candidates
 ================  ==================================================================================
 roads             ``roads-unet-r18`` (RGB aerial, 1 m)
 water             ``dynamicworld-s2l1c`` (Sentinel-2 L1C, 9 bands with red edge and SWIR, 10 m),
+                  ``landsat7-water-crops`` (Landsat 7 8-bit DNs, B1-B5, 28.5 m),
                   ``watnet-l578`` (Landsat 5/7/8 surface reflectance 0-1, 6 bands, 30 m),
-                  ``landsat7-water-crops`` (Landsat 7 8-bit DNs, B1-B5, 28.5 m), ``ndwi:0.35``
+                  ``ndwi:0.35``
 crops, trees,     ``dynamicworld-s2l1c``
 grass, built,
 bare, shrub_and_
@@ -21,11 +22,12 @@ scrub, snow_and_
 ice
 ================  ==================================================================================
 
-The candidates for water never compete: Dynamic World needs the Sentinel-2 red-edge bands,
-WatNet reflectance (a Landsat scene whose scale and offset are known, or reflectance already),
-the Landsat 7 model 8-bit DNs; NDWI (green and NIR) takes every other scene, e.g. 4-band
-RGB + NIR imagery. Dynamic World's ``water`` is its water plus flooded vegetation (flood
-extent); the other classes are its own.
+The candidates for water do not compete on real scenes: Dynamic World needs the Sentinel-2
+red-edge bands, the Landsat 7 model 8-bit DNs, WatNet reflectance (a Landsat scene whose scale
+and offset are known, or reflectance already); NDWI (green and NIR) takes every other scene,
+e.g. 4-band RGB + NIR imagery. Where a scene's values cannot be sampled, the order decides:
+the Landsat 7 model, validated on Landsat 7 DNs here, before WatNet. Dynamic World's ``water``
+is its water plus flooded vegetation (flood extent); the other classes are its own.
 
 Water on Landsat 7 8-bit DNs: on the held-out region of the Landsat 7 scene, run as ``geoseg
 run`` runs by default (with the water smoothing recipe: ``crf+morph`` for models, ``morph``
@@ -61,9 +63,9 @@ from geoseg.tiling.resample import MAX_COARSER
 __all__ = [
     "DEFAULT_MODELS",
     "DYNAMIC_WORLD",
-    "WATNET",
     "RESOLUTION_TOLERANCE",
     "VALUE_SCALE_TOLERANCE",
+    "WATNET",
     "WEIGHTS_DIR",
     "default_model_cards",
     "default_sources",
@@ -76,17 +78,15 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 DYNAMIC_WORLD = "dynamicworld-s2l1c.safetensors"
 WATNET = "watnet-l578.safetensors"
+_DYNAMIC_WORLD_CLASSES = (
+    "crops", "trees", "grass", "built", "bare", "shrub_and_scrub", "snow_and_ice",
+)  # fmt: skip
 
 DEFAULT_MODELS: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {
         "roads": ("roads-unet-r18.safetensors",),
-        "water": (DYNAMIC_WORLD, WATNET, "landsat7-water-crops.safetensors", "ndwi:0.35"),
-        **{
-            c: (DYNAMIC_WORLD,)
-            for c in (
-                "crops", "trees", "grass", "built", "bare", "shrub_and_scrub", "snow_and_ice",
-            )
-        },  # fmt: skip
+        "water": (DYNAMIC_WORLD, "landsat7-water-crops.safetensors", WATNET, "ndwi:0.35"),
+        **dict.fromkeys(_DYNAMIC_WORLD_CLASSES, (DYNAMIC_WORLD,)),
     }
 )
 
