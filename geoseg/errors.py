@@ -51,6 +51,10 @@ class WorkerLostError(GeosegError, RuntimeError):
     """Dask lost the workers running a block too many times (killed, out of memory)."""
 
 
+class ClusterError(GeosegError, RuntimeError):
+    """A Dask cluster cannot run this job: no workers, or workers without geoseg or the inputs."""
+
+
 class DeviceMemoryError(GeosegError, MemoryError):
     """One model tile does not fit in the memory of the device running the model."""
 

@@ -10,7 +10,9 @@
   ``GPU`` resource that model tasks require. ``dask_cuda.LocalCUDACluster`` is used when
   installed, otherwise an equivalent ``SpecCluster``.
 - ``tcp://host:8786`` (or any address): attach to an existing scheduler. Inputs must be
-  readable from every worker (shared file system or GDAL virtual paths).
+  readable from every worker (shared file system or GDAL virtual paths). Attaching waits
+  :data:`WORKER_WAIT_S` for a worker, and :func:`preflight` checks, before any work, that
+  every worker imports this geoseg version and can open the scene and the model files.
 - ``sync``: no Dask at all, every block in this process (debugging, tiny scenes).
 """
 
@@ -29,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
-from geoseg.errors import ConfigError, GeosegError
+from geoseg.errors import ClusterError, ConfigError, GeosegError
 
 __all__ = [
     "ClusterShape",
@@ -39,12 +41,19 @@ __all__ = [
     "cpu_cluster_shape",
     "dask_setup",
     "freeze_gc_at_exit",
+    "gpu_count",
     "gpu_worker_specs",
     "open_execution",
+    "preflight",
     "task_resources",
 ]
 
 GPU = "GPU"
+
+WORKER_WAIT_S = 10.0
+"""How long attaching to a scheduler waits for its first worker."""
+PREFLIGHT_TIMEOUT_S = 60.0
+"""How long the workers have to answer :func:`preflight` (opening a remote scene included)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -166,6 +175,11 @@ def _gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+def gpu_count() -> int:
+    """CUDA devices on this machine (torch is imported only when the system shows any)."""
+    return _gpu_count()
+
+
 class DaskLogMute:
     """Silences Dask's loggers (and tornado's, asyncio's) from :meth:`now` to the end of the
     ``with`` block.
@@ -212,9 +226,30 @@ def dask_setup(worker: Any) -> None:
     when it closes the cluster.
     """
     freeze_gc_at_exit()
+    _route_warnings(worker_warning_level())
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+WARNING_LOGGERS = ("py.warnings", "rasterio", "pyogrio", "fiona", "torch")
+"""Loggers of library warnings (Python warnings, GDAL messages through rasterio/pyogrio):
+shown only with ``-v``."""
+
+
+def _route_warnings(level: int) -> None:
+    """Python warnings become log records; library warnings show at ``level`` and above."""
+    logging.captureWarnings(True)
+    for name in WARNING_LOGGERS:
+        logging.getLogger(name).setLevel(level)
+
+
+def worker_warning_level() -> int:
+    """The level library warnings show at on geoseg's local workers: their log level
+    (``geoseg.worker-log-level`` in the Dask config the nannies pass on), ERROR by default."""
+    import dask
+
+    return int(dask.config.get("geoseg.worker-log-level", logging.ERROR))
 
 
 @functools.cache
@@ -334,6 +369,7 @@ def open_execution(
         except ValueError as err:  # a form check_address let through
             raise ConfigError(f"--scheduler {address!r} is not a scheduler address: {err}") from err
         try:
+            _wait_for_workers(client, address)
             yield Execution(
                 client=client,
                 torch_threads=0,
@@ -357,7 +393,11 @@ def open_execution(
     cluster: Any
     # Every local worker runs dask_setup (this module) when it starts.
     preload = list(dask.config.get("distributed.worker.preload", None) or [])
-    with dask.config.set({"distributed.worker.preload": [*preload, __name__]}):
+    settings = {
+        "distributed.worker.preload": [*preload, __name__],
+        "geoseg.worker-log-level": worker_log_level,
+    }
+    with dask.config.set(settings):
         cluster, torch_threads, slots, desc = _start_local_cluster(
             gpus,
             cores=cores,
@@ -435,3 +475,111 @@ def _start_local_cluster(
     if slots > 1:
         desc += f" as {slots} concurrent forward passes"
     return cluster, torch_threads, slots, desc
+
+
+def _wait_for_workers(client: Any, address: str) -> None:
+    """A scheduler without workers would queue the blocks for ever: wait a little, then say."""
+    try:
+        client.wait_for_workers(1, timeout=WORKER_WAIT_S)
+    except (TimeoutError, OSError) as err:
+        raise ClusterError(
+            f"the Dask scheduler at {address} has no workers (waited {WORKER_WAIT_S:g} s); "
+            f"start some (dask worker {address}) and run again"
+        ) from err
+
+
+# The pre-flight probe runs on every worker before geoseg can be assumed there, so it is
+# made from source in a module of its own name: cloudpickle then ships it by value, and a
+# worker without geoseg runs it and says so (a function of geoseg's would fail to unpickle
+# and take the worker down with it).
+_PROBE_SOURCE = """
+def probe(version, scene, models):
+    import os
+    import socket
+
+    report = {"host": socket.gethostname(), "problems": []}
+    try:
+        import geoseg
+    except BaseException as err:
+        report["import_error"] = f"{type(err).__name__}: {err}"
+        return report
+    report["version"] = getattr(geoseg, "__version__", "unknown")
+    if report["version"] != version:
+        return report
+    from geoseg.models.card import read_card
+    from geoseg.tiling.io import read_scene_info
+
+    checks = [(read_scene_info, scene)] if scene else []
+    checks += [(read_card, m) for m in models]
+    for check, path in checks:
+        try:
+            check(path)
+        except Exception as err:
+            report["problems"].append(str(err).splitlines()[0] if str(err) else repr(err))
+    return report
+"""
+
+
+def _probe() -> Any:
+    namespace: dict[str, Any] = {"__name__": "geoseg_preflight_probe"}
+    exec(compile(_PROBE_SOURCE, "<geoseg pre-flight>", "exec"), namespace)
+    return namespace["probe"]
+
+
+def preflight(
+    client: Any,
+    *,
+    address: str,
+    scene: str | None,
+    models: tuple[str, ...] = (),
+    timeout: float | None = None,
+) -> int:
+    """Check, before any work, that every worker can run this job; returns the worker count.
+
+    Each worker must import geoseg of this client's version and open ``scene`` (its header)
+    and every model file (its card), at the paths this client uses: a path only the client
+    sees fails here, in seconds, not as "does not exist" from a block.
+
+    Raises
+    ------
+    ClusterError
+        One line naming the first worker that cannot, and the remedy (install geoseg, the
+        same version; a shared path or a GDAL virtual path).
+    """
+    from geoseg import __version__
+
+    wait = PREFLIGHT_TIMEOUT_S if timeout is None else timeout
+    try:
+        reports = client.run(
+            _probe(), __version__, scene, tuple(models), on_error="return", callback_timeout=wait
+        )
+    except (TimeoutError, OSError) as err:
+        raise ClusterError(
+            f"the workers of {address} did not answer geoseg's pre-flight check within {wait:g} s"
+        ) from err
+    if not reports:
+        raise ClusterError(f"the Dask scheduler at {address} has no workers left")
+    for worker, report in sorted(reports.items()):
+        if isinstance(report, BaseException):
+            raise ClusterError(
+                f"worker {worker} failed geoseg's pre-flight check ({type(report).__name__}: "
+                f"{report}); check that worker's log"
+            )
+        where = f"worker {worker} ({report.get('host', '?')})"
+        if "import_error" in report:
+            raise ClusterError(
+                f"{where} cannot import geoseg ({report['import_error']}); install geoseg "
+                f"{__version__} in the workers' Python environment"
+            )
+        if report.get("version") != __version__:
+            raise ClusterError(
+                f"{where} runs geoseg {report.get('version')}, this client {__version__}; "
+                "install the same geoseg version on the client and every worker"
+            )
+        if report["problems"]:
+            raise ClusterError(
+                f"{where} cannot use this run's inputs: {report['problems'][0]}; the scene "
+                "and model files must be readable by every worker at the same path (a shared "
+                "file system, or a GDAL virtual path such as /vsis3/... or https://...)"
+            )
+    return len(reports)

@@ -90,9 +90,15 @@ def clean_partials(scenes: Sequence[Scene]) -> int:
     """Delete the temporary files an interrupted run left beside these scenes' outputs.
 
     Block journals (``.<name>.journal``) stay: the next run of the scene resumes from them.
+    A scene whose output a live run holds locked (a ``geoseg run`` on it now) is left
+    alone: those temporaries are that run's.
     """
+    from geoseg.run.lock import lock_holder
+
     removed = 0
     for scene in scenes:
+        if lock_holder(scene.gpkg.with_name(f".{scene.gpkg.name}.lock")) is not None:
+            continue
         for out in scene.outputs:
             if not out.parent.is_dir():
                 continue
@@ -523,9 +529,24 @@ def _execute(
         ) as ex,
     ):
         ctx.run.cluster = ex.description
+        if workflow.scheduler not in ("local", "sync"):
+            _preflight(ex, workflow, todo)
         # Muted from the moment the scenes are halted (cancelling a block that a scene's
         # thread is gathering makes Dask log it) until the cluster is closed.
         _run_scenes(todo, ex, ctx, on_stop=mute.now)
+
+
+def _preflight(ex: Execution, workflow: Workflow, todo: Sequence[SceneStatus]) -> None:
+    """An attached cluster's workers import geoseg and read the models and a first scene."""
+    from geoseg.models.spectral import is_spectral
+    from geoseg.scheduler import preflight
+
+    preflight(
+        ex.client,
+        address=workflow.scheduler,
+        scene=todo[0].scene.input if todo else None,
+        models=tuple(m for m in workflow.config.models if not is_spectral(m)),
+    )
 
 
 def _run_scenes(

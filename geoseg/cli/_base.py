@@ -19,12 +19,19 @@ F = TypeVar("F", bound=Callable[..., Any])
 _PALETTE = ("#000000", "#1f78b4", "#e31a1c", "#33a02c", "#ff7f00", "#6a3d9a", "#b15928")
 
 
+MAX_LINE = 1000
+"""Longest line of an error message shown (a value quoted in full could be megabytes)."""
+
+
 def _fail(err: BaseException, *, verbose: bool) -> None:
     if verbose:
         import traceback
 
         traceback.print_exception(err, file=sys.stderr)
-    click.echo(f"geoseg: error: {err}", err=True)
+    lines = [
+        ln if len(ln) <= MAX_LINE else f"{ln[: MAX_LINE - 3]}..." for ln in str(err).split("\n")
+    ]
+    click.echo(f"geoseg: error: {chr(10).join(lines)}", err=True)
 
 
 @contextmanager
@@ -89,16 +96,37 @@ def _handles_errors(fn: F) -> F:
             raise
         except KeyboardInterrupt:
             _interrupted(fn.__name__)
+        finally:
+            logging.captureWarnings(False)
 
     return wrapper  # type: ignore[return-value]
 
 
+JOURNAL_META = "geoseg.journal"
+"""Click context key: the journal a command keeps for ``--resume`` (``geoseg run``)."""
+
+
 def _interrupted(command: str) -> None:
-    hint = ""
-    if command == "run":  # its finished blocks are journalled
-        hint = "; the same command with --resume reuses the blocks already done"
-    click.echo(f"geoseg: interrupted; no output was finished{hint}", err=True)
+    click.echo(f"geoseg: interrupted; no output was finished{_resume_hint()}", err=True)
     sys.exit(130)
+
+
+def _resume_hint() -> str:
+    """What ``--resume`` would reuse after an interrupt: what the journal kept, if anything."""
+    ctx = click.get_current_context(silent=True)
+    journal = ctx.meta.get(JOURNAL_META) if ctx is not None else None
+    if journal is None:
+        return ""
+    from geoseg.run.journal import journal_contents
+
+    kept = journal_contents(journal)
+    if kept is None:
+        return "; no block had finished, so there is nothing for --resume to reuse"
+    blocks, keys = kept
+    parts = [f"the {blocks} finished block{'s' if blocks != 1 else ''}"] if blocks else []
+    if keys:
+        parts.append("the scene statistics")
+    return f"; the same command with --resume reuses {' and '.join(parts)}"
 
 
 @contextmanager
@@ -114,10 +142,17 @@ def _usage_errors(
 
 
 def _setup_logging(*, verbose: bool, quiet: bool) -> None:
+    """geoseg's own warnings on stderr (not with ``--quiet``); those of the libraries
+    (Python warnings of rasterio, torch..., GDAL's messages) only with ``-v``."""
+    from geoseg.scheduler import WARNING_LOGGERS
+
     level = logging.DEBUG if verbose else logging.ERROR if quiet else logging.WARNING
     logging.basicConfig(level=level, format="geoseg: %(levelname)s: %(message)s", force=True)
     for noisy in ("distributed", "bokeh", "tornado", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.ERROR if not verbose else logging.INFO)
+    logging.captureWarnings(True)
+    for name in WARNING_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.ERROR)
 
 
 def _worker_log_level(*, verbose: bool) -> int:

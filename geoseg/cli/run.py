@@ -28,7 +28,9 @@ from geoseg.errors import ConfigError
 )
 @click.option("--bands", help="Scene band numbers feeding the model, e.g. 4,3,2,8.")
 @click.option("--sensor", help="Sensor preset naming the bands: sentinel2, landsat8, ...")
-@click.option("--block", default=2048, show_default=True, help="Block core size (pixels).")
+@click.option(
+    "--block", default=2048, show_default=True, help="Block core size (pixels, 64 to 8192)."
+)
 @click.option("--tile", type=int, help="Tile size override (default: the model card's).")
 @click.option("--overlap", type=int, help="Tile overlap override (default: the card's).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
@@ -134,13 +136,17 @@ def run(
     """Segment SCENE and write polygons per class to a GeoPackage."""
     import distributed  # noqa: F401  (configures its loggers on import; quiet them after)
 
+    from geoseg.cli._base import JOURNAL_META
     from geoseg.config import run_config
+    from geoseg.models.spectral import is_spectral
+    from geoseg.run.lock import output_lock
     from geoseg.run.outputs import check_outputs, output_paths
     from geoseg.run.pipeline import plan_run, run_scene
     from geoseg.scheduler import (
         check_address,
         cpu_cluster_shape,
         open_execution,
+        preflight,
     )
 
     _setup_logging(verbose=verbose, quiet=quiet)
@@ -175,38 +181,53 @@ def run(
         check_address(scheduler)
         if scheduler == "local":
             cpu_cluster_shape(os.cpu_count() or 1, n_workers=workers, threads_per_worker=threads)
-    check_outputs(paths.all(), overwrite=overwrite)
+    inputs = [("scene", scene)] + [("model", m) for m in models if not is_spectral(m)]
+    check_outputs(paths.all(), overwrite=overwrite, inputs=inputs, side=paths.side_files())
     if report:
-        _check_report_path(report)
-    with _usage_errors(verbose=verbose):  # a ConfigError here is an option (--tile, --bands...)
-        plan = plan_run(scene, config)
-    with open_execution(
-        scheduler,
-        n_workers=workers,
-        threads_per_worker=threads,
-        dashboard=dashboard,
-        worker_log_level=_worker_log_level(verbose=verbose),
-    ) as ex:
-        if ex.client is not None and dashboard and not quiet:
-            click.echo(f"geoseg: dashboard at {ex.client.dashboard_link}", err=True)
-        with _progress(quiet=quiet, label=f"{Path(scene).name}") as progress:
-            summary = run_scene(
-                scene,
-                out,
-                config,
-                execution=ex,
-                progress=progress,
-                resume=resume,
-                plan=plan,
-            )
+        _check_report_path(report, inputs=inputs, outputs=[*paths.all(), *paths.side_files()])
+    if scheduler in ("local", "sync"):
+        _check_device(config.inference.device)
+    # The lock is the first file written: an unwritable folder or a full disk shows here,
+    # and a second run on the same output stops here, before any work.
+    with output_lock(paths.gpkg, lock=paths.lock):
+        click.get_current_context().meta[JOURNAL_META] = paths.journal
+        with _usage_errors(verbose=verbose):  # a ConfigError here is an option (--tile...)
+            plan = plan_run(scene, config)
+        with open_execution(
+            scheduler,
+            n_workers=workers,
+            threads_per_worker=threads,
+            dashboard=dashboard,
+            worker_log_level=_worker_log_level(verbose=verbose),
+        ) as ex:
+            if scheduler not in ("local", "sync"):
+                preflight(
+                    ex.client,
+                    address=scheduler,
+                    scene=plan.scene.path,
+                    models=tuple(u.source for u in plan.models if not is_spectral(u.source)),
+                )
+            if ex.client is not None and dashboard and not quiet:
+                click.echo(f"geoseg: dashboard at {ex.client.dashboard_link}", err=True)
+            with _progress(quiet=quiet, label=f"{Path(scene).name}") as progress:
+                summary = run_scene(
+                    scene,
+                    out,
+                    config,
+                    execution=ex,
+                    progress=progress,
+                    resume=resume,
+                    plan=plan,
+                )
     if report:
         import json
 
         from geoseg.errors import OutputWriteError
+        from geoseg.tiling.atomic import write_text_atomic
 
         body = summary.report() | {"cluster": ex.description, "scene": scene}
         try:
-            Path(report).write_text(json.dumps(body, indent=2) + "\n")
+            write_text_atomic(report, json.dumps(body, indent=2) + "\n")
         except OSError as err:
             raise OutputWriteError(
                 f"wrote {summary.gpkg} but not the report {report!r}: {err}"
@@ -236,8 +257,11 @@ def run(
         )
 
 
-def _check_report_path(report: str) -> None:
-    """``--report`` must be writable before the run, not found wanting after it."""
+def _check_report_path(report: str, *, inputs: list[tuple[str, str]], outputs: list[Path]) -> None:
+    """``--report`` must be writable before the run, not found wanting after it, and must
+    be neither an input nor another output of the run."""
+    from geoseg.run.outputs import check_outputs
+
     folder = Path(report).absolute().parent
     if not folder.is_dir():
         raise ConfigError(
@@ -245,3 +269,28 @@ def _check_report_path(report: str) -> None:
         )
     if not os.access(folder, os.W_OK):
         raise ConfigError(f"--report {report!r}: folder {str(folder)!r} is not writable")
+    # A report replaces an existing file of its name (its own, from an earlier run).
+    check_outputs([Path(report)], overwrite=True, inputs=inputs)
+    if any(os.path.realpath(report) == os.path.realpath(p) for p in outputs):
+        raise ConfigError(f"--report {report!r} is one of the run's outputs; name it otherwise")
+
+
+def _check_device(device: str) -> None:
+    """``--device cuda`` needs a CUDA device here, whatever the model (an index needs none,
+    but the user asked for one: exit 1 rather than a silent run on the CPU)."""
+    if not device.startswith("cuda"):
+        return
+    from geoseg.errors import GeosegError
+    from geoseg.scheduler import gpu_count
+
+    n = gpu_count()
+    index = int(device.split(":", 1)[1]) if ":" in device else 0
+    if n == 0:
+        raise GeosegError(
+            f"device {device!r} requested but CUDA is not available here; use --device cpu or auto"
+        )
+    if index >= n:
+        raise GeosegError(
+            f"device {device!r} requested but this machine has {n} CUDA device(s) "
+            f"(cuda:0 to cuda:{n - 1})"
+        )

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import shapely
 
+from geoseg.errors import OutputWriteError
 from geoseg.run.results import BlockResult, ClassPolygons
 from geoseg.vectorize.centerlines import BlockLines
 from geoseg.vectorize.polygons import BlockPolygons
@@ -34,6 +35,7 @@ __all__ = [
     "encode_arrays",
     "encode_result",
     "fingerprint",
+    "journal_contents",
 ]
 
 
@@ -110,49 +112,126 @@ def polygons_from_arrays(prefix: str, arrays: Mapping[str, np.ndarray]) -> Block
 
 
 class Journal:
-    """The SQLite journal of one output. One writer: the client."""
+    """The SQLite journal of one output. One writer: the client.
+
+    Besides the blocks it keeps named values (:meth:`set_meta`): the whole-scene statistics
+    of the spectral methods, so a resumed run does not make that pass again.
+
+    Raises
+    ------
+    OutputWriteError
+        When the journal cannot be created or written (a read-only folder, a full disk), or
+        its name is a symbolic link (never written through).
+    """
 
     def __init__(self, path: Path, *, fingerprint: str, resume: bool) -> None:
         self.path = path
         if not resume:
             self._delete()
-        self._db = sqlite3.connect(path, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS blocks (idx INTEGER PRIMARY KEY, payload BLOB NOT NULL)"
-        )
-        row = self._db.execute("SELECT value FROM meta WHERE key='fingerprint'").fetchone()
-        if row is not None and row[0] != fingerprint:
-            # A journal of another plan (other model, options or input): start over.
-            self._db.execute("DELETE FROM blocks")
-        self._db.execute(
-            "INSERT OR REPLACE INTO meta (key, value) VALUES ('fingerprint', ?)", (fingerprint,)
-        )
+        for side in self._files():
+            if side.is_symlink():
+                raise OutputWriteError(
+                    f"{str(side)!r} is a symbolic link; geoseg never writes through one: "
+                    "remove it, then run again"
+                )
+        existed = path.exists()
+        self._db: sqlite3.Connection | None = None
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS blocks (idx INTEGER PRIMARY KEY, payload BLOB NOT NULL)"
+            )
+            row = self._db.execute("SELECT value FROM meta WHERE key='fingerprint'").fetchone()
+            if row is not None and row[0] != fingerprint:
+                # A journal of another plan (other model, options or input): start over.
+                self._db.execute("DELETE FROM blocks")
+                self._db.execute("DELETE FROM meta")
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('fingerprint', ?)",
+                (fingerprint,),
+            )
+        except sqlite3.Error as err:
+            if self._db is not None:
+                self._db.close()
+            if not existed:  # nothing --resume could use: leave nothing
+                self._delete()
+            raise OutputWriteError(f"cannot write the journal {str(path)!r}: {err}") from err
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:  # pragma: no cover - __init__ raised
+            raise OutputWriteError(f"the journal {str(self.path)!r} is not open")
+        return self._db
 
     def done(self) -> set[int]:
-        return {r[0] for r in self._db.execute("SELECT idx FROM blocks")}
+        return {r[0] for r in self._conn().execute("SELECT idx FROM blocks")}
 
     def load(self) -> Iterator[tuple[int, bytes]]:
-        yield from self._db.execute("SELECT idx, payload FROM blocks ORDER BY idx")
+        yield from self._conn().execute("SELECT idx, payload FROM blocks ORDER BY idx")
 
     def record(self, index: int, payload: bytes) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO blocks (idx, payload) VALUES (?, ?)", (index, payload)
-        )
+        try:
+            self._conn().execute(
+                "INSERT OR REPLACE INTO blocks (idx, payload) VALUES (?, ?)", (index, payload)
+            )
+        except sqlite3.Error as err:
+            raise OutputWriteError(f"cannot write the journal {str(self.path)!r}: {err}") from err
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._conn().execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def has_meta(self, key: str) -> bool:
+        try:
+            return self._db is not None and self.get_meta(key) is not None
+        except sqlite3.Error:
+            return False
+
+    def set_meta(self, key: str, value: str) -> None:
+        try:
+            self._conn().execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value)
+            )
+        except sqlite3.Error as err:
+            raise OutputWriteError(f"cannot write the journal {str(self.path)!r}: {err}") from err
 
     def close(self) -> None:
-        self._db.close()
+        if self._db is not None:
+            self._db.close()
 
     def finish(self) -> None:
         """Close and delete: the run is complete."""
         self.close()
         self._delete()
 
+    def _files(self) -> list[Path]:
+        return [Path(f"{self.path}{suffix}") for suffix in ("", "-wal", "-shm", "-journal")]
+
     def _delete(self) -> None:
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+        for side in self._files():
+            side.unlink(missing_ok=True)
+
+
+def journal_contents(path: Path) -> tuple[int, tuple[str, ...]] | None:
+    """What a journal left after a run holds: its block count and named values (other than
+    its fingerprint); ``None`` when there is none. Opens it read-only; creates nothing."""
+    if not path.is_file() or path.is_symlink():
+        return None
+    try:
+        # immutable: no -wal/-shm files created beside a closed journal (checkpointed).
+        db = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)
+        try:
+            blocks = int(db.execute("SELECT count(*) FROM blocks").fetchone()[0])
+            keys = tuple(
+                str(r[0]) for r in db.execute("SELECT key FROM meta WHERE key != 'fingerprint'")
+            )
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return None
+    return blocks, keys
 
 
 def encode_result(result: BlockResult) -> bytes:

@@ -8,13 +8,21 @@
   nodata 255, one band per requested class; the bands' GDAL scale is ``1 / 254``, so
   QGIS shows (and ``gdalinfo`` / rasterio report) probabilities 0-1.
 
-Nothing appears under a final name until every output of the run is complete.
+Nothing appears under a final name until every output of the run is complete. Temporaries
+are new files with unpredictable names (:mod:`geoseg.tiling.atomic`); beside the outputs a
+run keeps its block journal (``.<name>.gpkg.journal``, for ``--resume``) and, while it runs,
+its lock (``.<name>.gpkg.lock``, :mod:`geoseg.run.lock`).
+
+:func:`check_outputs` runs before any work: no output may be an input of the run (the scene,
+a model file), whatever the flags; an existing output needs ``overwrite``; a symbolic link
+at an output's name counts as an existing file and is replaced, never written through.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +32,10 @@ import shapely
 from rasterio.crs import CRS
 
 from geoseg import __version__
-from geoseg.errors import ConfigError, OutputExistsError
+from geoseg.errors import ConfigError, OutputExistsError, OutputWriteError
 from geoseg.run.plan import NODATA_CLASS, RunPlan
 from geoseg.run.results import BlockResult, ClassPolygons, finish_polygons
+from geoseg.tiling.atomic import write_text_atomic
 from geoseg.tiling.io import RasterWriter
 from geoseg.vectorize.centerlines import BlockLines, line_lengths_m, merge_centerlines
 from geoseg.vectorize.geometry import pixels_to_crs
@@ -51,19 +60,64 @@ class OutputPaths:
         self.probabilities = (
             gpkg.with_name(f"{gpkg.stem}_probabilities.tif") if probabilities else None
         )
+        # Beside the outputs: the block journal (kept for --resume) and the run's lock.
+        self.journal = gpkg.with_name(f".{gpkg.name}.journal")
+        self.lock = gpkg.with_name(f".{gpkg.name}.lock")
 
     def all(self) -> list[Path]:
+        """The output files (those a finished run leaves)."""
         paths = (self.gpkg, self.raster, self.raster_style, self.probabilities)
         return [p for p in paths if p is not None]
+
+    def side_files(self) -> list[Path]:
+        """Files a run keeps beside its outputs: the journal and the lock."""
+        return [self.journal, self.lock]
+
+
+# Characters GDAL (or pyogrio's path parsing) takes for something else in a file name: ';'
+# cuts the name (a run on 'a;b.gpkg' wrote '.a'), '!' names a member of an archive, and
+# control characters are stripped or end the name.
+_GDAL_UNSAFE = re.compile(r"[;!\x00-\x1f\x7f]")
+
+
+def check_output_name(path: str | os.PathLike[str]) -> None:
+    """Refuse an output path GDAL would read as something else (exit 2 in the CLI).
+
+    Raises
+    ------
+    ConfigError
+        For a GDAL virtual path or URL, or a path holding ``;``, ``!`` or a control character.
+    """
+    text = os.fspath(path)
+    if text.startswith("/vsi") or "://" in text:
+        raise ConfigError(
+            f"output {_short(text)!r} must be a file on a local or mounted file system "
+            "(geoseg renames finished outputs into place); copy them elsewhere afterwards"
+        )
+    bad = _GDAL_UNSAFE.search(os.path.abspath(text))
+    if bad:
+        raise ConfigError(
+            f"output {_short(text)!r} holds {bad.group()!r}, which GDAL reads as part of a "
+            "path syntax, not a file name; use a name (and folder) without ';', '!' or "
+            "control characters"
+        )
+
+
+def _short(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 def output_paths(
     output: str | os.PathLike[str], *, raster: bool = True, probabilities: bool = False
 ) -> OutputPaths:
-    """The output files for ``-o output`` (which must be a ``.gpkg``)."""
+    """The output files for ``-o output`` (which must be a ``.gpkg``; see
+    :func:`check_output_name`)."""
     gpkg = Path(output)
     if gpkg.suffix.lower() != ".gpkg":
-        raise ConfigError(f"output {str(gpkg)!r} must end in .gpkg, e.g. {gpkg.stem}.gpkg")
+        raise ConfigError(
+            f"output {_short(str(gpkg))!r} must end in .gpkg, e.g. {_short(gpkg.stem)}.gpkg"
+        )
+    check_output_name(gpkg)
     return OutputPaths(gpkg, raster=raster, probabilities=probabilities)
 
 
@@ -127,10 +181,7 @@ class RunOutputs:
             )
         self.gpkg = GeoPackageWriter(paths.gpkg, crs=self.dst_crs or plan.scene.crs)
         self.merger = SeamMerger.for_blocks(plan.blocks)
-        self.store = PolygonStore(
-            paths.gpkg.with_name(f".{paths.gpkg.name}.staging.gpkg"),
-            crs=self.dst_crs or plan.scene.crs,
-        )
+        self.store = PolygonStore(paths.gpkg, crs=self.dst_crs or plan.scene.crs)
         self.scene_name = Path(plan.scene.path).name
         self.lines: dict[str, list[BlockLines]] = {c: [] for c in plan.centerlines}
         self.raster: RasterWriter | None = None
@@ -216,9 +267,7 @@ class RunOutputs:
                 zip(self.plan.classes, self.plan.colors, strict=True), start=1
             )
         ]
-        tmp = style.with_name(f".{style.name}.partial")
-        tmp.write_text(paletted_qml(entries), encoding="utf-8")
-        os.replace(tmp, style)
+        write_text_atomic(style, paletted_qml(entries))
 
     def abort(self) -> None:
         """Remove every temporary file."""
@@ -315,10 +364,73 @@ class RunOutputs:
         return counts
 
 
-def check_outputs(paths: Sequence[Path], *, overwrite: bool) -> None:
-    """Fail before any work when an output folder is missing or a file would be replaced."""
+def check_outputs(
+    paths: Sequence[Path],
+    *,
+    overwrite: bool,
+    inputs: Iterable[tuple[str, str | os.PathLike[str]]] = (),
+    side: Sequence[Path] = (),
+) -> None:
+    """Fail before any work when an output cannot or must not be written.
+
+    Parameters
+    ----------
+    paths
+        The run's outputs.
+    overwrite
+        Existing outputs may be replaced.
+    inputs
+        ``(what, path)`` of the run's inputs (``("scene", ...)``, ``("model", ...)``): no
+        output may be one of them, whatever ``overwrite`` says. Paths are compared after
+        resolving symbolic links (and as the same file when both exist); GDAL virtual paths
+        and built-in method names are skipped.
+    side
+        Files the run keeps beside its outputs (journal, lock): checked against the inputs
+        only (an existing journal is what ``--resume`` reads).
+
+    Raises
+    ------
+    ConfigError
+        An output folder is missing, or an output is an input.
+    OutputExistsError
+        An output exists (a file, a link, a folder) and ``overwrite`` is not set, or it is a
+        folder.
+    OutputWriteError
+        An output folder is not writable.
+    """
+    local = [(what, Path(p)) for what, p in inputs if _is_local_file(p)]
+    for p in [*paths, *side]:
+        for what, inp in local:
+            if _same_file(p, inp):
+                raise ConfigError(
+                    f"output {_short(str(p))!r} would replace the input {what} "
+                    f"{_short(str(inp))!r}; choose another -o (geoseg never replaces its input)"
+                )
     for p in paths:
-        if not p.parent.is_dir():
-            raise ConfigError(f"output folder {str(p.parent)!r} does not exist")
-        if p.exists() and not overwrite:
-            raise OutputExistsError(f"{str(p)!r} exists; pass --overwrite to replace it")
+        folder = p.parent
+        if not folder.is_dir():
+            raise ConfigError(f"output folder {_short(str(folder))!r} does not exist")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise OutputWriteError(
+                f"output folder {_short(str(folder))!r} is not writable; choose another -o"
+            )
+        if p.is_dir():
+            raise OutputExistsError(f"{_short(str(p))!r} is a folder; choose another -o")
+        if os.path.lexists(p) and not overwrite:
+            raise OutputExistsError(f"{_short(str(p))!r} exists; pass --overwrite to replace it")
+
+
+def _is_local_file(path: str | os.PathLike[str]) -> bool:
+    text = os.fspath(path)
+    return not (text.startswith("/vsi") or "://" in text) and os.path.isfile(text)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether writing ``a`` would replace ``b``: the same path once links are resolved, or
+    (both existing) the same file."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # ``a`` does not exist yet
+        return False

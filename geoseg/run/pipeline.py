@@ -6,19 +6,31 @@ writers as they complete (:mod:`geoseg.run.outputs`), journals them for ``--resu
 (:mod:`geoseg.run.journal`), and finally merges border polygons and commits every file.
 
 A failed run leaves no output file. Its journal (hidden, ``.<name>.gpkg.journal``) is kept
-only when ``--resume`` could use it: some blocks are journalled and the run was interrupted
-(Ctrl-C, SIGTERM, a lost worker or cluster) or could not write its outputs (a full disk).
-A geoseg error on the input or the model (a corrupt block, no GPU, weights that do not fit)
-deletes it: the same blocks would fail again, and fixing the scene or the model changes the
-plan's fingerprint, which makes the journal useless anyway.
+only when ``--resume`` could use it: some blocks (or the whole-scene statistics of the
+spectral-index methods) are journalled and the run was interrupted (Ctrl-C, SIGTERM, a lost
+worker or cluster) or could not write its outputs (a full disk: reported as "no space left
+on <folder>"). A geoseg error on the input or the model (a corrupt block, no GPU, weights
+that do not fit) deletes it: the same blocks would fail again, and fixing the scene or the
+model changes the plan's fingerprint, which makes the journal useless anyway.
+
+One run at a time writes an output (:func:`~geoseg.run.lock.output_lock`), no output may be
+one of the run's inputs, and every temporary is a new file of this run
+(:mod:`geoseg.tiling.atomic`). Blocks go to the workers with the plan itself (a few KB
+without its block list), not with a reference to data scattered on a worker: a worker that
+dies (killed, out of memory) takes nothing with it that its blocks' retries would need.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
+import json
 import logging
 import os
+import pickle
+import shutil
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Generator, Mapping, Sequence
@@ -30,9 +42,11 @@ from geoseg import __version__
 from geoseg.config import RunConfig
 from geoseg.errors import GeosegError, OutputWriteError, TaskFailure, WorkerLostError
 from geoseg.models.card import card_to_json
+from geoseg.models.spectral import is_spectral, spectral_card
 from geoseg.run.journal import Journal, decode_result, encode_result, fingerprint
+from geoseg.run.lock import output_lock
 from geoseg.run.memory import peak_rss_mb, release_freed_memory
-from geoseg.run.outputs import RunOutputs, check_outputs, output_paths
+from geoseg.run.outputs import OutputPaths, RunOutputs, check_outputs, output_paths
 from geoseg.run.plan import NODATA_CLASS, RunPlan, plan_run
 from geoseg.run.provenance import FileDigest, file_sha256, run_provenance
 from geoseg.run.results import BlockResult
@@ -74,6 +88,10 @@ class RunSummary:
     worker_peak_rss_mb: Mapping[str, float] = field(default_factory=dict)
     probabilities: Path | None = None
     line_layers: tuple[str, ...] = ()  # layers of ``features`` holding lines, not polygons
+    # What ``worker_peak_rss_mb`` covers: "run" (each worker's high-water mark was reset when
+    # the run started, or the workers started with it) or "worker lifetime" (a worker where
+    # that reset was not possible: not Linux, or a restricted /proc).
+    worker_peak_scope: str = "run"
 
     @property
     def mpx_per_s(self) -> float:
@@ -118,6 +136,7 @@ class RunSummary:
                 "client": round(self.client_peak_rss_mb, 1),
                 "workers": {k: round(v, 1) for k, v in self.worker_peak_rss_mb.items()},
                 "total": round(self.client_peak_rss_mb + sum(self.worker_peak_rss_mb.values()), 1),
+                "workers_scope": self.worker_peak_scope,
             },
         }
 
@@ -168,6 +187,21 @@ def _plan_fingerprint(plan: RunPlan, config: RunConfig) -> str:
     )
 
 
+def _packed_plan(plan: RunPlan) -> bytes:
+    """The plan as a worker needs it: without the block list (each task gets its block)."""
+    return pickle.dumps(replace(plan, blocks=()), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def packed_block_task(packed_plan: bytes, block: Block) -> BlockResult | TaskFailure:
+    """:func:`~geoseg.run.task.block_task` given the plan as :func:`_packed_plan` bytes.
+
+    Bytes made by this run's client, so unpickling them runs nothing foreign. Each task
+    carries them (a few KB): a task retried after its worker died needs nothing that died
+    with it.
+    """
+    return block_task(pickle.loads(packed_plan), block)
+
+
 def _iter_results(
     plan: RunPlan,
     blocks: Sequence[Block],
@@ -185,17 +219,17 @@ def _iter_results(
         return
     from distributed import KilledWorker, as_completed
 
-    plan_future = client.scatter(plan, broadcast=True, hash=False)
+    packed = _packed_plan(plan)
     run_id = uuid.uuid4().hex[:12]
     pending = iter(blocks)
     submitted: dict[Any, Block] = {}
 
     def submit(block: Block) -> Any:
-        # Dask retries a task that raised (a lost worker); a geoseg error comes back as a
-        # TaskFailure value instead: deterministic, so never retried.
+        # Dask retries a task that raised or whose worker died; a geoseg error comes back as
+        # a TaskFailure value instead: deterministic, so never retried.
         fut = client.submit(
-            block_task,
-            plan_future,
+            packed_block_task,
+            packed,
             block,
             key=f"geoseg-block-{run_id}-{block.index}",
             pure=False,
@@ -233,10 +267,115 @@ def _iter_results(
 def _close_journal(journal: Journal, err: BaseException, *, blocks: int) -> None:
     """After a failure keep the journal only when ``--resume`` could use it (module docs)."""
     rerun_helps = (OutputWriteError, WorkerLostError)
-    if blocks > 0 and (not isinstance(err, GeosegError) or isinstance(err, rerun_helps)):
+    useful = blocks > 0 or journal.has_meta(_SPECTRAL_KEY)
+    if useful and (not isinstance(err, GeosegError) or isinstance(err, rerun_helps)):
         journal.close()
     else:
         journal.finish()
+
+
+_SPECTRAL_KEY = "spectral_stats"
+
+
+def _spectral_plan(plan: RunPlan, *, client: Any, journal: Journal) -> RunPlan:
+    """:func:`prepare_spectral`, or the statistics a resumed run's journal already holds.
+
+    The whole-scene pass of the spectral methods (Otsu threshold, band mean and std) reads
+    every block; it is journalled as soon as it is done, so ``--resume`` does not redo it.
+    """
+    if not any(is_spectral(u.source) for u in plan.models):
+        return plan
+    saved = journal.get_meta(_SPECTRAL_KEY)
+    if saved is not None:
+        stats = json.loads(saved)
+        if all(u.source in stats for u in plan.models if is_spectral(u.source)):
+            uses = []
+            for use in plan.models:
+                if is_spectral(use.source):
+                    s = stats[use.source]
+                    card = spectral_card(use.source, threshold=float(s["threshold"]))
+                    card = replace(card, mean=tuple(s["mean"]), std=tuple(s["std"]))
+                    use = replace(use, card=card)
+                uses.append(use)
+            log.info("scene statistics of the spectral methods reused from the journal")
+            return replace(plan, models=tuple(uses))
+    plan = prepare_spectral(plan, client=client)
+    journal.set_meta(
+        _SPECTRAL_KEY,
+        json.dumps(
+            {
+                u.source: {
+                    "threshold": u.card.params.get("threshold"),
+                    "mean": list(u.card.mean),
+                    "std": list(u.card.std),
+                }
+                for u in plan.models
+                if is_spectral(u.source)
+            }
+        ),
+    )
+    return plan
+
+
+def _reset_peak_rss() -> bool:
+    """Reset this process's peak resident memory (Linux ``clear_refs``); whether it worked."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+            fh.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def _reset_worker_peaks(client: Any) -> str:
+    """Start the workers' peak memory afresh for this run; the scope of what is reported.
+
+    An attached cluster's workers have run other jobs: their lifetime peak says nothing
+    about this run. Resetting the kernel's high-water mark of each worker makes the peaks
+    the blocks report this run's (if other jobs share the workers meanwhile, theirs too).
+    """
+    try:
+        done = client.run(_reset_peak_rss, on_error="return")
+    except Exception:  # an old or odd cluster: report what the workers say
+        return "worker lifetime"
+    return "run" if all(v is True for v in done.values()) else "worker lifetime"
+
+
+_NO_SPACE = ("no space left", "database or disk is full", "disk quota exceeded")
+
+
+def _disk_full(err: BaseException, folder: Path) -> bool:
+    """Whether ``err`` (or an error it was raised from) says the disk is full.
+
+    GDAL, pyogrio and SQLite word a full disk in their own ways (a GeoPackage that could not
+    be created even shows up later as "no such table"), so a failed write on a folder with
+    less than 1 MiB free counts too.
+    """
+    seen: set[int] = set()
+    cur: BaseException | None = err
+    writing = False
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(text in str(cur).lower() for text in _NO_SPACE):
+            return True
+        writing |= (
+            isinstance(cur, OSError | sqlite3.Error)
+            or "rasterio" in type(cur).__module__
+            or "pyogrio" in type(cur).__module__
+        )
+        cur = cur.__cause__ or cur.__context__
+    if not writing:
+        return False
+    try:
+        return shutil.disk_usage(folder).free < 2**20
+    except OSError:
+        return False
+
+
+def _inputs(scene: str | os.PathLike[str], models: Sequence[str]) -> list[tuple[str, str]]:
+    return [("scene", os.fspath(scene))] + [("model", m) for m in models if not is_spectral(m)]
 
 
 def run_scene(
@@ -278,53 +417,100 @@ def run_scene(
     plan
         ``plan_run(scene_path, config)`` when the caller has already made it (the CLI
         plans before it starts a cluster); otherwise the scene is planned here.
+
+    Raises
+    ------
+    OutputLockedError
+        Another run is writing the same output.
+    ConfigError
+        An output is one of the run's inputs (the scene, a model file).
+    OutputWriteError
+        An output cannot be written ("no space left on <folder>" for a full disk).
     """
     start = time.perf_counter()
     started = dt.datetime.now(dt.UTC)
     paths = output_paths(output, raster=config.raster, probabilities=config.probabilities)
-    check_outputs(paths.all(), overwrite=config.overwrite)
-    if plan is None:
-        plan = plan_run(scene_path, config)
+    inputs = _inputs(scene_path, config.models)
+    check_outputs(paths.all(), overwrite=config.overwrite, inputs=inputs, side=paths.side_files())
+    with output_lock(paths.gpkg, lock=paths.lock):
+        # Again under the lock: another run may have finished these outputs meanwhile.
+        check_outputs(paths.all(), overwrite=config.overwrite)
+        if plan is None:
+            plan = plan_run(scene_path, config)
+        check_outputs(
+            paths.all(),
+            overwrite=config.overwrite,
+            inputs=_inputs(plan.scene.path, [u.source for u in plan.models]),
+            side=paths.side_files(),
+        )
+        return _run_locked(
+            plan,
+            paths,
+            config,
+            client=client,
+            execution=execution,
+            progress=progress,
+            max_in_flight=max_in_flight,
+            resources=resources,
+            resume=resume,
+            start=start,
+            started=started,
+        )
+
+
+def _run_locked(
+    plan: RunPlan,
+    paths: OutputPaths,
+    config: RunConfig,
+    *,
+    client: Any,
+    execution: Execution | None,
+    progress: Progress | None,
+    max_in_flight: int | None,
+    resources: Mapping[str, float] | None,
+    resume: bool,
+    start: float,
+    started: dt.datetime,
+) -> RunSummary:
+    """:func:`run_scene` once the output's lock is held and the plan made."""
     if execution is not None:
         client, resources = execution.client, execution.resources
         plan = replace(plan, inference=execution.with_cluster_threads(plan.inference))
-    plan = prepare_spectral(plan, client=client)
-    scene_digest = FileDigest(plan.scene.path)
-    if max_in_flight is None:
-        threads = sum(client.nthreads().values()) if client is not None else 1
-        max_in_flight = max(2, 2 * threads)
-    total = len(plan.blocks)
-    if progress:
-        progress(0, total)
-    journal = Journal(
-        paths.gpkg.with_name(f".{paths.gpkg.name}.journal"),
-        fingerprint=_plan_fingerprint(plan, config),
-        resume=resume,
-    )
-    try:
-        outputs = RunOutputs(plan, paths, dst_crs=config.dst_crs, cog=config.cog)
-    except BaseException as err:
-        _close_journal(journal, err, blocks=len(journal.done()))
-        raise
-    timings: dict[str, float] = {}
-    devices: set[str] = set()
-    precisions: set[str] = set()
-    worker_rss: dict[str, float] = {}
-
-    def collect(result: BlockResult) -> None:
-        t0 = time.perf_counter()
-        outputs.add(result)
-        release_freed_memory()
-        for k, v in result.timings.items():
-            timings[k] = timings.get(k, 0.0) + v
-        timings["write"] = timings.get("write", 0.0) + time.perf_counter() - t0
-        devices.add(result.device)
-        precisions.add(result.precision)
-        if result.worker:
-            worker_rss[result.worker] = max(worker_rss.get(result.worker, 0.0), result.peak_rss_mb)
-
+    folder = paths.gpkg.absolute().parent
+    # The fingerprint is the plan's before the spectral statistics, which it determines.
+    journal = Journal(paths.journal, fingerprint=_plan_fingerprint(plan, config), resume=resume)
     journalled = 0
+    outputs: RunOutputs | None = None
     try:
+        plan = _spectral_plan(plan, client=client, journal=journal)
+        scene_digest = FileDigest(plan.scene.path)
+        peak_scope = _reset_worker_peaks(client) if client is not None else "run"
+        if max_in_flight is None:
+            threads = sum(client.nthreads().values()) if client is not None else 1
+            max_in_flight = max(2, 2 * threads)
+        total = len(plan.blocks)
+        if progress:
+            progress(0, total)
+        outputs = writer = RunOutputs(plan, paths, dst_crs=config.dst_crs, cog=config.cog)
+        timings: dict[str, float] = {}
+        devices: set[str] = set()
+        precisions: set[str] = set()
+        worker_rss: dict[str, float] = {}
+
+        def collect(result: BlockResult) -> None:
+            t0 = time.perf_counter()
+            writer.add(result)
+            release_freed_memory()
+            for k, v in result.timings.items():
+                timings[k] = timings.get(k, 0.0) + v
+            timings["write"] = timings.get("write", 0.0) + time.perf_counter() - t0
+            devices.add(result.device)
+            precisions.add(result.precision)
+            if result.worker:
+                worker_rss[result.worker] = max(
+                    worker_rss.get(result.worker, 0.0), result.peak_rss_mb
+                )
+
         resumed = 0
         for resumed, (_, payload) in enumerate(journal.load(), start=1):
             collect(decode_result(payload, plan.classes))
@@ -357,10 +543,18 @@ def run_scene(
             started=started,
             seconds=time.perf_counter() - start,
         )
-        counts = outputs.finish(provenance)
+        counts = writer.finish(provenance)
         timings["write"] = timings.get("write", 0.0) + time.perf_counter() - t0
     except BaseException as err:
-        outputs.abort()
+        if outputs is not None:
+            outputs.abort()
+        if _disk_full(err, folder):
+            full = OutputWriteError(f"no space left on {str(folder)!r}")
+            _close_journal(journal, full, blocks=journalled)
+            kept = paths.journal.exists()
+            hint = "; free some space, then run the same command"
+            hint += " with --resume to reuse the finished blocks" if kept else " again"
+            raise OutputWriteError(f"no space left on {str(folder)!r}{hint}") from err
         _close_journal(journal, err, blocks=journalled)
         raise
     journal.finish()
@@ -379,4 +573,5 @@ def run_scene(
         client_peak_rss_mb=peak_rss_mb(),
         worker_peak_rss_mb=worker_rss,
         line_layers=tuple(f"{c}_centerlines" for c in plan.centerlines),
+        worker_peak_scope=peak_scope,
     )

@@ -2,7 +2,7 @@
 
 Layers are written into a hidden temporary file next to the target and the file is renamed
 when every layer is in: a failed or interrupted run never leaves a GeoPackage that looks
-finished.
+finished. Temporaries are new files with unpredictable names (:mod:`geoseg.tiling.atomic`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import numpy as np
 from rasterio.crs import CRS
 
 from geoseg.errors import OutputWriteError
+from geoseg.tiling.atomic import commit, create_temporary
 
 __all__ = ["GeoPackageWriter", "PolygonStore"]
 
@@ -48,14 +49,18 @@ def _write_raw(
 
 
 class GeoPackageWriter:
-    """Accumulates layers in ``.<name>.partial`` and renames it on :meth:`commit`."""
+    """Accumulates layers in a new temporary (``.<name>.partial-<random>.gpkg``), renamed
+    on :meth:`commit`.
+    """
 
     def __init__(self, path: str | os.PathLike[str], *, crs: CRS | None) -> None:
         self.path = Path(path)
-        self.tmp_path = self.path.with_name(f".{self.path.name}.partial.gpkg")
         self.crs = crs
         self.layers: list[str] = []
-        self.tmp_path.unlink(missing_ok=True)
+        try:
+            self.tmp_path = create_temporary(self.path, suffix=".gpkg")
+        except OSError as err:
+            raise OutputWriteError(f"cannot create {self.path}: {err.strerror or err}") from err
 
     def write_layer(
         self,
@@ -155,9 +160,9 @@ class GeoPackageWriter:
 
     def commit(self) -> Path:
         """Move the finished GeoPackage to its final name."""
-        if not self.tmp_path.exists():
+        if not self.layers:
             raise OutputWriteError(f"nothing was written to {self.path}")
-        os.replace(self.tmp_path, self.path)
+        commit(self.tmp_path, self.path)
         return self.path
 
     def abort(self) -> None:
@@ -178,12 +183,16 @@ class PolygonStore:
     BATCH = 20_000
 
     def __init__(self, path: Path, *, crs: CRS | None) -> None:
-        self.path = path
+        """``path``: the output this store stages for; the store is a new temporary next to
+        it (``.<name>.partial-<random>.gpkg``)."""
+        try:
+            self.path = create_temporary(path, suffix=".gpkg")
+        except OSError as err:
+            raise OutputWriteError(f"cannot create a staging file for {path}: {err}") from err
         self.crs = crs
         self._buffers: dict[str, list[tuple[np.ndarray, dict[str, np.ndarray]]]] = {}
         self._buffered: dict[str, int] = {}
         self._written: set[str] = set()
-        self.discard()
 
     def add(self, layer: str, geometries: np.ndarray, columns: Mapping[str, np.ndarray]) -> None:
         """Queue features; ``columns`` must hold an int64 ``key``."""
