@@ -430,7 +430,8 @@ def _halo_px(
         )
     if halo > block:
         raise ConfigError(
-            f"smoothing{' and centrelines' if lines else ''} need a halo of {halo} pixels "
+            f"{'smoothing and centrelines need' if lines else 'smoothing needs'} a halo of "
+            f"{halo} pixels "
             f"around each block at {px:.3g} m per pixel, more than the block itself "
             f"({block} px); {fix}: --smooth-param, --prune, or --smooth none"
             + (" / --no-centerlines" if lines else "")
