@@ -232,9 +232,9 @@ def dask_setup(worker: Any) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-WARNING_LOGGERS = ("py.warnings", "rasterio", "pyogrio", "fiona", "torch")
-"""Loggers of library warnings (Python warnings, GDAL messages through rasterio/pyogrio):
-shown only with ``-v``."""
+WARNING_LOGGERS = ("py.warnings", "rasterio", "pyogrio")
+"""Loggers of library warnings (Python warnings, torch's included; GDAL messages through
+rasterio and pyogrio): shown only with ``-v``."""
 
 
 def _route_warnings(level: int) -> None:

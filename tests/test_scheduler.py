@@ -397,3 +397,122 @@ def test_two_gpus_start_one_pinned_gpu_worker_each(
         ]
     else:
         assert sorted(e["CUDA_VISIBLE_DEVICES"] for e in env.values()) == ["0", "1"]
+
+
+def _ndwi_small_blocks() -> RunConfig:
+    """A spectral index on 64-pixel blocks: many quick blocks, the statistics pass first."""
+    return RunConfig(
+        classes=("water",),
+        models=("ndwi",),
+        bands=(2, 4),
+        smooth="none",
+        block=64,
+        inference=InferenceOptions(tile=64, threads=1),
+    )
+
+
+def test_killing_the_only_worker_is_survived_with_identical_output(
+    make_scene, tmp_path: Path
+) -> None:
+    """kill -9 of the one worker of a default-sized local cluster (one worker below 16 cores).
+
+    Before: the plan was scattered to that worker only, so every block failed with
+    FutureCancelledError ('... already forgotten') and a traceback.
+    """
+    import os
+    import signal
+
+    scene, _ = make_scene(256, 256, seed=6)
+    config = _ndwi_small_blocks()
+    reference = run_scene(scene, tmp_path / "ref.gpkg", config)
+    killed: list[int] = []
+    with _process_cluster(1) as client:
+        (pid,) = client.run(os.getpid).values()
+
+        def kill(done: int, total: int) -> None:
+            if done == 3 and not killed:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+
+        summary = run_scene(
+            scene, tmp_path / "killed.gpkg", config, client=client, progress=kill, max_in_flight=4
+        )
+        (new_pid,) = client.run(os.getpid).values()
+    assert killed and new_pid != pid, "the worker was killed and replaced mid-run"
+    assert summary.blocks == 16
+    with rasterio.open(summary.raster) as a, rasterio.open(reference.raster) as b:
+        assert (a.read() == b.read()).all()
+    df, ref = (pyogrio.read_dataframe(p, layer="water") for p in (summary.gpkg, reference.gpkg))
+    assert [g.wkb for g in df.geometry] == [g.wkb for g in ref.geometry]
+
+
+def test_worker_peak_memory_is_the_runs_not_the_workers_lifetime(
+    make_scene, tmp_path: Path
+) -> None:
+    """On an attached cluster the workers have run other jobs: their lifetime peak is not
+    this run's. Before: a worker that once held 600 MB reported 600 MB for any run."""
+    scene, _ = make_scene(128, 128, seed=6)
+    with _process_cluster(1) as client:
+
+        def hog() -> float:
+            import numpy as np
+
+            from geoseg.run.memory import peak_rss_mb
+
+            block = np.ones(600 * 2**20 // 8)  # touched: resident
+            del block
+            return peak_rss_mb()
+
+        (lifetime,) = client.run(hog).values()
+        summary = run_scene(scene, tmp_path / "o.gpkg", _ndwi_small_blocks(), client=client)
+    (run_peak,) = summary.worker_peak_rss_mb.values()
+    report = summary.report()["peak_rss_mb"]
+    assert report["workers_scope"] == "run"
+    assert lifetime > 600 and run_peak < lifetime - 300, (lifetime, run_peak)
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_worker_of_geoseg_run_on_the_default_cluster(
+    make_scene, tmp_path: Path
+) -> None:
+    """The command line on its own local cluster of one worker: the worker process is killed
+    (SIGKILL) mid-run; the run still ends with exit 0 and the uninterrupted run's output."""
+    import signal
+    import time
+
+    import psutil
+
+    scene, _ = make_scene(512, 512, seed=6)
+    base = [sys.executable, "-m", "geoseg.cli", "run", str(scene), "-c", "water", "-m", "ndwi"]
+    base += ["--bands", "2,4", "--smooth", "none", "--block", "64", "--tile", "64", "-q"]
+    ref = subprocess.run(
+        [*base, "-o", str(tmp_path / "ref.gpkg"), "--scheduler", "sync"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert ref.returncode == 0
+    proc = subprocess.Popen(
+        [*base, "-o", str(tmp_path / "o.gpkg"), "--workers", "1", "--threads", "1"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    journal = tmp_path / ".o.gpkg.journal"
+    deadline = time.monotonic() + 120
+    while not journal.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = [
+        p
+        for p in psutil.Process(proc.pid).children(recursive=True)
+        if "spawn_main" in " ".join(p.cmdline())
+    ]
+    assert len(workers) == 1 and proc.poll() is None, "one worker, run under way"
+    workers[0].send_signal(signal.SIGKILL)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert err == ""
+    with (
+        rasterio.open(tmp_path / "o_classes.tif") as a,
+        rasterio.open(tmp_path / "ref_classes.tif") as b,
+    ):
+        assert (a.read() == b.read()).all()

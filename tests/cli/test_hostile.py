@@ -202,6 +202,22 @@ def _option(
     return setup
 
 
+def _no_geotransform(d: Path, m: Path) -> list[str]:
+    """A GeoTIFF with neither CRS nor geotransform: rasterio warns on every open."""
+    import warnings
+
+    import numpy as np
+    import rasterio
+
+    image = synthetic_image(synthetic_truth(48, 48, seed=3), seed=3)
+    profile = {"driver": "GTiff", "width": 48, "height": 48, "count": 4, "dtype": "uint16"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with rasterio.open(d / "s.tif", "w", **profile) as dst:
+            dst.write(np.asarray(image))
+    return ["run", "s.tif", *NDWI, "-o", "o.gpkg", "--smooth", "none"]
+
+
 def _output_is_folder(d: Path, m: Path) -> list[str]:
     _scene(d / "s.tif")
     (d / "o_classes.tif").mkdir()
@@ -353,6 +369,14 @@ CASES = [
         r"^geoseg: wrote o\.gpkg",
         changed=OUT,
         lines=2,  # the no-CRS warning, then the summary
+    ),
+    Case(
+        "no geotransform: library warnings only with -v",
+        _no_geotransform,
+        0,
+        r"^geoseg: wrote o\.gpkg",
+        changed=OUT,
+        lines=2,  # the no-CRS warning, then the summary; no NotGeoreferencedWarning
     ),
     # Devices, folders, disks.
     Case("--device cuda, no GPU", _option("--device", "cuda"), 1, "CUDA is not available here"),
@@ -533,3 +557,18 @@ def test_hostile_input(
 def test_the_matrix_has_at_least_40_cases() -> None:
     assert len(CASES) >= 40
     assert len({c.id for c in CASES}) == len(CASES)
+
+
+def test_library_warnings_show_with_v(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: rasterio's NotGeoreferencedWarning went to stderr raw (twice, with source
+    lines), from the client and from every worker."""
+    monkeypatch.chdir(tmp_path)
+    args = _no_geotransform(tmp_path, tmp_path)
+    try:
+        quiet = CliRunner().invoke(main, args)
+        loud = CliRunner().invoke(main, [*args[:-4], "-o", "v.gpkg", "--smooth", "none", "-v"])
+    finally:
+        logging.captureWarnings(False)
+    assert quiet.exit_code == 0 and loud.exit_code == 0, loud.stderr
+    assert "NotGeoreferencedWarning" not in quiet.stderr
+    assert "geoseg: WARNING: " in loud.stderr and "NotGeoreferencedWarning" in loud.stderr

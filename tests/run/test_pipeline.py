@@ -445,3 +445,86 @@ def test_the_client_gives_freed_block_memory_back() -> None:
 
     assert kept_mb("keep") > 60  # glibc's default: the 80 MiB freed stay in RSS
     assert kept_mb("trim") < 10
+
+
+def _ndwi(**kw: object) -> RunConfig:
+    base: dict[str, object] = {
+        "classes": ("water",),
+        "models": ("ndwi",),
+        "bands": (2, 4),
+        "block": 64,
+        "inference": InferenceOptions(tile=64),
+    }
+    return RunConfig(**(base | kw))  # type: ignore[arg-type]
+
+
+def _same_outputs(a: Path, b: Path) -> None:
+    da, db = (pyogrio.read_dataframe(p, layer="water") for p in (a, b))
+    assert da.drop(columns="geometry").equals(db.drop(columns="geometry"))
+    assert [g.wkb for g in da.geometry] == [g.wkb for g in db.geometry]
+    ra, rb = (p.with_name(f"{p.stem}_classes.tif") for p in (a, b))
+    with rasterio.open(ra) as sa, rasterio.open(rb) as sb:
+        assert (sa.read() == sb.read()).all()
+
+
+def test_a_full_disk_mid_run_keeps_only_the_journal_and_resume_finishes_identically(
+    make_scene, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: a traceback (and at the very start "no such table: gpkg_contents")."""
+    import errno
+
+    import geoseg.tiling.io
+    from geoseg.errors import OutputWriteError
+
+    scene, _ = make_scene(200, 200, seed=4)
+    reference = run_scene(scene, tmp_path / "ref.gpkg", _ndwi())
+    real_write = geoseg.tiling.io.RasterWriter.write
+    calls: list[int] = []
+
+    def write(self, array, window):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 5:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_write(self, array, window)
+
+    monkeypatch.setattr(geoseg.tiling.io.RasterWriter, "write", write)
+    out = tmp_path / "o.gpkg"
+    with pytest.raises(OutputWriteError) as caught:
+        run_scene(scene, out, _ndwi())
+    assert str(caught.value) == (
+        f"no space left on {str(tmp_path)!r}; free some space, then run the same command with "
+        "--resume to reuse the finished blocks"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith((".o", "o"))) == [
+        ".o.gpkg.journal"
+    ]
+    monkeypatch.setattr(geoseg.tiling.io.RasterWriter, "write", real_write)
+    summary = run_scene(scene, out, _ndwi(), resume=True)
+    assert summary.resumed_blocks == 4
+    _same_outputs(out, reference.gpkg)
+
+
+def test_the_index_statistics_pass_is_journalled_and_not_redone_on_resume(
+    make_scene, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: a resumed run read the whole scene again for the Otsu threshold and moments."""
+    import geoseg.run.pipeline as pipeline
+
+    scene, _ = make_scene(200, 200, seed=4)
+    reference = run_scene(scene, tmp_path / "ref.gpkg", _ndwi())
+    passes: list[int] = []
+    real = pipeline.prepare_spectral
+
+    def counting(plan, *, client):  # type: ignore[no-untyped-def]
+        passes.append(1)
+        return real(plan, client=client)
+
+    monkeypatch.setattr(pipeline, "prepare_spectral", counting)
+    out = tmp_path / "o.gpkg"
+    with pytest.raises(KeyboardInterrupt):
+        run_scene(scene, out, _ndwi(), progress=_interrupt_after(0))
+    assert passes == [1] and (tmp_path / ".o.gpkg.journal").exists()
+    summary = run_scene(scene, out, _ndwi(), resume=True)
+    assert passes == [1], "the statistics came from the journal"
+    assert summary.resumed_blocks == 0
+    _same_outputs(out, reference.gpkg)
