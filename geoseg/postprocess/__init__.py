@@ -1,4 +1,4 @@
-"""Halo-aware smoothing of per-block segmentation output: dense CRF and morphology.
+"""Halo-aware smoothing of per-block segmentation output: dense CRF, grid CRF and morphology.
 
 The pipeline calls :func:`smooth_block` once per block and model, on the block's core
 plus halo, then crops the core. With a halo of at least :func:`smoothing_halo_px` the
@@ -14,6 +14,7 @@ import numpy as np
 
 from geoseg.errors import ConfigError
 from geoseg.postprocess.crf import CRFParams, colour_bands, crf_refine
+from geoseg.postprocess.gridcrf import GridCRFParams, gridcrf_refine
 from geoseg.postprocess.morphology import MorphRecipe, Sides, morph_refine
 from geoseg.postprocess.recipes import (
     DEFAULT_RECIPES,
@@ -32,11 +33,13 @@ __all__ = [
     "METHODS",
     "NODATA_LABEL",
     "CRFParams",
+    "GridCRFParams",
     "MorphRecipe",
     "SmoothingRecipe",
     "argmax_classes",
     "colour_bands",
     "crf_refine",
+    "gridcrf_refine",
     "halo_px",
     "morph_refine",
     "override_classes",
@@ -83,19 +86,27 @@ def smoothing_halo_px(
 
 def _joint_crf_params(
     class_names: Sequence[str], per_class: Sequence[SmoothingRecipe]
-) -> CRFParams | None:
-    wanted = {
-        name: recipe.crf
-        for name, recipe in zip(class_names[1:], per_class[1:], strict=True)
-        if recipe.uses_crf
-    }
+) -> CRFParams | GridCRFParams | None:
+    """The one CRF (dense or grid) that refines all classes of a model, if any asks."""
+    pairs = list(zip(class_names[1:], per_class[1:], strict=True))
+    dense = {name: r.crf for name, r in pairs if r.uses_crf}
+    grid = {name: r.gridcrf for name, r in pairs if r.uses_gridcrf}
+    if dense and grid:
+        raise ConfigError(
+            f"classes {', '.join(sorted(dense))} ask for the dense CRF and "
+            f"{', '.join(sorted(grid))} for the grid CRF, but one CRF refines all classes of a "
+            "model jointly; choose one (--smooth crf+morph or gridcrf+morph for all)"
+        )
+    wanted: dict[str, CRFParams | GridCRFParams] = {**dense, **grid}
     if not wanted:
         return None
     params = set(wanted.values())
     if len(params) > 1:
+        prefix = "crf" if dense else "gridcrf"
         raise ConfigError(
             f"classes {', '.join(sorted(wanted))} ask for different CRF parameters, but one "
-            "CRF refines all classes of a model jointly; give them the same crf.* settings"
+            f"CRF refines all classes of a model jointly; give them the same {prefix}.* "
+            "settings"
         )
     return params.pop()
 
@@ -124,7 +135,8 @@ def smooth_block(
 
     1. If any class's recipe uses the CRF (``crf`` / ``crf+morph``), :func:`crf_refine`
        runs once over all classes (a CRF is joint: all such classes must share their
-       ``crf`` parameters).
+       ``crf`` parameters); likewise :func:`gridcrf_refine` for ``gridcrf`` /
+       ``gridcrf+morph`` (one kind of CRF per model).
     2. Each foreground class ``k`` (1..C-1) takes its mask from the argmax of the refined
        probabilities if its recipe uses the CRF, else from the argmax of ``probs``; if its
        recipe uses morphology, :func:`morph_refine` cleans that mask.
@@ -167,7 +179,7 @@ def smooth_block(
     labels
         ``(H, W)`` uint8 class index, :data:`NODATA_LABEL` (255) where ``valid`` is False.
     probs
-        ``(C, H, W)`` float32 for confidence: the CRF-refined probabilities if the CRF
+        ``(C, H, W)`` float32 for confidence: the CRF-refined probabilities if a CRF
         ran (they sum to 1 on valid pixels), else the input. Invalid pixels unchanged.
 
     Raises
@@ -203,7 +215,9 @@ def smooth_block(
     raw_labels = argmax_classes(raw)
     conf = raw
     crf_labels = raw_labels
-    if crf_params is not None:
+    if isinstance(crf_params, GridCRFParams):
+        crf_labels, conf = gridcrf_refine(raw, valid=valid, params=crf_params, origin_px=origin_px)
+    elif crf_params is not None:
         with _CRF_LOCK:
             conf = crf_refine(
                 raw,
@@ -220,7 +234,8 @@ def smooth_block(
     claims = np.empty((n_classes - 1, *valid.shape), dtype=bool)
     for k in range(1, n_classes):
         recipe = per_class[k]
-        mask = ((crf_labels if recipe.uses_crf else raw_labels) == k) & valid
+        refined = recipe.uses_crf or recipe.uses_gridcrf
+        mask = ((crf_labels if refined else raw_labels) == k) & valid
         if recipe.uses_morph:
             mask = morph_refine(
                 mask,

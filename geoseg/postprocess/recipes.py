@@ -1,7 +1,8 @@
 """Smoothing recipes: which refinement each class gets, its defaults, overrides and halo.
 
-A recipe is a method (``none``, ``morph``, ``crf``, ``crf+morph``) plus the parameters of
-the morphology (:class:`MorphRecipe`, metres) and of the dense CRF (:class:`CRFParams`).
+A recipe is a method (``none``, ``morph``, ``crf``, ``crf+morph``, ``gridcrf``,
+``gridcrf+morph``) plus the parameters of the morphology (:class:`MorphRecipe`, metres), of
+the dense CRF (:class:`CRFParams`) and of the grid CRF (:class:`GridCRFParams`).
 :func:`recipe_for` builds one from a class's default (which depends on whether a trained
 model or a built-in spectral index gives the class), an optional method and ``key=value``
 overrides (CLI ``--smooth-param``, workflow files), for every class or, with a class
@@ -20,6 +21,7 @@ from typing import Any
 
 from geoseg.errors import ConfigError
 from geoseg.postprocess.crf import CRFParams, crf_halo_px
+from geoseg.postprocess.gridcrf import GridCRFParams, gridcrf_halo_px
 from geoseg.postprocess.morphology import MorphRecipe, morph_halo_px
 
 __all__ = [
@@ -27,6 +29,7 @@ __all__ = [
     "FALLBACK_RECIPE",
     "METHODS",
     "CRFParams",
+    "GridCRFParams",
     "MorphRecipe",
     "SmoothingRecipe",
     "halo_px",
@@ -36,8 +39,9 @@ __all__ = [
     "recipe_for",
 ]
 
-METHODS = ("none", "morph", "crf", "crf+morph")
-"""Valid smoothing methods; ``crf+morph`` runs the CRF, then morphology on its labels."""
+METHODS = ("none", "morph", "crf", "crf+morph", "gridcrf", "gridcrf+morph")
+"""Valid smoothing methods; ``crf+morph`` runs the dense CRF, then morphology on its labels;
+``gridcrf`` is the 4/8-connected grid CRF (:mod:`geoseg.postprocess.gridcrf`)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -52,11 +56,14 @@ class SmoothingRecipe:
         Morphology parameters, used by ``morph`` and ``crf+morph``.
     crf
         Dense-CRF parameters, used by ``crf`` and ``crf+morph``.
+    gridcrf
+        Grid-CRF parameters, used by ``gridcrf`` and ``gridcrf+morph``.
     """
 
     method: str
     morph: MorphRecipe = field(default_factory=MorphRecipe)
     crf: CRFParams = field(default_factory=CRFParams)
+    gridcrf: GridCRFParams = field(default_factory=GridCRFParams)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -67,6 +74,8 @@ class SmoothingRecipe:
             raise ConfigError(f"morph must be a MorphRecipe, got {type(self.morph).__name__}")
         if not isinstance(self.crf, CRFParams):
             raise ConfigError(f"crf must be a CRFParams, got {type(self.crf).__name__}")
+        if not isinstance(self.gridcrf, GridCRFParams):
+            raise ConfigError(f"gridcrf must be a GridCRFParams, got {type(self.gridcrf).__name__}")
 
     @property
     def uses_crf(self) -> bool:
@@ -74,9 +83,15 @@ class SmoothingRecipe:
         return self.method in ("crf", "crf+morph")
 
     @property
+    def uses_gridcrf(self) -> bool:
+        """True for ``gridcrf`` and ``gridcrf+morph``."""
+        return self.method in ("gridcrf", "gridcrf+morph")
+
+    @property
     def uses_morph(self) -> bool:
-        """True for ``morph`` and ``crf+morph`` (unless every morphology step is off)."""
-        return self.method in ("morph", "crf+morph") and not self.morph.is_noop
+        """True for ``morph``, ``crf+morph`` and ``gridcrf+morph`` (unless every morphology
+        step is off)."""
+        return self.method in ("morph", "crf+morph", "gridcrf+morph") and not self.morph.is_noop
 
 
 # Per-class defaults. Water and crops are mapped from 10-30 m imagery (Sentinel-2 10/20 m,
@@ -136,19 +151,28 @@ _SPECTRAL_METHOD = {"crf+morph": "morph", "crf": "none"}
 
 _MORPH_KEYS = tuple(f.name for f in dataclasses.fields(MorphRecipe))
 _CRF_KEYS = tuple(f"crf.{f.name}" for f in dataclasses.fields(CRFParams))
-_INT_KEYS = frozenset({"crf.iterations", "crf.bilateral_downsample"})
+_GRIDCRF_KEYS = tuple(f"gridcrf.{f.name}" for f in dataclasses.fields(GridCRFParams))
+_INT_KEYS = frozenset(
+    {
+        "crf.iterations",
+        "crf.bilateral_downsample",
+        "gridcrf.iterations",
+        "gridcrf.icm_sweeps",
+        "gridcrf.connectivity",
+    }
+)
 
 
 def override_keys() -> tuple[str, ...]:
     """Every key :func:`parse_overrides` and :func:`recipe_for` accept (each may also carry
     a class prefix, ``water.min_object_area_m2``)."""
-    return _MORPH_KEYS + tuple(f"morph.{k}" for k in _MORPH_KEYS) + _CRF_KEYS
+    return _MORPH_KEYS + tuple(f"morph.{k}" for k in _MORPH_KEYS) + _CRF_KEYS + _GRIDCRF_KEYS
 
 
 def _param_key(key: str) -> str | None:
     """A recipe parameter in canonical form (``morph.`` dropped), None if not one."""
     key = key.removeprefix("morph.")
-    return key if key in _MORPH_KEYS or key in _CRF_KEYS else None
+    return key if key in _MORPH_KEYS or key in _CRF_KEYS or key in _GRIDCRF_KEYS else None
 
 
 def _canonical_key(key: str) -> str:
@@ -184,7 +208,8 @@ def parse_overrides(items: Sequence[str]) -> dict[str, float]:
     """Parse ``key=value`` strings into smoothing overrides.
 
     Each item holds one or more comma-separated ``key=value`` pairs; later pairs win.
-    Morphology keys may carry a ``morph.`` prefix; CRF keys need ``crf.``. A class name in
+    Morphology keys may carry a ``morph.`` prefix; CRF keys need ``crf.`` (dense) or
+    ``gridcrf.`` (grid). A class name in
     front (``water.min_object_area_m2``, ``water.crf.iterations``) limits a pair to that
     class; without one it applies to every class, and a class's own value wins.
 
@@ -276,19 +301,23 @@ def recipe_for(
             own.append((f"{cls}.{key}", key, value))
     morph_changes: dict[str, float] = {}
     crf_changes: dict[str, Any] = {}  # float or int, per field
+    gridcrf_changes: dict[str, Any] = {}
     for shown, key, value in every + own:  # the class's own values last: they win
-        if key in _INT_KEYS:
+        group, _, name = key.partition(".")
+        changes = {"crf": crf_changes, "gridcrf": gridcrf_changes}.get(group)
+        if changes is None:
+            morph_changes[key] = float(value)
+        elif key in _INT_KEYS:
             if not float(value).is_integer():
                 raise ConfigError(f"smoothing parameter {shown}={value} must be a whole number")
-            crf_changes[key.removeprefix("crf.")] = int(value)
-        elif key.startswith("crf."):
-            crf_changes[key.removeprefix("crf.")] = float(value)
+            changes[name] = int(value)
         else:
-            morph_changes[key] = float(value)
+            changes[name] = float(value)
     return SmoothingRecipe(
         method=base.method if method is None else method,
         morph=dataclasses.replace(base.morph, **morph_changes),
         crf=dataclasses.replace(base.crf, **crf_changes),
+        gridcrf=dataclasses.replace(base.gridcrf, **gridcrf_changes),
     )
 
 
@@ -299,11 +328,14 @@ def halo_px(recipe: SmoothingRecipe, *, pixel_size_m: tuple[float, float]) -> in
     pixels (exactly for morphology, up to the area-filter cap explained in
     :func:`~geoseg.postprocess.morphology.morph_halo_px`). The CRF runs first and the
     morphology works on its labels, so ``crf+morph`` needs the sum of both. The pipeline
-    takes the maximum of this (over all smoothed classes) and the tile overlap.
+    takes the maximum of this (over all smoothed classes) and the tile overlap. The grid
+    CRF's halo makes the block-wise result exact (:func:`gridcrf_halo_px`).
     """
     halo = 0
     if recipe.uses_crf:
         halo += crf_halo_px(recipe.crf, pixel_size_m=pixel_size_m)
+    if recipe.uses_gridcrf:
+        halo += gridcrf_halo_px(recipe.gridcrf)
     if recipe.uses_morph:
         halo += morph_halo_px(recipe.morph, pixel_size_m=pixel_size_m)
     return halo
