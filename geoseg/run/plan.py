@@ -20,8 +20,9 @@ import numpy as np
 
 from geoseg.config import InferenceOptions, RunConfig
 from geoseg.errors import BandError, ClassNotAvailableError, ConfigError
-from geoseg.models.bands import band_roles, resolve_bands
+from geoseg.models.bands import band_roles, preset_scaling, resolve_bands
 from geoseg.models.card import ModelCard
+from geoseg.models.normalisation import input_scaling
 from geoseg.models.spectral import (
     is_spectral,
     spectral_card,
@@ -73,6 +74,8 @@ class ModelUse:
     tile: int
     overlap: int
     grid: ModelGrid | None = None
+    # Per band (scale, offset) turning stored values into the model's units (None: as stored).
+    scaling: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     @property
     def scene_px(self) -> float:
@@ -148,7 +151,11 @@ def _resolve_models(
             medians[bands] = sample_band_medians(
                 scene.path, bands, height=scene.height, width=scene.width
             )
-        return units_misfit(card, medians[bands])
+        values = medians[bands]
+        scaling = _input_scaling(card, scene, bands, sensor=config.sensor)
+        if scaling is not None and values is not None:
+            values = values * np.asarray(scaling[0]) + np.asarray(scaling[1])
+        return units_misfit(card, values)
 
     def load(src: str) -> tuple[str, ModelCard]:
         if is_spectral(src):
@@ -193,6 +200,22 @@ def _resolve_models(
             f"{', '.join(offered)}) and has no default model; pass a model that has it"
         ) from err
     return given + [load(src) for src in defaults if src not in config.models]
+
+
+def _input_scaling(
+    card: ModelCard, scene: SceneInfo, bands: Sequence[int], *, sensor: str | None
+) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """How the model's bands' stored values become its units (its card's reflectance scale,
+    from the file's scale/offset metadata or else the sensor preset's); ``None``: as stored."""
+    if card.reflectance_scale is None:
+        return None
+    return input_scaling(
+        card.reflectance_scale,
+        bands,
+        file_scales=scene.scales,
+        file_offsets=scene.offsets,
+        preset=preset_scaling(sensor, scene.descriptions),
+    )
 
 
 def _model_grid(scene: SceneInfo, card: ModelCard, *, pixel_size_m: float) -> ModelGrid | None:
@@ -296,6 +319,7 @@ def plan_run(scene_path: str | os.PathLike[str], config: RunConfig) -> RunPlan:
                 if config.inference.overlap is None
                 else config.inference.overlap,
                 grid=_model_grid(scene, card, pixel_size_m=(dx + dy) / 2),
+                scaling=_input_scaling(card, scene, bands, sensor=config.sensor),
             )
         )
     if remaining:

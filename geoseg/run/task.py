@@ -44,6 +44,13 @@ def _segmenter(use: ModelUse, options: InferenceOptions) -> Segmenter:
     )
 
 
+def _scaled(image: np.ndarray, scaling: tuple[tuple[float, ...], tuple[float, ...]]) -> np.ndarray:
+    """``image * scale + offset`` per band, float32 (a new array: the stored one is shared)."""
+    scales = np.asarray(scaling[0], dtype=np.float32)[:, None, None]
+    offsets = np.asarray(scaling[1], dtype=np.float32)[:, None, None]
+    return image.astype(np.float32) * scales + offsets
+
+
 def process_block(plan: RunPlan, block: Block) -> BlockResult:
     """Read, predict, smooth, crop and polygonize one block (runs on a Dask worker)."""
     timings = dict.fromkeys(
@@ -62,6 +69,8 @@ def process_block(plan: RunPlan, block: Block) -> BlockResult:
         if use.bands not in images:
             images[use.bands] = read_window(plan.scene.path, block.read, bands=use.bands)
         image, valid = images[use.bands]
+        if use.scaling is not None:  # the model reads physical units (e.g. reflectance)
+            image = _scaled(image, use.scaling)
         # A model that reads the scene at its own pixel size sees its own grid's window; its
         # probabilities come back to the scene grid.
         grid = use.grid if valid.any() else None
@@ -70,6 +79,8 @@ def process_block(plan: RunPlan, block: Block) -> BlockResult:
             model_image, model_valid = read_model_window(
                 plan.scene.path, model_window, bands=use.bands, grid=grid
             )
+            if use.scaling is not None:
+                model_image = _scaled(model_image, use.scaling)
         t1 = time.perf_counter()
         seg = _segmenter(use, plan.inference)
         loaded = time.perf_counter()
