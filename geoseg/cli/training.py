@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shlex
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,131 @@ from geoseg.cli._base import (
     main,
 )
 from geoseg.errors import ConfigError
+
+
+def _evaluate_outputs(
+    model: str,
+    image: str,
+    labels: Any,
+    /,
+    *,
+    class_map: Any,
+    region: Any,
+    smooth: str | None,
+    bands: tuple[int, ...] | None,
+    sensor: str | None,
+    merge: Mapping[str, str],
+    relaxed_px: int | None,
+    objects: bool,
+    classes: Sequence[str] | None = None,
+    smooth_params: tuple[str, ...] = (),
+    client: Any = None,
+) -> tuple[Any, float]:
+    """Run ``model`` over ``image`` as `geoseg run` does, into a temporary folder, and score
+    its class raster and polygons (:func:`geoseg.training.output_scores.score_outputs`).
+
+    Returns the scores and the run's seconds.
+    """
+    import tempfile
+
+    from geoseg.config import InferenceOptions, RunConfig
+    from geoseg.models.card import read_card
+    from geoseg.models.spectral import is_spectral, spectral_card
+    from geoseg.run.pipeline import plan_run, run_scene
+    from geoseg.training.held_out import EVALUATION_BATCH
+    from geoseg.training.output_scores import score_outputs
+
+    if not classes:
+        card = spectral_card(model) if is_spectral(model) else read_card(model)
+        classes = card.class_names[1:]
+    config = RunConfig(
+        classes=tuple(classes),
+        models=(model,),
+        bands=bands,
+        sensor=sensor,
+        inference=InferenceOptions(batch_size=EVALUATION_BATCH),
+        smooth=smooth,
+        smooth_params=smooth_params,
+        centerlines=False,
+    )
+    plan = plan_run(image, config)
+    with tempfile.TemporaryDirectory(prefix="geoseg-eval-") as tmp:
+        run = run_scene(image, Path(tmp) / "eval.gpkg", config, client=client, plan=plan)
+        scores = score_outputs(
+            str(run.raster),
+            run.gpkg,
+            image=image,
+            labels=labels,
+            run_classes=plan.classes,
+            class_map=class_map,
+            region=region,
+            merge=merge,
+            relaxed_px=relaxed_px,
+            objects=objects,
+        )
+    return scores, run.seconds
+
+
+def _choose_threshold(config: Any, model: Path, *, say: Any) -> None:
+    """Choose ``config.threshold_class``'s threshold on the held-out data; fold it in."""
+    import tempfile
+
+    import numpy as np
+
+    from geoseg.config import InferenceOptions, RunConfig
+    from geoseg.models.card import read_card
+    from geoseg.run.pipeline import plan_run, run_scene
+    from geoseg.training.config import data_relative
+    from geoseg.training.held_out import EVALUATION_BATCH, held_out_data
+    from geoseg.training.threshold import LEVELS, apply_threshold, choose_threshold, held_out_counts
+
+    name = config.threshold_class
+    training = read_card(model).training or {}
+    if "threshold" in training:
+        say(f"{name} threshold {training['threshold']['threshold']:.3f} already folded in")
+        return
+    held = held_out_data(config)
+    if not held:
+        raise ConfigError("threshold_class needs held-out data to choose the threshold on")
+    pos = np.zeros(LEVELS, dtype=np.int64)
+    neg = np.zeros(LEVELS, dtype=np.int64)
+    for piece in held:
+        say(f"choosing the {name} threshold on {Path(piece.image).name}")
+        run_config = RunConfig(
+            classes=(name,),
+            models=(str(model),),
+            bands=config.band_numbers,
+            sensor=config.sensor,
+            inference=InferenceOptions(batch_size=EVALUATION_BATCH),
+            smooth="none",
+            probabilities=True,
+            centerlines=False,
+        )
+        plan = plan_run(piece.image, run_config)
+        with tempfile.TemporaryDirectory(prefix="geoseg-threshold-") as tmp:
+            run = run_scene(piece.image, Path(tmp) / "t.gpkg", run_config, plan=plan)
+            p, n = held_out_counts(
+                str(run.probabilities),
+                band=1,
+                image=piece.image,
+                labels=piece.labels,
+                class_map=config.class_map,
+                class_name=name,
+                region=piece.region,
+            )
+        pos += p
+        neg += n
+    choice = choose_threshold(pos, neg)
+    apply_threshold(
+        str(model),
+        class_name=name,
+        choice=choice,
+        held_out=[data_relative(p.image) or p.image for p in held],
+    )
+    say(
+        f"{name} threshold {choice.threshold:.3f} (IoU {choice.iou:.3f}; argmax "
+        f"{choice.argmax_iou:.3f}) folded into the last layer"
+    )
 
 
 def _train_command(config_file: str, options: Sequence[tuple[str, object]]) -> str:
@@ -45,6 +170,12 @@ def _train_command(config_file: str, options: Sequence[tuple[str, object]]) -> s
     help="Then score the held-out data through the geoseg run pipeline into the card.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing model file.")
+@click.option(
+    "--only-evaluate",
+    is_flag=True,
+    help="Do not train: score the existing model file (-o or the file's output) on the "
+    "held-out and test data into its card, as after training.",
+)
 @_common
 @_handles_errors
 def train(
@@ -56,6 +187,7 @@ def train(
     resume: bool,
     score: bool,
     overwrite: bool,
+    only_evaluate: bool,
     verbose: bool,
     quiet: bool,
 ) -> None:
@@ -65,13 +197,15 @@ def train(
     when set). Checkpoints go to ``<output>.ckpt/`` unless ``checkpoint_dir`` is set, so an
     interrupted run resumes. Then the held-out data is scored through the real `geoseg run`
     pipeline, without smoothing and with the default recipes (and against the index methods
-    the file's `compare` lists), into the card, which also records this command.
+    the file's `compare` lists), into the card, which also records this command; so are the
+    held-out and `test` data with the file's `scores` (merged classes, relaxed scores,
+    polygon matching).
     """
     from geoseg.errors import OutputExistsError
     from geoseg.training.config_file import read_train_file
     from geoseg.training.loop import train as run_training
     from geoseg.training.progress import TrainProgress
-    from geoseg.training.scoring import check_scoring, score_held_out
+    from geoseg.training.scoring import check_scoring
 
     command = _train_command(
         config_file,
@@ -92,6 +226,11 @@ def train(
         if value is not None:
             overrides[key] = value
     config = read_train_file(config_file, overrides=overrides)
+    if only_evaluate:
+        if not Path(config.output).is_file():
+            raise ConfigError(f"--only-evaluate: no model file {config.output!r} to score")
+        _score(config, Path(config.output), quiet=quiet)
+        return
     if Path(config.output).exists() and not overwrite:
         raise OutputExistsError(f"{config.output!r} exists; pass --overwrite to replace it")
     if score:
@@ -107,15 +246,25 @@ def train(
 
         result = run_training(config, progress=report)
     if score:
-        from geoseg.run.evaluate import evaluate as run_evaluation
-
-        def say(line: str) -> None:
-            if not quiet:
-                click.echo(f"geoseg: {line}", err=True)
-
-        score_held_out(result.model_path, config, evaluate=run_evaluation, progress=say)
+        _score(config, result.model_path, quiet=quiet)
     if not quiet:
         click.echo(f"geoseg: wrote {result.model_path} ({result.describe()})", err=True)
+
+
+def _score(config: Any, model: Path, *, quiet: bool) -> None:
+    """Held-out scores (and ``scores`` on the held-out and test data) into the card."""
+    from geoseg.run.evaluate import evaluate as run_evaluation
+    from geoseg.training.scoring import score_held_out, score_outputs_into_card
+
+    def say(line: str) -> None:
+        if not quiet:
+            click.echo(f"geoseg: {line}", err=True)
+
+    if config.threshold_class is not None:
+        _choose_threshold(config, model, say=say)
+    score_held_out(model, config, evaluate=run_evaluation, progress=say)
+    if config.scores or config.test:
+        score_outputs_into_card(model, config, evaluate_outputs=_evaluate_outputs, progress=say)
 
 
 def _parse_value_map(text: str | None) -> dict[str, str]:
@@ -156,6 +305,23 @@ def _parse_value_map(text: str | None) -> dict[str, str]:
 @click.option("--bands", help="Scene band numbers feeding the model.")
 @click.option("--sensor", help="Sensor preset naming the bands.")
 @click.option("--scheduler", default="sync", show_default=True, help="sync, local or address.")
+@click.option(
+    "--merge",
+    "merge_map",
+    help="Score predictions of a class as another, e.g. field_boundary=crops (cropland).",
+)
+@click.option(
+    "--relaxed",
+    "relaxed_px",
+    type=click.IntRange(min=0),
+    help="Also relaxed precision/recall/F1 with this slack in pixels (Mnih 2013; 3 for roads).",
+)
+@click.option(
+    "--objects",
+    is_flag=True,
+    help="Vector labels: also object precision/recall/F1, the run's polygons matched one to "
+    "one with the labelled polygons at IoU >= 0.5 (fields).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @_common
 @_handles_errors
@@ -174,6 +340,9 @@ def evaluate(
     bands: str | None,
     sensor: str | None,
     scheduler: str,
+    merge_map: str | None,
+    relaxed_px: int | None,
+    objects: bool,
     as_json: bool,
     verbose: bool,
     quiet: bool,
@@ -182,7 +351,9 @@ def evaluate(
 
     Runs the real `geoseg run` pipeline (tiling, blending, smoothing) and reports per-class
     IoU, F1, precision and recall over the labelled pixels only (with vector labels, by
-    default the pixels inside the polygons).
+    default the pixels inside the polygons). With --merge, --relaxed or --objects, also
+    merged classes (a field-boundary class scored as cropland), relaxed scores (roads drawn
+    as centrelines) and object scores (the run's polygons against labelled polygons).
     """
     import json
 
@@ -214,6 +385,33 @@ def evaluate(
         except ValueError:
             raise ConfigError(f"--region {region!r} must be ROW,COL,HEIGHT,WIDTH") from None
         window = PixelWindow(row_off=r, col_off=c, height=h, width=w)
+    if merge_map or relaxed_px is not None or objects:
+        from geoseg.training.scoring import scored_labels
+
+        merge = _parse_value_map(merge_map)
+        if cmap is not None:
+            labels, cmap = scored_labels(labels, cmap, merge)
+        with open_execution(scheduler) as ex:
+            scores, seconds = _evaluate_outputs(
+                model,
+                image,
+                labels,
+                class_map=cmap,
+                region=window,
+                smooth=smooth,
+                bands=parse_band_list(bands) if bands else None,
+                sensor=sensor,
+                merge=merge,
+                relaxed_px=relaxed_px,
+                objects=objects,
+                classes=names,
+                client=ex.client,
+            )
+        if as_json:
+            click.echo(json.dumps({**scores.to_dict(), "run_seconds": round(seconds, 2)}, indent=2))
+            return
+        _print_scores(scores, seconds)
+        return
     with open_execution(scheduler) as ex:
         result = run_evaluation(
             model,
@@ -243,3 +441,26 @@ def evaluate(
         f"labelled pixels: {result.labelled_pixels} of {result.region_pixels} ({pct} %), "
         f"run {result.run.seconds:.1f} s"
     )
+
+
+def _print_scores(scores: Any, seconds: float) -> None:
+    click.echo(f"{'class':<14} {'IoU':>7} {'F1':>7} {'precision':>10} {'recall':>7} {'support':>9}")
+    for sc in scores.metrics.classes:
+        click.echo(
+            f"{sc.name:<14} {sc.iou:7.3f} {sc.f1:7.3f} {sc.precision:10.3f} {sc.recall:7.3f} "
+            f"{sc.support:9d}"
+        )
+    for src, dst in scores.merged.items():
+        click.echo(f"(predicted {src} scored as {dst})")
+    for name, r in scores.relaxed.items():
+        click.echo(
+            f"{name:<14} relaxed ({r.slack} px): F1 {r.f1:.3f}, precision {r.precision:.3f}, "
+            f"recall {r.recall:.3f}"
+        )
+    for name, o in scores.objects.items():
+        click.echo(
+            f"{name:<14} objects (IoU >= {o.min_iou:g}): F1 {o.f1:.3f}, precision "
+            f"{o.precision:.3f}, recall {o.recall:.3f} ({o.matched} matched of "
+            f"{o.predicted} predicted, {o.labelled} labelled)"
+        )
+    click.echo(f"labelled pixels: {scores.labelled_pixels}, run {seconds:.1f} s")

@@ -49,6 +49,8 @@ __all__ = [
     "chip_allowed",
     "normalise",
     "plan_split",
+    "rescale",
+    "scaled_window",
     "scan_scene",
 ]
 
@@ -84,18 +86,78 @@ class Augment:
         (applied to normalised values), the same for all bands of a chip.
     contrast
         Multiplicative factor drawn from ``[1 - contrast, 1 + contrast]``.
+    scale
+        ``(low, high)``: with probability ``scale_prob``, a chip shows the ground at a pixel
+        size ``f`` times the image's, ``f`` drawn log-uniformly from ``[low, high]``
+        (``(0.5, 2.0)`` turns 1 m imagery into 0.5-2 m): a window of ``f * chip`` pixels
+        around the drawn chip is read and resampled to the chip size (image: area-weighted
+        when shrinking, bilinear when enlarging; labels: nearest). ``None``: no rescaling.
+        Models then transfer to other resolutions read at their own.
+    scale_prob
+        Fraction of chips rescaled when ``scale`` is set.
     """
 
     flips: bool = True
     rotate90: bool = True
     brightness: float = 0.1
     contrast: float = 0.1
+    scale: tuple[float, float] | None = None
+    scale_prob: float = 1.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.brightness <= 2:
             raise ConfigError(f"brightness jitter {self.brightness} must be in [0, 2]")
         if not 0 <= self.contrast < 1:
             raise ConfigError(f"contrast jitter {self.contrast} must be in [0, 1)")
+        if self.scale is not None:
+            try:
+                low, high = (float(v) for v in self.scale)
+            except (TypeError, ValueError):
+                raise ConfigError(
+                    f"scale {self.scale!r} must be two factors [low, high], e.g. [0.5, 2.0]"
+                ) from None
+            if not 0.25 <= low <= high <= 4:
+                raise ConfigError(
+                    f"scale [{low}, {high}] must satisfy 0.25 <= low <= high <= 4, e.g. [0.5, 2.0]"
+                )
+            object.__setattr__(self, "scale", (low, high))
+        if not 0 <= self.scale_prob <= 1:
+            raise ConfigError(f"scale_prob {self.scale_prob} must be in [0, 1]")
+
+    def draw_scale(self, rng: np.random.Generator) -> float:
+        """The pixel-size factor of one chip (1.0: not rescaled)."""
+        if self.scale is None or rng.random() >= self.scale_prob:
+            return 1.0
+        low, high = self.scale
+        return float(np.exp(rng.uniform(np.log(low), np.log(high))))
+
+
+def rescale(
+    x: np.ndarray, y: np.ndarray, valid: np.ndarray, *, size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Resample a chip ``x (B, M, M)``, labels ``y (M, M)`` and ``valid`` to ``size`` pixels.
+
+    Shrinking (``M > size``) averages the image over each output pixel's footprint (a
+    Gaussian of sigma ``(M / size - 1) / 2`` before bilinear sampling), as a coarser sensor
+    would; enlarging samples it bilinearly. Labels and the valid mask take the nearest
+    source pixel. Pixel centres map to pixel centres.
+    """
+    from scipy import ndimage
+
+    m = y.shape[0]
+    if m == size:
+        return x, y, valid
+    factor = m / size
+    coords = (np.arange(size, dtype=np.float64) + 0.5) * factor - 0.5
+    rows, cols = np.meshgrid(coords, coords, indexing="ij")
+    out = np.empty((x.shape[0], size, size), dtype=np.float32)
+    for b in range(x.shape[0]):
+        band = x[b].astype(np.float32)
+        if factor > 1:
+            band = ndimage.gaussian_filter(band, sigma=(factor - 1) / 2, mode="nearest")
+        out[b] = ndimage.map_coordinates(band, [rows, cols], order=1, mode="nearest")
+    near = np.clip(np.floor((np.arange(size) + 0.5) * factor).astype(np.int64), 0, m - 1)
+    return out, y[np.ix_(near, near)], valid[np.ix_(near, near)]
 
 
 def augment(
@@ -551,6 +613,20 @@ class ChipSampler:
 # --- reading chips -----------------------------------------------------------------------
 
 
+def scaled_window(chip: Chip, factor: float) -> Chip:
+    """The window of ``factor`` times the chip's size with the same centre.
+
+    It may reach past the image (read as reflected, invalid pixels) and, by up to half a
+    chip times ``factor - 1``, into the gap around a held-out region; the gap is one chip
+    by default, so it never reaches the held-out pixels for factors up to 3.
+    """
+    w = chip.window
+    m = max(1, round(w.height * factor))
+    r = w.row_off + w.height // 2 - m // 2
+    c = w.col_off + w.width // 2 - m // 2
+    return Chip(image=chip.image, window=PixelWindow(row_off=r, col_off=c, height=m, width=m))
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TrainScene:
     """One opened input: image path, its band numbers and its label reader."""
@@ -611,9 +687,16 @@ class ChipLoader:
     def batch(self, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
         """``size`` augmented chips: ``x (N, B, S, S)`` float32, ``y (N, S, S)`` int64."""
         xs, ys = [], []
+        spec = self.augment_spec
         for _ in range(size):
             for _attempt in range(8):
-                x, y, valid = self.read(self.sampler.sample(rng))
+                chip = self.sampler.sample(rng)
+                factor = 1.0 if spec is None else spec.draw_scale(rng)
+                if factor == 1.0:
+                    x, y, valid = self.read(chip)
+                else:
+                    x, y, valid = self.read(scaled_window(chip, factor))
+                    x, y, valid = rescale(x, y, valid, size=chip.window.height)
                 if np.mean(y != IGNORE_INDEX) >= self.min_labelled:
                     break
             if self.augment_spec is not None:

@@ -86,8 +86,14 @@ RESUMABLE_CHANGES = frozenset(
         "name",
         "description",
         "compare",
+        "time_limit_min",
+        "test",
+        "scores",
+        "threshold_class",
     }
 )
+
+SCORE_KEYS = ("merge", "relaxed_px", "objects")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -158,6 +164,28 @@ class TrainConfig:
         Floating-point type of the weights in the model file (``fp16`` halves its size).
     command
         How the run was started (recorded in the card for reproducibility).
+    scores
+        Scores beyond the pixel confusion matrix that ``geoseg train`` records for the
+        held-out and test data (:func:`geoseg.training.output_scores.score_outputs`):
+        ``merge`` (``{field_boundary: crops}``: predictions of a class scored as another),
+        ``relaxed_px`` (relaxed precision/recall/F1 with that slack, e.g. 3 for roads),
+        ``objects`` (polygon matching at IoU >= 0.5, for polygon labels).
+    threshold_class
+        A class (of a two-class model) whose decision threshold ``geoseg train`` chooses
+        on the held-out data after training (the best IoU) and folds into the network's
+        last bias (:mod:`geoseg.training.threshold`), so the argmax applies it. The card
+        records it (``training.threshold``). The held-out scores then include that choice.
+    init_from
+        A model file whose weights start the network (fine-tuning), instead of a random
+        initialisation; its card must describe the same network (architecture, encoder,
+        params, bands, classes). Recorded in the card with the rest of the config.
+    time_limit_min
+        Wall-clock budget in minutes (``None``: none): no epoch starts that would, at the
+        pace of the last one, end after it. The schedule still spans ``epochs``, so set
+        ``epochs`` to what fits and keep this as a guard on a busy machine.
+    test
+        Test inputs, never trained on nor used to choose anything: ``geoseg train`` scores
+        the kept weights on them after training, into the card (``training.test``).
     compare
         Spectral index methods (``("ndwi", "mndwi")``, all finding one class of the model)
         to compare the trained model with on the held-out data. The weights do not depend
@@ -207,9 +235,33 @@ class TrainConfig:
     store_dtype: str = "fp32"
     command: str | None = None
     compare: tuple[str, ...] = ()
+    time_limit_min: float | None = None
+    test: tuple[TrainingInput, ...] = ()
+    init_from: str | None = None
+    scores: Mapping[str, Any] = field(default_factory=dict)
+    threshold_class: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "inputs", tuple(self.inputs))
+        object.__setattr__(self, "test", tuple(self.test))
+        trained = {os.path.realpath(i.image) for i in self.inputs}
+        leaked = [t.image for t in self.test if os.path.realpath(t.image) in trained]
+        if leaked:
+            raise ConfigError(
+                f"test image {leaked[0]!r} is also a training input; keep test images out of inputs"
+            )
+        if self.init_from is not None:
+            object.__setattr__(self, "init_from", os.fspath(self.init_from))
+        _check_scores(self.scores, self.class_map)
+        if self.threshold_class is not None:
+            names = self.class_map.class_names
+            if self.threshold_class not in names[1:] or len(names) != 2:
+                raise ConfigError(
+                    f"threshold_class {self.threshold_class!r} must be the class of a "
+                    f"two-class model (classes: {', '.join(names)})"
+                )
+        if self.time_limit_min is not None and not self.time_limit_min > 0:
+            raise ConfigError(f"time_limit_min {self.time_limit_min} must be > 0 (or None)")
         object.__setattr__(self, "bands", tuple(self.bands))
         object.__setattr__(self, "output", os.fspath(self.output))
         if self.checkpoint_dir is not None:
@@ -296,12 +348,12 @@ class TrainConfig:
         out: dict[str, Any] = {}
         for name in self.__dataclass_fields__:
             value = getattr(self, name)
-            if name == "inputs":
+            if name in ("inputs", "test"):
                 value = [{"image": i.image, "labels": i.labels.to_dict()} for i in value]
             elif name == "class_map":
                 value = value.to_dict()
             elif name == "augment":
-                value = None if value is None else _fields(value)
+                value = None if value is None else _augment_dict(value)
             elif name == "validation":
                 value = value.to_dict()
             elif isinstance(value, tuple):
@@ -309,6 +361,17 @@ class TrainConfig:
             elif isinstance(value, Mapping):
                 value = json.loads(json.dumps(dict(value)))
             out[name] = value
+        # Fields newer than the shipped cards, written out only when set: configurations
+        # recorded before them keep their fingerprint, so their checkpoints still resume.
+        for name, unset in (
+            ("init_from", None),
+            ("time_limit_min", None),
+            ("test", []),
+            ("scores", {}),
+            ("threshold_class", None),
+        ):
+            if out[name] == unset:
+                del out[name]
         return out
 
     @classmethod
@@ -334,15 +397,17 @@ class TrainConfig:
                 f"{', '.join(cls.__dataclass_fields__)}"
             )
         try:
-            raw["inputs"] = tuple(
-                TrainingInput(
-                    image=i["image"],
-                    labels=LabelSource(**i["labels"])
-                    if isinstance(i["labels"], Mapping)
-                    else LabelSource(path=i["labels"]),
-                )
-                for i in raw["inputs"]
-            )
+            for key in ("inputs", "test"):
+                if key in raw:
+                    raw[key] = tuple(
+                        TrainingInput(
+                            image=i["image"],
+                            labels=LabelSource(**i["labels"])
+                            if isinstance(i["labels"], Mapping)
+                            else LabelSource(path=i["labels"]),
+                        )
+                        for i in raw[key]
+                    )
             cm = dict(raw["class_map"])
             raw["class_map"] = ClassMap(
                 classes=tuple(ClassInfo(**c) for c in cm.pop("classes")), **cm
@@ -373,6 +438,24 @@ class TrainConfig:
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _check_scores(scores: Mapping[str, Any], class_map: ClassMap) -> None:
+    """``scores`` holds known keys with values that fit the classes."""
+    bad = sorted(set(scores) - set(SCORE_KEYS))
+    if bad:
+        raise ConfigError(f"scores: unknown key {bad[0]!r}; valid: {', '.join(SCORE_KEYS)}")
+    names = class_map.class_names
+    for src, dst in dict(scores.get("merge") or {}).items():
+        if src not in names[1:] or dst not in names or src == dst:
+            raise ConfigError(
+                f"scores.merge {src}: {dst}: both must be distinct classes ({', '.join(names)})"
+            )
+    px = scores.get("relaxed_px")
+    if px is not None and (not isinstance(px, int) or px < 0):
+        raise ConfigError(f"scores.relaxed_px {px!r} must be a whole number of pixels >= 0")
+    if not isinstance(scores.get("objects", False), bool):
+        raise ConfigError(f"scores.objects {scores['objects']!r} must be true or false")
+
+
 def _check_compare(compare: tuple[str, ...], class_map: ClassMap) -> None:
     """Index methods that exist and all find one class of the model."""
     for name in compare:
@@ -392,6 +475,17 @@ def _check_compare(compare: tuple[str, ...], class_map: ClassMap) -> None:
             f"compare: {', '.join(compare)} find {found[0]}, which is not a class of the model "
             f"({', '.join(class_map.class_names[1:])})"
         )
+
+
+def _augment_dict(spec: Augment) -> dict[str, Any]:
+    """Augment's fields; ``scale`` only when set, so configurations recorded before it
+    existed keep their fingerprint (their checkpoints still resume)."""
+    out = _fields(spec)
+    if spec.scale is None:
+        del out["scale"], out["scale_prob"]
+    else:
+        out["scale"] = list(spec.scale)
+    return out
 
 
 def _fields(obj: Any) -> dict[str, Any]:

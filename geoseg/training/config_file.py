@@ -66,8 +66,21 @@ def _resolve_paths(data: Mapping[str, Any], base: Path, data_root: Path | None) 
         return str(against / p) if _is_local_relative(p) else p
 
     out = dict(data)
+    for key in ("inputs", "test"):
+        if out.get(key):
+            out[key] = _resolve_inputs(out[key], fix, inputs_base)
+    for key in ("output", "checkpoint_dir", "init_from"):
+        value = out.get(key)
+        if isinstance(value, str) and _is_local_relative(value):
+            out[key] = str((base / value).resolve())
+    return out
+
+
+def _resolve_inputs(items: Any, fix: Any, inputs_base: Path) -> Any:
+    if not isinstance(items, list):
+        return items  # TrainConfig.from_dict says what is wrong with it
     inputs = []
-    for item in out.get("inputs") or []:
+    for item in items:
         if not isinstance(item, Mapping):
             inputs.append(item)  # TrainConfig.from_dict says what is wrong with it
             continue
@@ -80,13 +93,7 @@ def _resolve_paths(data: Mapping[str, Any], base: Path, data_root: Path | None) 
         elif isinstance(labels, Mapping) and "path" in labels:
             item["labels"] = {**labels, "path": fix(str(labels["path"]), inputs_base)}
         inputs.append(item)
-    if inputs:
-        out["inputs"] = inputs
-    for key in ("output", "checkpoint_dir"):
-        value = out.get(key)
-        if isinstance(value, str) and _is_local_relative(value):
-            out[key] = str((base / value).resolve())
-    return out
+    return inputs
 
 
 def read_train_file(

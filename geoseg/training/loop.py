@@ -80,6 +80,40 @@ def model_card(config: TrainConfig, data: TrainingData) -> ModelCard:
     )
 
 
+def _initialise(net: torch.nn.Module, card: ModelCard, path: str) -> None:
+    """Start ``net`` from the weights of the model file ``path`` (fine-tuning).
+
+    Raises
+    ------
+    ConfigError
+        If that file's network is not the one being trained.
+    """
+    from safetensors.torch import load_file
+
+    from geoseg.errors import ConfigError
+    from geoseg.models.card import read_card
+
+    source = read_card(path)
+    mine = (card.architecture, card.encoder, dict(card.params), card.bands, card.class_names)
+    theirs = (
+        source.architecture,
+        source.encoder,
+        dict(source.params),
+        source.bands,
+        source.class_names,
+    )
+    if mine != theirs:
+        raise ConfigError(
+            f"init_from {path!r} is a {theirs[0]}/{theirs[1]} over {', '.join(theirs[3])} "
+            f"with classes {', '.join(theirs[4])}; the config trains a {mine[0]}/{mine[1]} "
+            f"over {', '.join(mine[3])} with classes {', '.join(mine[4])}"
+        )
+    try:
+        net.load_state_dict(load_file(path), strict=True)
+    except RuntimeError as err:
+        raise ConfigError(f"weights of init_from {path!r} do not fit the network: {err}") from err
+
+
 def train(
     config: TrainConfig, *, progress: Callable[[TrainProgress], None] | None = None
 ) -> TrainResult:
@@ -146,11 +180,17 @@ def train(
             best_score, elapsed = resumed.best_score, resumed.elapsed_s
             resumed_from = resumed.epoch
             first_epoch = resumed.epoch + 1
+    if ckpt is None and config.init_from is not None:
+        _initialise(net, card, config.init_from)
 
     run_start = start - elapsed  # wall time includes setup, summed over resumed sessions
     for epoch in range(first_epoch, config.epochs + 1):
         if stopped:
             break
+        if config.time_limit_min is not None and history:
+            pace = history[-1].seconds
+            if time.perf_counter() - start + pace > 60 * config.time_limit_min:
+                break
         t_epoch = time.perf_counter()
         rng = np.random.default_rng([config.seed, epoch])
         net.train()

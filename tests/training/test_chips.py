@@ -254,3 +254,64 @@ def test_augmentations_keep_image_and_labels_aligned_and_nodata_at_zero():
         assert np.all(xa[:, ~labelled] == 0)
         seen.add(ya.tobytes())
     assert len(seen) >= 6  # the 8 flips/rotations of the square actually occur
+
+
+def test_rescaling_shows_the_ground_at_another_pixel_size():
+    from geoseg.training.chips import rescale
+
+    # A 64 px chip holding a square of 16 px at rows/cols 24..39, labelled 1.
+    y = np.zeros((64, 64), dtype=np.uint8)
+    y[24:40, 24:40] = 1
+    x = np.stack([y * 4.0 - 2.0] * 3).astype(np.float32)
+    valid = np.ones((64, 64), dtype=bool)
+    # Pixels twice as large (2 m from 1 m): the square is 8 px in a 32 px chip.
+    xs, ys, vs = rescale(x, y, valid, size=32)
+    assert xs.shape == (3, 32, 32) and ys.shape == vs.shape == (32, 32)
+    assert ys.sum() == 64 and np.array_equal(np.argwhere(ys)[[0, -1]], [[12, 12], [19, 19]])
+    # The image is averaged, not sampled: inside values stay, the edges blend.
+    assert xs[0, 15, 15] == pytest.approx(2.0, abs=0.05) and xs[0, 2, 2] == pytest.approx(-2.0)
+    assert -2.0 < xs[0, 12, 15] < 2.0
+    # Half-size pixels (0.5 m): the square is 32 px in a 128 px chip.
+    xl, yl, _ = rescale(x, y, valid, size=128)
+    assert yl.sum() == 32 * 32 and np.array_equal(np.argwhere(yl)[[0, -1]], [[48, 48], [79, 79]])
+    np.testing.assert_allclose(xl[0, 52:76, 52:76], 2.0)  # bilinear: flat inside
+    assert xl.min() >= -2.0 and xl.max() <= 2.0  # and never beyond the values it blends
+
+
+def test_scale_augmentation_reads_a_larger_or_smaller_window_around_the_chip(square_scene):
+    from geoseg.training.chips import Chip, scaled_window
+
+    chip = Chip(image=0, window=_win(32, 32, 64, 64))
+    assert scaled_window(chip, 2.0).window == _win(0, 0, 128, 128)
+    assert scaled_window(chip, 0.5).window == _win(48, 48, 32, 32)
+    spec = Augment(scale=(0.5, 2.0))
+    rng = np.random.default_rng(0)
+    factors = [spec.draw_scale(rng) for _ in range(2000)]
+    assert 0.5 <= min(factors) < 0.55 and 1.9 < max(factors) <= 2.0
+    assert np.mean(np.array(factors) < 1) == pytest.approx(0.5, abs=0.05)  # log-uniform
+    half = Augment(scale=(0.5, 2.0), scale_prob=0.5)
+    assert np.mean([half.draw_scale(rng) == 1.0 for _ in range(2000)]) == pytest.approx(
+        0.5, abs=0.05
+    )
+    assert Augment().draw_scale(rng) == 1.0
+    for bad in ((2.0, 0.5), (0.1, 2.0), (1.0,)):
+        with pytest.raises(ConfigError, match="scale"):
+            Augment(scale=bad)
+
+    # The loader's rescaled chips keep the chip size, and the labels stay on the image.
+    scene = square_scene("a", size=96)
+    _, labels = _reader(scene)
+    loader = ChipLoader(
+        [TrainScene(path=str(scene.image), bands=(1, 2, 3), labels=labels)],
+        ChipSampler([TrainArea(index=0, height=96, width=96)], chip=32),
+        mean=(60, 60, 60),
+        std=(10, 10, 10),
+        augment_spec=Augment(
+            flips=False, rotate90=False, brightness=0, contrast=0, scale=(0.5, 2.0)
+        ),
+    )
+    xb, yb = loader.batch(np.random.default_rng(1), 8)
+    assert xb.shape == (8, 3, 32, 32) and yb.shape == (8, 32, 32)
+    labelled = yb != IGNORE_INDEX
+    # Squares are bright (+110 over a dark ground): labels and pixels stay aligned.
+    assert xb[:, 0][labelled & (yb == 1)].mean() > 3 > xb[:, 0][labelled & (yb == 0)].mean()

@@ -178,3 +178,88 @@ def test_all_touched_reaches_the_card_record_and_the_resume_fingerprint(tmp_path
     assert record["inputs"][0]["labels"]["all_touched"] is True
     assert TrainConfig.from_dict(record).inputs[0].labels.all_touched
     assert touched.fingerprint() != plain.fingerprint(), "a resumed run must notice"
+
+
+BOUNDARY_CLASSES = (
+    ClassInfo(name="background", color="#000000"),
+    ClassInfo(name="crops", color="#33a02c"),
+    ClassInfo(name="field_boundary", color="#ffff99"),
+)
+
+
+def _two_touching_fields(tmp_path):
+    """Fields at rows 10..39, cols 10..29 and cols 30..49: they share the edge at col 30."""
+    px = lambda r, c: (TRANSFORM.c + 10 * c, TRANSFORM.f - 10 * r)  # noqa: E731
+    west = box(*px(40, 10), *px(10, 30))
+    east = box(*px(40, 30), *px(10, 50))
+    gpkg = tmp_path / "fields.gpkg"
+    _write_vectors(gpkg, [west, east], ["field", "field"], crs=UTM, column="class")
+    return gpkg
+
+
+def test_touching_fields_get_a_boundary_between_them(tmp_path, image):
+    gpkg = _two_touching_fields(tmp_path)
+    source = LabelSource(
+        path=str(gpkg), attribute="class", boundary_px=2, boundary_class="field_boundary"
+    )
+    cmap = ClassMap(classes=BOUNDARY_CLASSES, values={"field": "crops"})
+    labels = LabelReader(source, image=image, class_map=cmap).read(image.window)
+
+    # The fields' union keeps its extent: crops or boundary inside, background outside.
+    inside = np.zeros((64, 64), dtype=bool)
+    inside[10:40, 10:50] = True
+    assert np.all(labels[~inside] == 0)
+    assert np.all(np.isin(labels[inside], [1, 2]))
+    # A 4-pixel band (2 on each side) along the shared edge, and 2 pixels along the others.
+    np.testing.assert_array_equal(
+        labels[25, 8:52], [0, 0] + [2, 2] + [1] * 16 + [2] * 4 + [1] * 16 + [2, 2] + [0, 0]
+    )
+    np.testing.assert_array_equal(labels[8:42, 20], [0, 0] + [2, 2] + [1] * 26 + [2, 2] + [0, 0])
+    # The interiors are two separate components: the boundary cuts every path between them.
+    from scipy import ndimage
+
+    _, n = ndimage.label(labels == 1)
+    assert n == 2
+
+
+def test_boundary_labels_do_not_depend_on_the_window(tmp_path, image):
+    gpkg = _two_touching_fields(tmp_path)
+    source = LabelSource(
+        path=str(gpkg), attribute="class", boundary_px=2, boundary_class="field_boundary"
+    )
+    cmap = ClassMap(classes=BOUNDARY_CLASSES, values={"field": "crops"})
+    reader = LabelReader(source, image=image, class_map=cmap)
+    whole = reader.read(image.window)
+    # A window whose edge runs one pixel from the shared field edge.
+    part = reader.read(_window(0, 29, 64, 35))
+    np.testing.assert_array_equal(part, whole[:, 29:64])
+
+
+def test_the_image_edge_is_not_a_boundary(tmp_path, image):
+    px = lambda r, c: (TRANSFORM.c + 10 * c, TRANSFORM.f - 10 * r)  # noqa: E731
+    gpkg = tmp_path / "edge.gpkg"
+    _write_vectors(gpkg, [box(*px(20, 0), *px(0, 20))], ["field"], crs=UTM, column="class")
+    source = LabelSource(
+        path=str(gpkg), attribute="class", boundary_px=1, boundary_class="field_boundary"
+    )
+    cmap = ClassMap(classes=BOUNDARY_CLASSES, values={"field": "crops"})
+    labels = LabelReader(source, image=image, class_map=cmap).read(image.window)
+    assert np.all(labels[0, :19] == 1) and np.all(labels[:19, 0] == 1)  # cut by the image
+    assert np.all(labels[19, :20] == 2) and np.all(labels[:20, 19] == 2)  # a real edge
+
+
+def test_boundary_options_are_checked_and_recorded(tmp_path, image):
+    gpkg = _two_touching_fields(tmp_path)
+    with pytest.raises(ConfigError, match="together"):
+        LabelSource(path=str(gpkg), attribute="class", boundary_px=2)
+    with pytest.raises(ConfigError, match="vector labels"):
+        LabelSource(path="labels.tif", boundary_px=2, boundary_class="field_boundary")
+    source = LabelSource(path=str(gpkg), attribute="class", boundary_px=2, boundary_class="edge")
+    with pytest.raises(ConfigError, match="'edge' is not a class"):
+        LabelReader(source, image=image, class_map=ClassMap(classes=BOUNDARY_CLASSES))
+    good = LabelSource(
+        path=str(gpkg), attribute="class", boundary_px=2, boundary_class="field_boundary"
+    )
+    assert LabelSource(**good.to_dict()) == good
+    plain = LabelSource(path=str(gpkg), attribute="class")
+    assert "boundary_px" not in plain.to_dict()  # older records keep their fingerprint

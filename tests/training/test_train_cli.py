@@ -284,3 +284,99 @@ def test_evaluate_sparse_polygons_in_another_crs(tmp_path: Path) -> None:
         main, ["evaluate", "ndwi", str(image), str(raster), "--outside", "ignore"]
     )
     assert bad.exit_code == 1 and "outside apply to vector labels" in bad.output
+
+
+def test_train_scores_held_out_and_test_data_and_evaluate_reports_relaxed_and_objects(
+    tmp_path: Path,
+) -> None:
+    import geopandas as gpd
+    from rasterio.features import shapes
+
+    data = tmp_path / "data"
+    cfg = _training_files(
+        tmp_path,
+        test=[{"image": "data/test.tif", "labels": "data/test_lab.tif"}],
+        scores={"relaxed_px": 3},
+    )
+    truth = synthetic_truth(160, 160, seed=40)
+    truth[truth == 2] = 0
+    write_array(
+        data / "test.tif",
+        synthetic_image(truth, seed=40),
+        crs="EPSG:32617",
+        transform=UTM_TRANSFORM,
+    )
+    write_array(data / "test_lab.tif", truth, crs="EPSG:32617", transform=UTM_TRANSFORM, nodata=255)
+    runner = CliRunner()
+    result = runner.invoke(main, ["train", str(cfg), "--steps", "3"])
+    assert result.exit_code == 0, result.output
+    model = tmp_path / "water.safetensors"
+    scores = read_card(model).training["scores"]
+    assert scores["relaxed_px"] == 3 and scores["merge"] == {}
+    assert scores["test"]["images"] == [str(data / "test.tif")]
+    assert scores["held_out"]["images"] == [str(data / "img1.tif")]
+    for kind in ("held_out", "test"):
+        for smooth in ("none", "default"):
+            pooled = scores[kind][smooth]["pooled"]
+            relaxed, strict = pooled["relaxed"]["water"], pooled["classes"]["water"]
+            # Slack only ever helps: relaxed precision and recall bound the strict ones
+            # (precision is undefined, None, when a 3-step model predicts no water).
+            assert relaxed["recall"] >= strict["recall"]
+            assert (relaxed["precision"] is None) == (strict["precision"] is None)
+            if strict["precision"] is not None:
+                assert relaxed["precision"] >= strict["precision"]
+            assert pooled["labelled_pixels"] == 160 * 160
+
+    # Polygon labels: the water bodies of the test scene, scored as objects.
+    polys = [
+        {"geometry": g, "kind": "water"}
+        for g, v in shapes(truth, transform=UTM_TRANSFORM)
+        if v == 1
+    ]
+    from shapely.geometry import shape
+
+    gdf = gpd.GeoDataFrame(
+        {"kind": [p["kind"] for p in polys]},
+        geometry=[shape(p["geometry"]) for p in polys],
+        crs="EPSG:32617",
+    )
+    gdf.to_file(data / "test_water.gpkg", engine="pyogrio")
+    result = runner.invoke(
+        main,
+        [
+            "evaluate",
+            str(model),
+            str(data / "test.tif"),
+            str(data / "test_water.gpkg"),
+            "--attribute",
+            "kind",
+            "--outside",
+            "background",
+            "--objects",
+            "--relaxed",
+            "3",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.output)
+    objects = body["objects"]["water"]
+    assert objects["labelled"] == len(polys) and objects["predicted"] >= 0
+    assert 0 <= objects["matched"] <= min(objects["labelled"], objects["predicted"])
+    assert body["relaxed"]["water"]["slack_px"] == 3
+    text = runner.invoke(
+        main,
+        [
+            "evaluate",
+            str(model),
+            str(data / "test.tif"),
+            str(data / "test_water.gpkg"),
+            "--attribute",
+            "kind",
+            "--outside",
+            "background",
+            "--objects",
+        ],
+    )
+    assert text.exit_code == 0, text.output
+    assert "water          objects (IoU >= 0.5): F1 " in text.output

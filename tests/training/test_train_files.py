@@ -137,3 +137,57 @@ def test_compare_names_index_methods_of_one_model_class(tmp_path):
     ]:
         with pytest.raises(ConfigError, match=message):
             TrainConfig.from_dict({**raw, "compare": compare})
+
+
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+def test_crops_file_trains_on_the_training_images_only(tmp_path):
+    # The authors' split: 30 training images, 10 test images that nothing trains on or
+    # chooses with; 5 of the 30 are held out whole for validation.
+    config = _read("crops.yaml", tmp_path)
+
+    def ids(items):
+        return [Path(i.image).name.removesuffix("_image.tif") for i in items]
+
+    trained, tested = ids(config.inputs), ids(config.test)
+    assert len(set(trained)) == len(trained) == 30 and len(set(tested)) == 10
+    split_csv = SHARED / "naip_fields" / "split.csv"
+    if split_csv.is_file():
+        import csv
+
+        with split_csv.open() as f:
+            split = {row["image"]: row["split"] for row in csv.DictReader(f)}
+        assert {split[i] for i in trained} == {"train"}
+        assert {split[i] for i in tested} == {"test"}
+    assert config.validation.kind == "tile" and len(config.validation.tiles) == 5
+    plan = plan_split(config.validation, [(1024, 1024)] * 30, chip=config.chip_size)
+    assert len(plan.train) == 25 and not {i for i, _ in plan.validation} & {
+        a.index for a in plan.train
+    }
+    for item in (*config.inputs, *config.test):
+        assert item.labels.boundary_px == 2 and item.labels.boundary_class == "field_boundary"
+        assert Path(item.labels.path).name == Path(item.image).name.replace(
+            "image.tif", "fields.gpkg"
+        )
+    assert config.class_map.class_names == ("background", "crops", "field_boundary")
+    assert config.scores == {"merge": {"field_boundary": "crops"}, "objects": True}
+    assert config.threads == 1
+
+
+def test_roads_v2_file_holds_out_the_same_tile_as_roads_unet_r18(tmp_path):
+    config = _read("roads-v2.yaml", tmp_path)
+    first = _read("roads.yaml", tmp_path)
+    assert [Path(i.image).name for i in config.inputs] == [Path(i.image).name for i in first.inputs]
+    assert config.validation == first.validation
+    assert config.augment is not None and config.augment.scale == (0.5, 2.0)
+    assert Path(config.init_from or "").name == "roads-unet-r18.safetensors"
+    assert config.scores == {"relaxed_px": 3}
+    assert config.threads == 1
+
+
+def test_a_test_image_cannot_also_be_a_training_input(tmp_path):
+    config = _read("crops.yaml", tmp_path)
+    leaked = {**config.to_dict(), "test": [config.to_dict()["inputs"][0]]}
+    with pytest.raises(ConfigError, match="also a training input"):
+        TrainConfig.from_dict(leaked)
