@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared"
 CHIP = SHARED / "data" / "sen1floods11_s2" / "Spain_7370579_S2Hand.tif"
 WATNET_PTH = SHARED / "models" / "watnet_l578" / "watnet_l578.pth"
-DW_WEIGHTS = REPO / "geoseg" / "models" / "weights" / "dynamicworld-l1c.safetensors"
+DW_WEIGHTS = REPO / "geoseg" / "models" / "weights" / "dynamicworld-s2l1c.safetensors"
 DW_REFERENCE = REPO / "tests" / "data" / "dynamicworld_tf_reference.npz"
 WATNET_BANDS = ("B2", "B3", "B4", "B8", "B11", "B12")
 
@@ -131,3 +131,28 @@ def test_dynamicworld_weights_reproduce_tensorflow(window: str) -> None:
     with torch.no_grad():
         probabilities = torch.softmax(net(torch.from_numpy(x)[None]), dim=1)[0].numpy()
     np.testing.assert_allclose(probabilities, reference[f"{window}_probabilities"], atol=1e-3)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_dynamicworld_inference_mish_is_mish(layout: torch.memory_format) -> None:
+    from geoseg.models.architectures.dynamicworld import _mish
+
+    x = (torch.randn(2, 64, 70, 90) * 6).contiguous(memory_format=layout)
+    x[0, 0, 0, :4] = torch.tensor([-40.0, 0.0, 25.0, 90.0])  # saturated ends, no NaN
+    expected = torch.nn.functional.mish(x)
+    with torch.inference_mode():
+        got = _mish(x.clone(memory_format=layout))
+    torch.testing.assert_close(got, expected, rtol=0, atol=2e-6)
+    # With gradients (fine-tuning) it is torch's own Mish.
+    y = x.clone().requires_grad_(True)
+    _mish(y).sum().backward()
+    assert y.grad is not None and torch.isfinite(y.grad).all()
+
+
+@pytest.mark.parametrize(("height", "width"), [(4, 6), (8, 8), (64, 34), (512, 512)])
+def test_halving_an_even_size_is_the_general_resize(height: int, width: int) -> None:
+    from geoseg.models.architectures.dynamicworld import _halve, _resample_axis
+
+    x = torch.rand(2, 5, height, width).contiguous(memory_format=torch.channels_last)
+    general = _resample_axis(_resample_axis(x, 2, height // 2), 3, width // 2)
+    torch.testing.assert_close(_halve(x), general, rtol=0, atol=5e-7)
