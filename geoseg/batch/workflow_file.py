@@ -34,13 +34,13 @@ import yaml  # type: ignore[import-untyped, unused-ignore]
 
 from geoseg import __version__
 from geoseg.batch.manifest import InputStamp, Scene
-from geoseg.tiling.stac import is_remote, stac_asset
 from geoseg.batch.workflow import TEMPLATE_FIELDS, Workflow
 from geoseg.batch.yaml_guard import MAX_MESSAGE, excerpt, first_alias
 from geoseg.config import InferenceOptions, parse_class_list, run_config
 from geoseg.errors import ConfigError, GeosegError, WorkflowError
 from geoseg.models.defaults import DEFAULT_MODELS, WEIGHTS_DIR
 from geoseg.run.outputs import output_paths
+from geoseg.tiling.stac import is_remote, stac_asset
 
 __all__ = ["load_workflow"]
 
