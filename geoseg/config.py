@@ -97,7 +97,7 @@ class InferenceOptions:
     overlap: int | None = None
 
     def __post_init__(self) -> None:
-        if self.device not in DEVICES and not self.device.startswith("cuda:"):
+        if self.device not in DEVICES and not re.fullmatch(r"cuda:\d+", self.device):
             raise ConfigError(
                 f"device {self.device!r} is not one of {', '.join(DEVICES)} or 'cuda:N'"
             )

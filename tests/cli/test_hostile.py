@@ -381,6 +381,7 @@ CASES = [
     # Devices, folders, disks.
     Case("--device cuda, no GPU", _option("--device", "cuda"), 1, "CUDA is not available here"),
     Case("--device cuda:7, no GPU", _option("--device", "cuda:7"), 1, "CUDA is not available"),
+    Case("--device cuda:x", _option("--device", "cuda:x"), 2, "is not one of auto, cpu, cuda"),
     Case("output folder /proc", _output_named("/proc/o.gpkg"), 1, "'/proc' is not writable"),
     Case("output folder missing", _output_named("nowhere/o.gpkg"), 1, "does not exist"),
     Case("disk full at the start", _option(), 1, r"no space left on '.*'", fault="enospc-start"),
