@@ -133,15 +133,51 @@ def load_network(path: str | os.PathLike[str]) -> tuple[ModelCard, torch.nn.Modu
     return card, net
 
 
-def _load_state(net: torch.nn.Module, state: Mapping[str, torch.Tensor], *, source: str) -> None:
+def _load_state(
+    net: torch.nn.Module,
+    state: Mapping[str, torch.Tensor],
+    *,
+    source: str,
+    card: ModelCard | None = None,
+) -> None:
+    """Fill ``net`` with ``state``; a mismatch is one short line naming the first layers
+    that differ (missing, unexpected, of another shape) and how many more do."""
+
+    def more(names: list[str]) -> str:
+        return f" (+{len(names) - 1} more)" if len(names) > 1 else ""
+
+    def short(value: Any) -> str:
+        if isinstance(value, list | tuple):
+            return "[" + ",".join(short(v) for v in value) + "]"
+        return str(value)
+
+    want = net.state_dict()
+    missing = [k for k in want if k not in state]
+    unexpected = [k for k in state if k not in want]
+    shapes = [k for k in want if k in state and tuple(state[k].shape) != tuple(want[k].shape)]
+    what = "the card's architecture"
+    if card is not None:
+        what += f" {card.architecture}" + (f"/{card.encoder}" if card.encoder else "")
+        if card.params:
+            what += " " + ",".join(f"{k}={short(v)}" for k, v in card.params.items())
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[0]}{more(missing)}")
+        if unexpected:
+            parts.append(f"unexpected {unexpected[0]}{more(unexpected)}")
+        if shapes:
+            k = shapes[0]
+            parts.append(
+                f"shape {k}: file {short(list(state[k].shape))} vs model "
+                f"{short(list(want[k].shape))}{more(shapes)}"
+            )
+        raise ModelCardError(f"weights in {source!r} do not fit {what}: {'; '.join(parts)}")
     try:
         net.load_state_dict(dict(state), strict=True)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()
-        detail = "; ".join(line.strip() for line in first[:3])
-        raise ModelCardError(
-            f"weights in {source!r} do not fit the card's architecture: {detail}"
-        ) from err
+    except RuntimeError as err:  # not a key or shape: e.g. a dtype torch cannot copy
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        raise ModelCardError(f"weights in {source!r} do not fit {what}: {first}") from err
 
 
 def import_state_dict(
@@ -149,9 +185,12 @@ def import_state_dict(
 ) -> Path:
     """Turn a plain smp state dict (``.pth``/``.pt`` or ``.safetensors``) into a model file.
 
-    ``.pth`` files are read with ``torch.load(weights_only=True)``: tensors only, no code.
-    A checkpoint that wraps the state dict (``{"state_dict": ...}`` or ``{"model": ...}``)
-    and keys prefixed ``model.`` / ``module.`` (Lightning, DataParallel) are accepted.
+    The network is built from ``card`` (architecture, encoder, bands, classes and ``params``,
+    e.g. ``encoder_depth`` and ``decoder_channels``), so a checkpoint of any settings, or a
+    geoseg model file, imports when the card names them. ``.pth`` files are read with
+    ``torch.load(weights_only=True)``: tensors only, no code. A checkpoint that wraps the
+    state dict (``{"state_dict": ...}`` or ``{"model": ...}``) and keys prefixed ``model.``
+    / ``module.`` (Lightning, DataParallel) are accepted.
     """
     import torch
 
@@ -177,5 +216,5 @@ def import_state_dict(
         if state and all(k.startswith(prefix) for k in state):
             state = {k[len(prefix) :]: v for k, v in state.items()}
     net = build_network(card)
-    _load_state(net, state, source=str(src))
+    _load_state(net, state, source=str(src), card=card)
     return save_model(out, card, net.state_dict())
