@@ -65,7 +65,8 @@ class SplitMergeParams:
     max_region
         Root cell size in pixels (a power of two, at most 512); the quadtree's anchor.
     min_region
-        Smallest cell in pixels (a power of two, at most ``max_region``).
+        Smallest cell in pixels (a power of two, at most ``max_region``). 2 keeps rivers a
+        few pixels wide at 30 m; 4 and more absorb them (``benchmarks/splitmerge.py``).
     max_variance
         A cell with a larger index variance is split (0.01: a standard deviation of 0.1).
     agreement
@@ -74,7 +75,7 @@ class SplitMergeParams:
     """
 
     max_region: int = 256
-    min_region: int = 4
+    min_region: int = 2
     max_variance: float = 0.01
     agreement: float = 1.0
 
