@@ -417,13 +417,23 @@ def read_card(path: str | os.PathLike[str]) -> ModelCard:
     Raises
     ------
     ModelCardError
-        If the file is missing, not safetensors, or carries no geoseg card.
+        If the file is missing, not safetensors or ONNX, or carries no geoseg card.
     """
     from safetensors import SafetensorError, safe_open
+
+    from geoseg.models.onnx_card import is_onnx, read_onnx_metadata
 
     p = Path(path)
     if not p.is_file():
         raise ModelCardError(f"model file {str(p)!r} does not exist")
+    if is_onnx(p):
+        meta = read_onnx_metadata(p)  # metadata only: neither the weights nor onnx
+        if CARD_KEY not in meta:
+            raise ModelCardError(
+                f"{str(p)!r} has no geoseg card; make it a geoseg model with "
+                f"`geoseg models import {p.name} --bands ... --classes ...`"
+            )
+        return card_from_json(meta[CARD_KEY])
     try:
         with safe_open(str(p), framework="np") as f:  # metadata only: no torch import
             meta = f.metadata() or {}

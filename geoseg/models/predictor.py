@@ -382,7 +382,14 @@ def _merge_matrix(card: ModelCard) -> torch.Tensor | None:
 
 
 def load_segmenter(path: str | os.PathLike[str], *, options: InferenceOptions) -> Segmenter:
-    """Load a model file (or a built-in method name) as a :class:`Segmenter`."""
+    """Load a model file (safetensors, or ONNX run by onnxruntime) as a :class:`Segmenter`."""
+    from geoseg.models.onnx_card import is_onnx
+
+    if is_onnx(path):
+        from geoseg.models.onnx import load_onnx
+
+        card, network, onnx_options = load_onnx(path, options=options)
+        return TorchSegmenter(card, network, options=onnx_options, copy=False)
     from geoseg.models.registry import load_network
 
     card, net = load_network(path)

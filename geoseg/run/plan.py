@@ -136,6 +136,7 @@ def _resolve_models(
     """
     from geoseg.models.card import read_card
     from geoseg.models.defaults import default_sources, units_misfit
+    from geoseg.models.onnx_card import is_onnx
 
     count = scene.count
     medians: dict[tuple[int, ...], np.ndarray | None] = {}
@@ -160,6 +161,10 @@ def _resolve_models(
     def load(src: str) -> tuple[str, ModelCard]:
         if is_spectral(src):
             return src, spectral_card(src)
+        if is_onnx(src):  # fail here, once, when the optional extra is missing
+            from geoseg.models.onnx import require_onnx
+
+            require_onnx()
         return str(Path(src).resolve()), read_card(src)
 
     given = [load(src) for src in config.models]

@@ -25,11 +25,6 @@ from geoseg.models.registry import build_network, load_network, save_model  # no
 from tests.helpers import synthetic_image, synthetic_truth  # noqa: E402
 
 FP32 = InferenceOptions(device="cpu", precision="fp32", tile=64, overlap=16)
-WIRING = pytest.mark.xfail(
-    strict=True,
-    raises=ModelCardError,
-    reason="card.read_card and predictor.load_segmenter do not dispatch .onnx files yet",
-)
 
 
 def onnx_segmenter(path: Path, options: InferenceOptions = FP32) -> TorchSegmenter:
@@ -303,12 +298,10 @@ def test_an_import_names_what_does_not_fit(zoo_net: torch.nn.Module, tmp_path: P
     )
 
 
-@WIRING
 def test_read_card_reads_an_onnx_card(tiny_model: Path, exported: Path) -> None:
     assert read_card(exported) == read_card(tiny_model)
 
 
-@WIRING
 def test_load_segmenter_runs_an_onnx_model(tiny_model: Path, exported: Path) -> None:
     image, valid = _block()
     got = load_segmenter(exported, options=FP32).predict(image, valid)
