@@ -5,10 +5,10 @@ labels from 1996, imagery from 2000). For NDWI (green, NIR) and MNDWI (green, SW
 two thresholds, Otsu's over the scene (what ``--model ndwi`` uses) and the per-pixel rule's best
 on these labels (a sweep in steps of 0.05: optimistic, but the same for both methods): the
 per-pixel rule (``index > t``) and split-and-merge with a few settings, no smoothing after
-either. Columns: water IoU and F1
-against the labels, boundary F1 (a predicted boundary pixel counts when a labelled one lies
-within 2 px, and the other way round), water objects (4-connected) and specks among them (at
-most 4 px), milliseconds for the scene (the rule alone: the index is computed before).
+either. Columns: water IoU and F1 against the labels, boundary F1 (a predicted boundary pixel
+counts when a labelled one lies within 2 px, and the other way round), water objects
+(4-connected) and specks among them (at most 4 px), milliseconds for the scene (the rule
+alone: the index is computed before).
 
 Usage: python benchmarks/splitmerge.py
 """
