@@ -342,6 +342,11 @@ class Manifest:
     def __init__(self, path: Path, *, workflow: str, readonly: bool = False) -> None:
         self.path = path
         self._lock = threading.Lock()
+        if path.is_symlink():  # SQLite would write through it
+            raise GeosegError(
+                f"the batch manifest {str(path)!r} is a symbolic link; geoseg never writes "
+                "through one: remove it"
+            )
         try:
             if readonly:
                 uri = f"{path.resolve().as_uri()}?mode=ro"
@@ -541,7 +546,16 @@ def folder_lock(folder: Path, *, run_id: str | None = None) -> Iterator[None]:
     import fcntl
 
     path = folder / LOCK_NAME
-    with path.open("a+") as fh:
+    # Never through a link planted at its name: it is truncated and written below.
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as err:
+        raise GeosegError(
+            f"cannot take the batch lock {str(path)!r} ({err.strerror}); if it is a symbolic "
+            "link, remove it"
+        ) from err
+    with os.fdopen(fd, "a+") as fh:
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -51,9 +51,10 @@ from geoseg.batch.manifest import (
     utc_now,
 )
 from geoseg.config import RunConfig
-from geoseg.errors import GeosegError, OutputExistsError
+from geoseg.errors import GeosegError, OutputExistsError, OutputWriteError
 from geoseg.run.pipeline import run_scene
 from geoseg.scheduler import DaskLogMute, Execution, open_execution
+from geoseg.tiling.atomic import write_text_atomic
 
 if TYPE_CHECKING:
     from geoseg.batch.workflow import Workflow
@@ -164,7 +165,15 @@ class BatchLog:
         self._lock = threading.Lock()
         if path.exists() and path.stat().st_size > max_bytes:
             path.replace(path.with_name(path.name + ".1"))
-        self._fh: TextIO = path.open("a", encoding="utf-8")
+        # Appended to, never through a link planted at its name (O_NOFOLLOW).
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            self._fh: TextIO = os.fdopen(os.open(path, flags, 0o666), "a", encoding="utf-8")
+        except OSError as err:  # ELOOP: a symbolic link; or a read-only folder
+            raise OutputWriteError(
+                f"cannot write the batch log {str(path)!r} ({err.strerror}); if it is a "
+                "symbolic link, remove it"
+            ) from err
 
     def event(self, kind: str, subject: str, detail: str = "") -> None:
         text = " ".join(detail.split())  # one line, whatever the error message holds
@@ -199,9 +208,7 @@ def write_run_summary(
     while path.exists():
         path = runs / f"{stem}-{n}.json"
         n += 1
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(body, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(body, indent=2, default=str) + "\n")
     ours = [(m, p) for p in runs.iterdir() if (m := _SUMMARY_NAME.match(p.name))]
     ours.sort(key=lambda mp: (mp[0][1], int(mp[0][2] or 1)))
     for _, old in ours[: max(0, len(ours) - max(1, keep))]:

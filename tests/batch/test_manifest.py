@@ -317,3 +317,34 @@ def test_stale_temporaries_of_this_workflow_are_removed_journals_kept(tmp_path: 
     )
     assert clean_partials([scene]) == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[3:])
+
+
+def test_the_batch_log_and_run_summaries_never_write_through_a_link(tmp_path: Path) -> None:
+    """Before: the log was opened for appending and the summary written to a predictable
+    .<name>.partial, both through links another user could plant in a shared folder."""
+    from geoseg.errors import OutputWriteError
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (tmp_path / "geoseg-batch.log").symlink_to(victim)
+    with pytest.raises(OutputWriteError, match=r"cannot write the batch log .* remove it"):
+        BatchLog(tmp_path / "geoseg-batch.log", run_id="r")
+    start = datetime(2026, 11, 25, 3, 0, tzinfo=UTC)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / ".2026-11-25T03-00-00.000000Z.json.partial").symlink_to(victim)
+    path = write_run_summary(tmp_path, start, {"i": 1})
+    assert json.loads(path.read_text()) == {"i": 1} and victim.read_text() == "precious"
+
+
+def test_the_folder_lock_and_manifest_never_write_through_a_link(tmp_path: Path) -> None:
+    """Before: the batch lock was opened "a+" and truncated: a link planted at its name in a
+    shared output folder emptied the file it pointed to."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (tmp_path / ".geoseg-batch.lock").symlink_to(victim)
+    with pytest.raises(GeosegError, match="cannot take the batch lock"), folder_lock(tmp_path):
+        pass
+    (tmp_path / "geoseg-manifest.sqlite").symlink_to(victim)
+    with pytest.raises(GeosegError, match="is a symbolic link"):
+        Manifest(tmp_path / "geoseg-manifest.sqlite", workflow="w")
+    assert victim.read_text() == "precious"
