@@ -11,6 +11,12 @@ mean (mean index > threshold). Merge: adjacent leaves with the same label are on
 Leaves smaller than ``min_region`` never exist, so a speck smaller than a ``min_region``
 square that does not dominate its cell's mean is absorbed by its surroundings.
 
+With ``agreement=1`` (the default) a cell stays whole only when all its pixels lie on one
+side of the threshold, and then so do the means of all its sub-cells: the class raster is
+exactly the threshold of the mean of each ``min_region`` cell of the scene-aligned grid,
+and the quadtree (and ``max_variance``) shape only the regions. With ``agreement < 1`` a
+homogeneous cell's mean also overrules a minority of its pixels, at every scale.
+
 The quadtree is anchored to the scene, not the block: its roots are the ``max_region``
 squares at multiples of ``max_region`` in scene pixel coordinates, and every cell below one
 is a power-of-two square aligned the same way. A block therefore sees the same cells as the
