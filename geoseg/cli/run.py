@@ -52,7 +52,7 @@ from geoseg.errors import ConfigError
 @click.option("--threads", type=int, help="Dask threads per local worker.")
 @click.option(
     "--smooth",
-    type=click.Choice(["none", "morph", "crf", "crf+morph"]),
+    type=click.Choice(["none", "morph", "crf", "crf+morph", "gridcrf", "gridcrf+morph"]),
     help="Smoothing for every class (default: each class's recipe: water crf+morph, "
     "roads and crops morph).",
 )

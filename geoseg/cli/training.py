@@ -301,7 +301,10 @@ def _parse_value_map(text: str | None) -> dict[str, str]:
 )
 @click.option("--classes", help="Classes to score (default: all of the model's).")
 @click.option("--region", help="Score only ROW,COL,HEIGHT,WIDTH (a held-out window).")
-@click.option("--smooth", type=click.Choice(["none", "morph", "crf", "crf+morph"]))
+@click.option(
+    "--smooth",
+    type=click.Choice(["none", "morph", "crf", "crf+morph", "gridcrf", "gridcrf+morph"]),
+)
 @click.option("--bands", help="Scene band numbers feeding the model.")
 @click.option("--sensor", help="Sensor preset naming the bands.")
 @click.option("--scheduler", default="sync", show_default=True, help="sync, local or address.")

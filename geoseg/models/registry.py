@@ -56,6 +56,10 @@ GEOSEG_ARCHITECTURES: Mapping[str, tuple[str, str, bool]] = {
     "dynamicworld": ("dynamicworld", "DynamicWorldNet", False),
     # Xin Luo's WatNet-L578 surface-water U-Net (Landsat 5/7/8 surface reflectance).
     "watnet": ("watnet", "WatNet", False),
+    # Long et al. 2015 over an smp encoder; params: variant (fcn8s, fcn16s, fcn32s), upsampling.
+    "fcn": ("fcn", "FCN", True),
+    # FC-DenseNet (Jegou et al. 2017); params: variant (fc-densenet56, 67, 103).
+    "tiramisu": ("tiramisu", "Tiramisu", False),
 }
 
 ARCHITECTURES: tuple[str, ...] = (*SMP_ARCHITECTURES, *GEOSEG_ARCHITECTURES)

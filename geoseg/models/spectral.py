@@ -74,15 +74,22 @@ METHODS: dict[str, SpectralMethod] = {
 
 
 def is_spectral(source: str) -> bool:
-    """Whether a ``--model`` value names a built-in spectral method."""
-    return source.split(":", 1)[0].lower() in METHODS
+    """Whether a ``--model`` value names a built-in spectral method (``ndwi``,
+    ``splitmerge:ndwi``, ...)."""
+    head = source.split(":", 1)[0].strip().lower()
+    return head in METHODS or head == "splitmerge"
 
 
 def spectral_card(source: str, *, threshold: float | None = None) -> ModelCard:
     """The card of a built-in method: ``"ndwi"``, ``"ndwi:otsu"`` or ``"ndwi:0.15"``.
 
-    ``threshold`` fills in a computed Otsu threshold.
+    ``threshold`` fills in a computed Otsu threshold. ``splitmerge:ndwi[:t]`` is
+    split-and-merge on the index (:func:`geoseg.models.splitmerge.splitmerge_card`).
     """
+    if source.split(":", 1)[0].strip().lower() == "splitmerge":
+        from geoseg.models.splitmerge import splitmerge_card
+
+        return splitmerge_card(source, threshold=threshold)
     name, _, arg = source.partition(":")
     method = METHODS.get(name.lower())
     if method is None:

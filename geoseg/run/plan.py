@@ -27,6 +27,7 @@ from geoseg.models.spectral import (
     is_spectral,
     spectral_card,
 )
+from geoseg.models.splitmerge import splitmerge_halo_px
 from geoseg.postprocess import (
     SmoothingRecipe,
     override_classes,
@@ -349,6 +350,8 @@ def plan_run(scene_path: str | os.PathLike[str], config: RunConfig) -> RunPlan:
         overlap=overlap,
         block=max(config.block, tile),
     )
+    # Split-and-merge needs every quadtree root its block core touches.
+    halo = max([halo, *(splitmerge_halo_px(u.card) for u in uses)])
     if scene.crs is None:  # told once the plan stands (a refused run says why instead)
         log.warning(
             "%s has no CRS: polygons will be in its pixel grid units and area_m2 in those "

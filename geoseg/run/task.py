@@ -19,6 +19,7 @@ from geoseg.config import InferenceOptions
 from geoseg.errors import GeosegError, TaskFailure
 from geoseg.models.predictor import Segmenter, cached_segmenter
 from geoseg.models.spectral import SpectralSegmenter
+from geoseg.models.splitmerge import SplitMergeSegmenter
 from geoseg.postprocess import argmax_classes, colour_bands, smooth_block
 from geoseg.run.memory import peak_rss_mb
 from geoseg.run.plan import MAX_ROAD_WIDTH_M, NODATA_CLASS, ModelUse, RunPlan
@@ -38,6 +39,8 @@ __all__ = ["block_task", "process_block"]
 
 def _segmenter(use: ModelUse, options: InferenceOptions) -> Segmenter:
     if use.card.architecture == "spectral":
+        if use.card.params.get("segmentation") == "splitmerge":
+            return SplitMergeSegmenter(use.card)
         return SpectralSegmenter(use.card)
     return cached_segmenter(
         use.source, options=replace(options, tile=use.tile, overlap=use.overlap)
@@ -88,7 +91,10 @@ def process_block(plan: RunPlan, block: Block) -> BlockResult:
         precision = getattr(seg, "precision", "index")  # spectral methods: no network
         probs = None
         if grid is None and valid.any():
-            probs = seg.predict(image, valid)
+            if isinstance(seg, SplitMergeSegmenter):  # its quadtree is anchored to the scene
+                probs = seg.predict(image, valid, origin=(block.read.row_off, block.read.col_off))
+            else:
+                probs = seg.predict(image, valid)
         elif grid is not None and model_valid.any():
             probs = to_scene_grid(
                 seg.predict(model_image, model_valid),
