@@ -500,8 +500,10 @@ class _Parser:
 
             try:
                 TilingSpec(tile=tile, overlap=overlap or 0, block=max(block, tile))
+                InferenceOptions(tile=tile, overlap=overlap)
             except ConfigError as err:
                 self.bad(fields["tile"], str(err))
+                tile = None  # reported: the other settings are still checked
         return block, tile, overlap
 
     def _inference(

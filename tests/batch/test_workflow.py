@@ -131,6 +131,10 @@ BAD_CASES = {
             "12: classes: given twice (first on line 4)",
         ],
     ),
+    "tile over the bound": (
+        GOOD + "tiling: {tile: 65536}\n",
+        ["9: tiling.tile: tile size 65536 is too large; use at most 8192"],
+    ),
     "not YAML": ("version: 1\ninputs: [a\n", ["3: (file): not valid YAML: expected ',' or ']'"]),
     "not a mapping": (
         "- version: 1\n- inputs: x\n",
