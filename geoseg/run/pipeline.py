@@ -478,7 +478,12 @@ def _run_locked(
         plan = replace(plan, inference=execution.with_cluster_threads(plan.inference))
     folder = paths.gpkg.absolute().parent
     # The fingerprint is the plan's before the spectral statistics, which it determines.
-    journal = Journal(paths.journal, fingerprint=_plan_fingerprint(plan, config), resume=resume)
+    try:
+        journal = Journal(paths.journal, fingerprint=_plan_fingerprint(plan, config), resume=resume)
+    except OutputWriteError as err:
+        if _disk_full(err, folder):
+            raise OutputWriteError(f"no space left on {str(folder)!r}") from err
+        raise
     journalled = 0
     outputs: RunOutputs | None = None
     try:

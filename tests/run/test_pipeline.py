@@ -528,3 +528,27 @@ def test_the_index_statistics_pass_is_journalled_and_not_redone_on_resume(
     assert passes == [1], "the statistics came from the journal"
     assert summary.resumed_blocks == 0
     _same_outputs(out, reference.gpkg)
+
+
+def test_a_disk_full_when_the_journal_is_created_leaves_nothing(
+    make_scene, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: a traceback and an empty journal left beside the output."""
+    import sqlite3
+
+    from geoseg.errors import OutputWriteError
+
+    scene, _ = make_scene(64, 64, seed=4)
+    real = sqlite3.connect
+
+    def full(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if str(path).endswith(".journal"):
+            db = real(path, *args, **kwargs)
+            db.close()  # the file is created, then the disk is full
+            raise sqlite3.OperationalError("database or disk is full")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(sqlite3, "connect", full)
+    with pytest.raises(OutputWriteError, match=r"^no space left on '.*'$"):
+        run_scene(scene, tmp_path / "o.gpkg", _ndwi())
+    assert sorted(p.name for p in tmp_path.iterdir()) == [scene.name]
