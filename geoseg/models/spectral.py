@@ -124,6 +124,9 @@ def spectral_card(source: str, *, threshold: float | None = None) -> ModelCard:
         ),
         tile_size=512,
         overlap=0,
+        # An index is a ratio of reflectances: digital numbers with a scale and offset (the
+        # file's, or a product preset's such as Sentinel-2 L2A's -1000) are converted first.
+        reflectance_scale=1.0,
         params=params,
         description=method.description,
     )

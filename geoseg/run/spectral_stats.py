@@ -59,9 +59,20 @@ class BandStats:
         return tuple(float(max(np.sqrt(max(v, 0.0)), 1e-6)) for v in var)
 
 
-def block_band_stats(path: str, block: Block, bands: tuple[int, int]) -> BandStats:
-    """Index histogram and band moments over one block core (a Dask task)."""
+def block_band_stats(
+    path: str,
+    block: Block,
+    bands: tuple[int, int],
+    scaling: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+) -> BandStats:
+    """Index histogram and band moments over one block core (a Dask task), of the values the
+    method sees (``scaling``: per band scale and offset, as the run applies them)."""
     image, valid = read_window(path, block.core, bands=bands)
+    if scaling is not None:
+        image = (
+            image.astype(np.float32) * np.asarray(scaling[0], dtype=np.float32)[:, None, None]
+            + np.asarray(scaling[1], dtype=np.float32)[:, None, None]
+        )
     px = image[:, valid].astype(np.float64)
     return BandStats(
         hist=index_histogram(normalized_difference(image[0], image[1]), valid),
@@ -91,13 +102,16 @@ def prepare_spectral(plan: RunPlan, *, client: Any = None) -> RunPlan:
             continue
         bands = (use.bands[0], use.bands[1])
         if client is None:
-            stats = _sum_stats([block_band_stats(plan.scene.path, b, bands) for b in plan.blocks])
+            stats = _sum_stats(
+                [block_band_stats(plan.scene.path, b, bands, use.scaling) for b in plan.blocks]
+            )
         else:
             futures = client.map(
                 block_band_stats,
                 [plan.scene.path] * len(plan.blocks),
                 plan.blocks,
                 [bands] * len(plan.blocks),
+                [use.scaling] * len(plan.blocks),
                 pure=False,
             )
             stats = client.submit(_sum_stats, futures).result()
