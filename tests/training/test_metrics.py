@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 
 from geoseg.errors import ConfigError
-from geoseg.training.metrics import SegmentationMetrics, compute_metrics, confusion_matrix
+from geoseg.training.metrics import (
+    SegmentationMetrics,
+    boundary_f1,
+    compute_metrics,
+    confusion_matrix,
+)
 
 NAMES = ("background", "water", "roads")
 
@@ -85,3 +90,68 @@ def test_bad_inputs_raise():
         confusion_matrix(np.zeros(3), np.zeros(4), n_classes=2)
     with pytest.raises(ConfigError, match="2x2"):
         compute_metrics(np.zeros((3, 3)), ("a", "b"))
+
+
+def _square(size: int = 10) -> np.ndarray:
+    mask = np.zeros((size, size), dtype=bool)
+    mask[2:6, 2:6] = True
+    return mask
+
+
+def test_boundary_f1_matches_boundaries_within_the_tolerance():
+    truth = _square()
+    shifted = np.roll(truth, 1, axis=1)
+    assert boundary_f1(truth, truth) == 1.0
+    assert boundary_f1(shifted, truth) == 1.0  # 1 px off, within the default 2 px
+    # Exactly: 6 of the 12 boundary pixels of each coincide.
+    assert boundary_f1(shifted, truth, tolerance_px=0) == pytest.approx(0.5)
+    wide = _square(14)
+    assert 0.0 < boundary_f1(np.roll(wide, 3, axis=1), wide) < 1.0
+    assert boundary_f1(np.roll(wide, 6, axis=1), wide) == 0.0  # 3 px apart at the closest
+
+
+def test_boundary_f1_falls_when_fine_boundary_detail_is_smoothed_away():
+    # A field whose top edge is a comb of 1 px slots; the prediction fills them in.
+    truth = np.zeros((60, 60), dtype=bool)
+    truth[10:50, 10:50] = True
+    truth[10:20, 12:48:4] = False
+    smoothed = np.zeros_like(truth)
+    smoothed[10:50, 10:50] = True
+    iou = (smoothed & truth).sum() / (smoothed | truth).sum()
+    assert iou > 0.94  # IoU hardly notices
+    assert boundary_f1(smoothed, truth) == pytest.approx(0.75, abs=0.01)
+
+
+def test_boundary_f1_ignores_nodata_and_the_array_edge():
+    rng = np.random.default_rng(0)
+    pred, truth = rng.random((30, 30)) > 0.5, rng.random((30, 30)) > 0.5
+    valid = np.ones((30, 30), dtype=bool)
+    valid[:, :5] = False
+    valid[:3] = False
+    # Masking a margin scores exactly like cutting it off.
+    assert boundary_f1(pred, truth, valid=valid, tolerance_px=0) == pytest.approx(
+        boundary_f1(pred[3:, 5:], truth[3:, 5:], tolerance_px=0)
+    )
+    # Water up to the edge of a nodata strip has no boundary there.
+    water = np.zeros((20, 20), dtype=bool)
+    water[:, :10] = True
+    strip = np.ones((20, 20), dtype=bool)
+    strip[:, 10] = False
+    assert math.isnan(boundary_f1(water, water, valid=strip))
+    speck = water.copy()
+    speck[5, 15] = True
+    assert boundary_f1(speck, water, valid=strip) == 0.0
+    assert boundary_f1(speck, water) > 0.9  # without the mask the strip's edge matches
+
+
+def test_boundary_f1_of_empty_masks_and_bad_inputs():
+    empty = np.zeros((10, 10), dtype=bool)
+    assert math.isnan(boundary_f1(empty, empty))
+    assert boundary_f1(empty, _square()) == 0.0
+    assert boundary_f1(_square(), empty) == 0.0
+    with pytest.raises(ConfigError, match="one shape"):
+        boundary_f1(empty, np.zeros((10, 11), dtype=bool))
+    with pytest.raises(ConfigError, match="valid mask shape"):
+        boundary_f1(empty, empty, valid=np.ones((3, 3), dtype=bool))
+    with pytest.raises(ConfigError, match="tolerance_px=-1"):
+        boundary_f1(empty, empty, tolerance_px=-1)
