@@ -106,8 +106,8 @@ BAD_CASES = {
     "no model for a class": (
         GOOD.replace("[water]", "[water, forest]"),
         [
-            "5: models: no model for class 'forest' (defaults exist for roads, water); "
-            "add models: {forest: "
+            "5: models: no model for class 'forest' (defaults exist for roads, water, crops, "
+            "trees, grass, built, bare, shrub_and_scrub, snow_and_ice); add models: {forest: "
         ],
     ),
     "model lacks the class": (

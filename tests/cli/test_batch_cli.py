@@ -295,7 +295,8 @@ def test_scenes_share_one_local_cluster_within_the_block_budget(
     def counting(scene: str, *args: Any, **kwargs: Any) -> Any:
         with lock:
             active[0] += 1
-            seen.append((active[0], kwargs["max_in_flight"], kwargs["execution"].client is not None))
+            ex = kwargs["execution"]
+            seen.append((active[0], kwargs["max_in_flight"], ex.client is not None))
         try:
             return real(scene, *args, **kwargs)
         finally:

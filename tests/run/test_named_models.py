@@ -15,7 +15,8 @@ from geoseg.run.plan import plan_run
 
 def test_a_named_model_without_the_class_is_an_error_naming_what_it_gives(make_scene) -> None:
     scene, _ = make_scene(64, 64)
-    with pytest.raises(ClassNotAvailableError, match="model 'ndvi-otsu' gives vegetation, not water"):
+    message = "model 'ndvi-otsu' gives vegetation, not water"
+    with pytest.raises(ClassNotAvailableError, match=message):
         plan_run(scene, run_config(classes="water", models=["ndvi"]))
 
 
