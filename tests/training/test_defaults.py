@@ -16,6 +16,8 @@ from geoseg.models.bands import band_roles
 from geoseg.models.card import ModelCard
 from geoseg.models.defaults import (
     DEFAULT_MODELS,
+    DYNAMIC_WORLD,
+    WATNET,
     WEIGHTS_DIR,
     default_model_cards,
     default_sources,
@@ -36,12 +38,17 @@ LANDSAT_REGION = LANDSAT.validation.region
 assert LANDSAT_REGION is not None
 
 SHIPPED = sorted({s for c in DEFAULT_MODELS.values() for s in c if not is_spectral(s)})
+# Published networks ported by tools/ (trained elsewhere), and the models geoseg trained.
+PORTED = [DYNAMIC_WORLD, WATNET]
+TRAINED = [s for s in SHIPPED if s not in PORTED]
 WATER_FALLBACK = DEFAULT_MODELS["water"][-1]  # the NDWI method
 MAX_BYTES = 30 * 1024 * 1024
 MIN_DEFAULT_IOU = 0.2  # a class gets a default model only if it validates at least this well
 
 RGB = ["red", "green", "blue"]
 LANDSAT7 = band_roles(["B1 blue", "B2 green", "B3 red", "B4 NIR", "B5 SWIR1", "B7 SWIR2"])
+S2_L1C = ["B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B10", "B11", "B12"]
+DW_NEEDS = "blue, green, red, rededge1, rededge2, rededge3, nir, swir1, swir2"
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +73,14 @@ def test_shipped_model_is_a_small_self_describing_safetensors_file(name, cards):
     # Every class the mapping sends to this file is one of its outputs.
     claimed = {cls for cls, sources in DEFAULT_MODELS.items() if name in sources}
     assert claimed <= set(card.class_names[1:])
+    # Weights made elsewhere carry a licence; geoseg's own carry none.
+    assert bool(card.licence) == (name in PORTED)
+
+
+@pytest.mark.parametrize("name", TRAINED)
+def test_a_model_geoseg_trained_records_its_training(name, cards):
+    card = cards[name]
+    claimed = {cls for cls, sources in DEFAULT_MODELS.items() if name in sources}
     # The card says what it was trained on, for how long, and how well it did.
     t = card.training
     assert t["epochs"] >= 1 and t["steps"] >= 100 and t["wall_time_s"] > 0
@@ -81,14 +96,46 @@ def test_shipped_model_is_a_small_self_describing_safetensors_file(name, cards):
     assert card.training["weights_dtype"] == "fp16"
 
 
+@pytest.mark.parametrize("name", PORTED)
+def test_a_ported_model_records_its_origin_licence_and_port_fidelity(name, cards):
+    card = cards[name]
+    t = card.training
+    # Who trained it and where it comes from, under which licence, with the credit it requires.
+    assert card.licence in {"Apache-2.0", "MIT"}
+    assert card.attribution.strip()
+    assert card.source.startswith("https://github.com/") and "commit" in card.source
+    assert "geoseg did not train" in t["trained_by"]
+    assert t["data"] and t["published_accuracy"]
+    # How the file was made from the published weights, and how close the port is to them.
+    assert "tools/convert_" in t["conversion"]
+    fidelity = t.get("port_fidelity") or t.get("measured_here", {}).get("port_fidelity")
+    assert fidelity, f"{name}: no port fidelity record"
+    if name == DYNAMIC_WORLD:
+        assert fidelity["network_fp32_argmax_agreement"] == 1.0
+        assert fidelity["network_fp32_max_abs_diff_probabilities"] < 1e-4
+    else:
+        assert fidelity.startswith("bit-identical")
+    assert t["measured_here"]
+    # No geoseg training record: nothing suggests geoseg trained it or can retrain it.
+    assert not {"epochs", "steps", "reproducibility", "evaluation"} & set(t)
+    # Where the card records a validation, each class it is a default for clears the bar.
+    claimed = {cls for cls, sources in DEFAULT_MODELS.items() if name in sources}
+    for cls in claimed & set(t.get("validation", {}).get("classes", {})):
+        assert t["validation"]["classes"][cls]["iou"] >= MIN_DEFAULT_IOU
+
+
 def test_cards_list_every_default_and_every_shipped_file(cards):
     shipped = {p.name for p in WEIGHTS_DIR.glob("*.safetensors")}
-    assert shipped == {ROADS_FILE, LANDSAT_FILE}
+    assert shipped == {ROADS_FILE, LANDSAT_FILE, DYNAMIC_WORLD, WATNET}
+    assert set(TRAINED) == {ROADS_FILE, LANDSAT_FILE}
     assert set(cards) == {s for c in DEFAULT_MODELS.values() for s in c} | shipped
     assert cards[WATER_FALLBACK].bands == ("green", "nir")
     assert cards[ROADS_FILE].bands == ("red", "green", "blue")
     assert cards[LANDSAT_FILE].bands == ("blue", "green", "red", "nir", "swir1")
     assert cards[LANDSAT_FILE].class_names == ("background", "water", "crops")
+    assert cards[WATNET].bands == ("blue", "green", "red", "nir", "swir1", "swir2")
+    assert cards[WATNET].class_names == ("background", "water")
+    assert ", ".join(cards[DYNAMIC_WORLD].bands) == DW_NEEDS
 
 
 def test_the_water_default_is_what_validated_best(cards):
@@ -96,10 +143,16 @@ def test_the_water_default_is_what_validated_best(cards):
     results = comparison["results"]
     # Decided on what `geoseg run` gives by default: each class's smoothing recipe.
     best = max(results.values(), key=lambda r: r["water"]["default"]["iou"] or 0.0)
-    assert comparison["best"] == best["source"]
-    assert DEFAULT_MODELS["water"][0] == best["source"]
+    assert comparison["best"] == best["source"] == LANDSAT_FILE
+    # Where a scene's values cannot be sampled, the order chooses between the two Landsat
+    # networks: the one that scored better on the held-out region of the Landsat 7 scene.
+    water = DEFAULT_MODELS["water"]
+    held_out = cards[WATNET].training["measured_here"]["landsat7_nc"]["water_iou"]
+    scores = held_out["held_out_default_smoothing"]
+    assert scores[Path(LANDSAT_FILE).stem] > scores[Path(WATNET).stem]
+    assert water.index(LANDSAT_FILE) < water.index(WATNET)
     # The NDWI fallback is the best NDWI method of the comparison (threshold chosen on
-    # the training area), for scenes without the first candidate's bands.
+    # the training area), for scenes no network fits.
     ndwi = [r for k, r in results.items() if k.startswith("ndwi:")]
     assert max(ndwi, key=lambda r: r["water"]["default"]["iou"])["source"] == WATER_FALLBACK
     # Every spectral contender was scored on the same held-out region.
@@ -150,13 +203,21 @@ def test_water_falls_back_to_ndwi_on_a_green_and_nir_scene():
     assert default_sources(["water"], roles=[None, None], count=2) == (WATER_FALLBACK,)
 
 
-def test_trained_models_are_passed_over_at_a_very_different_resolution():
+def test_trained_models_are_passed_over_on_much_coarser_pixels_but_kept_on_finer():
     landsat = str(WEIGHTS_DIR / LANDSAT_FILE)
     assert default_sources(["water"], roles=LANDSAT7, count=6, resolution_m=30.0) == (landsat,)
-    # 10 m pixels: the 28.5 m model is passed over for NDWI, which has no resolution.
-    assert default_sources(["water"], roles=LANDSAT7, count=6, resolution_m=10.0) == (
+    # Finer pixels at any ratio: the scene is read at the model's 28.5 m.
+    assert default_sources(["water"], roles=LANDSAT7, count=6, resolution_m=10.0) == (landsat,)
+    # Coarser by more than 2x: both Landsat networks (28.5 m, 30 m) are passed over for NDWI,
+    # which has no resolution.
+    assert default_sources(["water"], roles=LANDSAT7, count=6, resolution_m=100.0) == (
         WATER_FALLBACK,
     )
+    roads = str(WEIGHTS_DIR / ROADS_FILE)
+    assert default_sources(["roads"], roles=RGB, count=3, resolution_m=0.3) == (roads,)
+    assert default_sources(["roads"], roles=RGB, count=3, resolution_m=2.0) == (roads,)
+    with pytest.raises(BandError, match=r"trained for 1 m pixels, the scene's are 2.5 m; pass"):
+        default_sources(["roads"], roles=RGB, count=3, resolution_m=2.5)
     with pytest.raises(BandError, match=r"trained for 1 m pixels, the scene's are 8.22 m; pass"):
         default_sources(["roads"], roles=RGB, count=3, resolution_m=8.21533)
 
@@ -184,8 +245,11 @@ def test_defaults_whose_units_do_not_match_the_scene_are_passed_over(cards):
         default_sources(["roads"], roles=RGB, count=3, value_misfit=l8_dns)
 
 
-def _landsat_like(path: Path, scale: float, dtype: str) -> Path:
-    """A 6-band 30 m scene named like Landsat 7 (B1-B5, B7) with values ``scale`` x 8-bit."""
+def _landsat_like(
+    path: Path, scale: float, dtype: str, *, metadata: tuple[float, float] | None = None
+) -> Path:
+    """A 6-band 30 m scene named like Landsat 7 (B1-B5, B7) with values ``scale`` x 8-bit,
+    and each band's ``metadata`` (scale, offset) to physical values when given."""
     rng = np.random.default_rng(0)
     base = rng.integers(40, 110, size=(6, 300, 300)).astype(np.float64)
     profile = dict(
@@ -196,6 +260,9 @@ def _landsat_like(path: Path, scale: float, dtype: str) -> Path:
         dst.write((base * scale).astype(dtype))
         for i, name in enumerate(["B1", "B2", "B3", "B4", "B5", "B7"], start=1):
             dst.set_band_description(i, name)
+        if metadata is not None:
+            dst.scales = [metadata[0]] * 6
+            dst.offsets = [metadata[1]] * 6
     return path
 
 
@@ -204,13 +271,23 @@ def test_a_run_plan_samples_the_scene_to_choose_the_water_model(tmp_path: Path, 
     from geoseg.run.plan import plan_run
 
     landsat = str(WEIGHTS_DIR / LANDSAT_FILE)
+    watnet = str(WEIGHTS_DIR / WATNET)
     config = RunConfig(classes=("water",), sensor="landsat7")
     dn8 = plan_run(_landsat_like(tmp_path / "l7.tif", 1.0, "uint8"), config)
     assert [u.source for u in dn8.models] == [landsat]
+    # 16-bit DNs of unknown scaling: neither Landsat network understands them.
     dn16 = plan_run(_landsat_like(tmp_path / "l8.tif", 120.0, "uint16"), config)
     assert [u.source for u in dn16.models] == [WATER_FALLBACK]
+    # Reflectance 0-1: WatNet, reading the values as stored.
     refl = plan_run(_landsat_like(tmp_path / "sr.tif", 1 / 800, "float32"), config)
-    assert [u.source for u in refl.models] == [WATER_FALLBACK]
+    assert [(u.source, u.scaling) for u in refl.models] == [(watnet, None)]
+    # The same 16-bit DNs with the file's scale and offset to reflectance (Collection 2
+    # Level-2): sampled in WatNet's units, they fit it, and the run applies that scaling.
+    c2l2 = _landsat_like(tmp_path / "c2l2.tif", 120.0, "uint16", metadata=(2.75e-5, -0.2))
+    (use,) = plan_run(c2l2, config).models
+    assert use.source == watnet
+    assert use.scaling is not None
+    np.testing.assert_allclose(use.scaling, [[2.75e-5] * 6, [-0.2] * 6])
     # A model the user names is kept, with a warning saying why it may not suit the scene.
     caplog.clear()
     config = RunConfig(classes=("water",), models=(landsat,), sensor="landsat7")
@@ -220,18 +297,33 @@ def test_a_run_plan_samples_the_scene_to_choose_the_water_model(tmp_path: Path, 
 
 
 def test_an_unknown_class_lists_the_classes_with_defaults():
-    with pytest.raises(ClassNotAvailableError, match=r"'buildings'.*: roads, water;.*--model"):
+    listed = "roads, water, crops, trees, grass, built, bare, shrub_and_scrub, snow_and_ice"
+    with pytest.raises(ClassNotAvailableError, match=rf"'buildings'.*: {listed};.*--model"):
         default_sources(["water", "buildings"], roles=LANDSAT7, count=6)
 
 
-def test_crops_have_no_default_because_no_trained_model_validates_for_them(cards):
+def test_crops_come_from_dynamic_world_on_sentinel2_and_other_scenes_are_told_what_it_needs(
+    cards,
+):
     # The Landsat model has a crops output, but on the held-out region it finds none of the
     # 1996 agriculture pixels: a default that silently returns nothing would mislead.
     crops = cards[LANDSAT_FILE].training["validation"]["classes"]["crops"]
     assert crops["iou"] < MIN_DEFAULT_IOU
-    assert "crops" not in DEFAULT_MODELS
-    with pytest.raises(ClassNotAvailableError, match="no default model for class 'crops'"):
+    assert DEFAULT_MODELS["crops"] == (DYNAMIC_WORLD,)
+    s2 = band_roles(S2_L1C)
+    dw = str(WEIGHTS_DIR / DYNAMIC_WORLD)
+    assert default_sources(["crops"], roles=s2, count=13, resolution_m=10.0) == (dw,)
+    # A Landsat 7 scene (no red edge), or the Sentinel-2 render B01-B08 (no SWIR): the error
+    # names the class, what its default needs, what the scene has, and the way out.
+    with pytest.raises(BandError) as err:
         default_sources(["crops"], roles=LANDSAT7, count=6)
+    msg = str(err.value)
+    assert "class 'crops'" in msg and f"{DYNAMIC_WORLD} needs {DW_NEEDS};" in msg
+    assert "(bands blue, green, red, nir, swir1, swir2)" in msg
+    assert "--bands" in msg and "--sensor" in msg and "--model" in msg
+    render = band_roles([f"B0{i}" for i in range(1, 9)])
+    with pytest.raises(BandError, match=rf"class 'crops'.*{DYNAMIC_WORLD} needs {DW_NEEDS};"):
+        default_sources(["crops"], roles=render, count=8)
 
 
 def test_a_scene_without_the_bands_says_what_each_candidate_needs_and_how_to_fix_it():
@@ -239,7 +331,9 @@ def test_a_scene_without_the_bands_says_what_each_candidate_needs_and_how_to_fix
         default_sources(["water"], roles=RGB, count=3)
     msg = str(err.value)
     assert "class 'water'" in msg
+    assert f"{DYNAMIC_WORLD} needs {DW_NEEDS};" in msg
     assert f"{LANDSAT_FILE} needs blue, green, red, nir, swir1;" in msg
+    assert f"{WATNET} needs blue, green, red, nir, swir1, swir2;" in msg
     assert f"{WATER_FALLBACK} needs green, nir" in msg
     assert "(bands red, green, blue)" in msg
     assert "--bands" in msg and "--sensor" in msg and "--model" in msg
@@ -300,7 +394,8 @@ def test_landsat_model_reaches_its_card_scores_on_the_held_out_region(shared_dat
 def test_card_records_the_pipeline_scores_it_was_shipped_with(cards):
     # What `geoseg evaluate` measured when the model was trained, with and without smoothing,
     # so users see what the default recipes do to each class.
-    for name in SHIPPED:
+    # Models geoseg trained (a ported model's card holds what was measured here instead).
+    for name in TRAINED:
         ev = cards[name].training["evaluation"]
         assert set(ev) >= {"none", "default", "held_out"}
         json.dumps(ev)  # plain JSON
