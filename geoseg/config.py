@@ -151,6 +151,10 @@ class RunConfig:
         Also write the class raster (Cloud Optimized GeoTIFF) next to the GeoPackage.
     probabilities
         Also write per-class probabilities (uint8 COG, ``value / 254``).
+    uncertainty
+        Also write how unsure the model was per pixel: the entropy of its blended class
+        probabilities over the log of its class count, 0 (sure) to 1 (all classes alike),
+        stored like the probabilities (uint8 COG, ``value / 254``).
     cog
         Write rasters as Cloud Optimized GeoTIFFs (else plain tiled GeoTIFFs).
     dst_crs
@@ -175,6 +179,7 @@ class RunConfig:
     simplify_m: float = 0.0
     raster: bool = True
     probabilities: bool = False
+    uncertainty: bool = False
     cog: bool = True
     dst_crs: str | None = None
     centerlines: bool = True
@@ -238,6 +243,7 @@ RUN_OPTIONS: dict[str, tuple[str, str]] = {
     "simplify_m": ("--simplify", "simplify_m"),
     "raster": ("--raster", "output.raster"),
     "probabilities": ("--probabilities", "output.probabilities"),
+    "uncertainty": ("--uncertainty", "output.uncertainty"),
     "cog": ("--cog", "output.cog"),
     "dst_crs": ("--dst-crs", "output.crs"),
     "centerlines": ("--centerlines", "output.centerlines"),
@@ -264,6 +270,7 @@ def run_config(
     simplify_m: float = 0.0,
     raster: bool = True,
     probabilities: bool = False,
+    uncertainty: bool = False,
     cog: bool = True,
     dst_crs: str | None = None,
     centerlines: bool = True,
@@ -300,6 +307,7 @@ def run_config(
         simplify_m=simplify_m,
         raster=raster,
         probabilities=probabilities,
+        uncertainty=uncertainty,
         cog=cog,
         dst_crs=dst_crs,
         centerlines=centerlines,

@@ -76,6 +76,7 @@ output:
   folder: {tmp_path / "out"}
   raster: false
   probabilities: true
+  uncertainty: true
   cog: false
   crs: "EPSG:3857"
   centerlines: false
@@ -98,7 +99,8 @@ output:
         "--smooth", "morph", "--smooth-param", "min_object_area_m2=500",
         "--block", "1024", "--tile", "256", "--overlap", "32",
         "--device", "cpu", "--precision", "fp32", "--batch-size", "3",
-        "--min-area", "5.5", "--simplify", "1.5", "--no-raster", "--probabilities", "--no-cog",
+        "--min-area", "5.5", "--simplify", "1.5", "--no-raster", "--probabilities", "--uncertainty",
+        "--no-cog",
         "--dst-crs", "EPSG:3857", "--no-centerlines", "--prune", "7.5", "--overwrite",
         "--scheduler", "sync",
     ]  # fmt: skip

@@ -77,6 +77,7 @@ _SECTION_KEYS = {
         "overwrite",
         "raster",
         "probabilities",
+        "uncertainty",
         "cog",
         "crs",
         "centerlines",
@@ -123,6 +124,7 @@ class _OutputSpec:
     overwrite: bool
     raster: bool
     probabilities: bool
+    uncertainty: bool
     cog: bool
     crs: str | None
     centerlines: bool
@@ -305,6 +307,7 @@ class _Parser:
                 simplify_m=simplify,
                 raster=out.raster,
                 probabilities=out.probabilities,
+                uncertainty=out.uncertainty,
                 cog=out.cog,
                 dst_crs=out.crs,
                 centerlines=out.centerlines,
@@ -338,6 +341,8 @@ class _Parser:
         # these keys existed (and of every workflow that leaves them out) stays what it was.
         if not out.centerlines or out.prune_m != 20.0:
             settings["centerlines"] = {"enabled": out.centerlines, "prune_m": out.prune_m}
+        if out.uncertainty:
+            settings["outputs"]["uncertainty"] = True
         return Workflow(
             path=self.path,
             name=name,
@@ -552,6 +557,7 @@ class _Parser:
             overwrite=self.typed(fields.get("overwrite"), (bool,), "true or false", False),
             raster=self.typed(fields.get("raster"), (bool,), "true or false", True),
             probabilities=self.typed(fields.get("probabilities"), (bool,), "true or false", False),
+            uncertainty=self.typed(fields.get("uncertainty"), (bool,), "true or false", False),
             cog=self.typed(fields.get("cog"), (bool,), "true or false", True),
             crs=self._crs(fields.get("crs")),
             centerlines=self.typed(fields.get("centerlines"), (bool,), "true or false", True),
@@ -701,7 +707,12 @@ class _Parser:
                 self.problem(out.line, "output.name", msg + "{date} or {id}")
                 break
             seen[gpkg] = inp.label
-            paths = output_paths(gpkg, raster=out.raster, probabilities=out.probabilities)
+            paths = output_paths(
+                gpkg,
+                raster=out.raster,
+                probabilities=out.probabilities,
+                uncertainty=out.uncertainty,
+            )
             scenes.append(
                 Scene(
                     input=inp.path,

@@ -72,6 +72,11 @@ from geoseg.errors import ConfigError
     "--probabilities", is_flag=True, help="Also write per-class probabilities (uint8 COG)."
 )
 @click.option(
+    "--uncertainty",
+    is_flag=True,
+    help="Also write per-pixel uncertainty, the class probabilities' entropy 0-1 (uint8 COG).",
+)
+@click.option(
     "--cog/--no-cog", default=True, show_default=True, help="Rasters as Cloud Optimized GeoTIFF."
 )
 @click.option("--dst-crs", help="Reproject the polygons to this CRS, e.g. EPSG:3857.")
@@ -122,6 +127,7 @@ def run(
     simplify: float,
     raster: bool,
     probabilities: bool,
+    uncertainty: bool,
     cog: bool,
     dst_crs: str | None,
     centerlines: bool,
@@ -171,13 +177,16 @@ def run(
             simplify_m=simplify,
             raster=raster,
             probabilities=probabilities,
+            uncertainty=uncertainty,
             cog=cog,
             dst_crs=dst_crs,
             centerlines=centerlines,
             prune_m=prune,
             overwrite=overwrite,
         )
-        paths = output_paths(out, raster=raster, probabilities=probabilities)
+        paths = output_paths(
+            out, raster=raster, probabilities=probabilities, uncertainty=uncertainty
+        )
         check_address(scheduler)
         if scheduler == "local":
             cpu_cluster_shape(os.cpu_count() or 1, n_workers=workers, threads_per_worker=threads)

@@ -42,6 +42,7 @@ class RunResult:
     gpkg: Path
     raster: Path | None
     probabilities: Path | None
+    uncertainty: Path | None
     polygons: Mapping[str, int]
     lines: Mapping[str, int]
     seconds: float
@@ -107,7 +108,12 @@ def run(
     config = run_config(classes=classes, models=[str(m) for m in models], **options)
     scene, stem = resolve_scene(os.fspath(scene))
     out = Path(output) if output is not None else Path(f"{stem}.gpkg")
-    paths = output_paths(out, raster=config.raster, probabilities=config.probabilities)
+    paths = output_paths(
+        out,
+        raster=config.raster,
+        probabilities=config.probabilities,
+        uncertainty=config.uncertainty,
+    )
     if client is None:
         check_address(scheduler)
     check_outputs(paths.all(), overwrite=config.overwrite)
@@ -121,6 +127,7 @@ def run(
         gpkg=summary.gpkg,
         raster=summary.raster,
         probabilities=summary.probabilities,
+        uncertainty=summary.uncertainty,
         polygons={k: v for k, v in summary.features.items() if k not in lines},
         lines={k: v for k, v in summary.features.items() if k in lines},
         seconds=summary.seconds,

@@ -238,6 +238,8 @@ def encode_result(result: BlockResult) -> bytes:
     arrays: dict[str, np.ndarray] = {"classes": result.classes}
     if result.probabilities is not None:
         arrays["probabilities"] = result.probabilities
+    if result.uncertainty is not None:
+        arrays["uncertainty"] = result.uncertainty
     for name, cp in result.interior.items():
         arrays[f"i.{name}.geometries"] = cp.geometries
         arrays[f"i.{name}.area_m2"] = cp.area_m2
@@ -284,6 +286,7 @@ def decode_result(data: bytes, classes: Sequence[str]) -> BlockResult:
         device=meta["device"],
         precision=meta["precision"],
         probabilities=arrays.get("probabilities"),
+        uncertainty=arrays.get("uncertainty"),
         lines={
             name: BlockLines(
                 geometries=arrays[f"l.{name}.geometries"],

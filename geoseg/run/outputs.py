@@ -41,7 +41,7 @@ from geoseg.vectorize.centerlines import BlockLines, line_lengths_m, merge_cente
 from geoseg.vectorize.geometry import pixels_to_crs
 from geoseg.vectorize.gpkg import GeoPackageWriter, PolygonStore
 from geoseg.vectorize.merge import MergedPolygons, SeamMerger
-from geoseg.vectorize.styles import fill_qml, line_qml, paletted_qml
+from geoseg.vectorize.styles import fill_qml, line_qml, paletted_qml, ramp_qml
 
 __all__ = ["OutputPaths", "RunOutputs", "check_outputs", "output_paths"]
 
@@ -52,7 +52,9 @@ PROB_SCALE = 254.0
 class OutputPaths:
     """Where a run's files go, derived from the ``-o`` GeoPackage path."""
 
-    def __init__(self, gpkg: Path, *, raster: bool, probabilities: bool) -> None:
+    def __init__(
+        self, gpkg: Path, *, raster: bool, probabilities: bool, uncertainty: bool = False
+    ) -> None:
         self.gpkg = gpkg
         self.raster = gpkg.with_name(f"{gpkg.stem}_classes.tif") if raster else None
         # QGIS applies <raster name>.qml next to a raster as its default style.
@@ -60,13 +62,22 @@ class OutputPaths:
         self.probabilities = (
             gpkg.with_name(f"{gpkg.stem}_probabilities.tif") if probabilities else None
         )
+        self.uncertainty = gpkg.with_name(f"{gpkg.stem}_uncertainty.tif") if uncertainty else None
+        self.uncertainty_style = self.uncertainty.with_suffix(".qml") if self.uncertainty else None
         # Beside the outputs: the block journal (kept for --resume) and the run's lock.
         self.journal = gpkg.with_name(f".{gpkg.name}.journal")
         self.lock = gpkg.with_name(f".{gpkg.name}.lock")
 
     def all(self) -> list[Path]:
         """The output files (those a finished run leaves)."""
-        paths = (self.gpkg, self.raster, self.raster_style, self.probabilities)
+        paths = (
+            self.gpkg,
+            self.raster,
+            self.raster_style,
+            self.probabilities,
+            self.uncertainty,
+            self.uncertainty_style,
+        )
         return [p for p in paths if p is not None]
 
     def side_files(self) -> list[Path]:
@@ -108,7 +119,11 @@ def _short(text: str, limit: int = 200) -> str:
 
 
 def output_paths(
-    output: str | os.PathLike[str], *, raster: bool = True, probabilities: bool = False
+    output: str | os.PathLike[str],
+    *,
+    raster: bool = True,
+    probabilities: bool = False,
+    uncertainty: bool = False,
 ) -> OutputPaths:
     """The output files for ``-o output`` (which must be a ``.gpkg``; see
     :func:`check_output_name`)."""
@@ -118,7 +133,7 @@ def output_paths(
             f"output {_short(str(gpkg))!r} must end in .gpkg, e.g. {_short(gpkg.stem)}.gpkg"
         )
     check_output_name(gpkg)
-    return OutputPaths(gpkg, raster=raster, probabilities=probabilities)
+    return OutputPaths(gpkg, raster=raster, probabilities=probabilities, uncertainty=uncertainty)
 
 
 def _dst_crs(text: str | None) -> CRS | None:
@@ -186,6 +201,7 @@ class RunOutputs:
         self.lines: dict[str, list[BlockLines]] = {c: [] for c in plan.centerlines}
         self.raster: RasterWriter | None = None
         self.probabilities: RasterWriter | None = None
+        self.uncertainty: RasterWriter | None = None
         tags = {f"CLASS_{v}": name for v, name in enumerate(plan.classes, start=1)}
         tags.update(CLASS_0="background", GEOSEG_VERSION=__version__)
         if paths.raster is not None:
@@ -210,6 +226,14 @@ class RunOutputs:
                 # GDAL band scale: QGIS and rasterio/GDAL users see probabilities 0-1.
                 band_scales=[(1.0 / PROB_SCALE, 0.0)] * len(plan.classes),
             )
+        if paths.uncertainty is not None:
+            self.uncertainty = RasterWriter(
+                paths.uncertainty,
+                profile=_geotiff_profile(plan, count=1) | {"nodata": PROB_NODATA},
+                tags=tags | {"SCALE": f"normalised class entropy = value / {PROB_SCALE:g}"},
+                band_descriptions=["uncertainty"],
+                band_scales=[(1.0 / PROB_SCALE, 0.0)],
+            )
 
     def add(self, result: BlockResult) -> None:
         """Write one block's rasters and keep its polygons."""
@@ -218,6 +242,8 @@ class RunOutputs:
             self.raster.write(result.classes, block.core)
         if self.probabilities is not None and result.probabilities is not None:
             self.probabilities.write(result.probabilities, block.core)
+        if self.uncertainty is not None and result.uncertainty is not None:
+            self.uncertainty.write(result.uncertainty[np.newaxis], block.core)
         for name, polys in result.seams.items():
             self.merger.add(name, block=block.index, row=block.row, col=block.col, polygons=polys)
         for name, finished in result.interior.items():
@@ -253,6 +279,11 @@ class RunOutputs:
         if self.probabilities is not None:
             self.probabilities.update_tags(**tags)
             self.probabilities.commit(cog=self.cog, overview_resampling="average")
+        if self.uncertainty is not None and self.paths.uncertainty_style is not None:
+            self.uncertainty.update_tags(**tags)
+            stops = [(0, "#1a9850", "sure"), (127, "#fee08b", ""), (254, "#d73027", "unsure")]
+            write_text_atomic(self.paths.uncertainty_style, ramp_qml(stops))
+            self.uncertainty.commit(cog=self.cog, overview_resampling="average")
         self.gpkg.commit()
         return counts
 
@@ -273,7 +304,7 @@ class RunOutputs:
         """Remove every temporary file."""
         self.gpkg.abort()
         self.store.discard()
-        for writer in (self.raster, self.probabilities):
+        for writer in (self.raster, self.probabilities, self.uncertainty):
             if writer is not None:
                 writer.abort()
 

@@ -87,6 +87,7 @@ class RunSummary:
     client_peak_rss_mb: float = 0.0
     worker_peak_rss_mb: Mapping[str, float] = field(default_factory=dict)
     probabilities: Path | None = None
+    uncertainty: Path | None = None
     line_layers: tuple[str, ...] = ()  # layers of ``features`` holding lines, not polygons
     # What ``worker_peak_rss_mb`` covers: "run" (each worker's high-water mark was reset when
     # the run started, or the workers started with it) or "worker lifetime" (a worker where
@@ -120,6 +121,7 @@ class RunSummary:
                 "gpkg": str(self.gpkg),
                 "raster": str(self.raster) if self.raster else None,
                 "probabilities": str(self.probabilities) if self.probabilities else None,
+                "uncertainty": str(self.uncertainty) if self.uncertainty else None,
             },
             "features": dict(self.features),
             "blocks": self.blocks,
@@ -178,6 +180,7 @@ def _plan_fingerprint(plan: RunPlan, config: RunConfig) -> str:
                 config.smooth_params,
                 config.raster,
                 config.probabilities,
+                config.uncertainty,
                 config.cog,
                 config.dst_crs,
                 plan.centerlines,
@@ -429,7 +432,12 @@ def run_scene(
     """
     start = time.perf_counter()
     started = dt.datetime.now(dt.UTC)
-    paths = output_paths(output, raster=config.raster, probabilities=config.probabilities)
+    paths = output_paths(
+        output,
+        raster=config.raster,
+        probabilities=config.probabilities,
+        uncertainty=config.uncertainty,
+    )
     inputs = _inputs(scene_path, config.models)
     check_outputs(paths.all(), overwrite=config.overwrite, inputs=inputs, side=paths.side_files())
     with output_lock(paths.gpkg, lock=paths.lock):
@@ -567,6 +575,7 @@ def _run_locked(
         gpkg=paths.gpkg,
         raster=paths.raster,
         probabilities=paths.probabilities,
+        uncertainty=paths.uncertainty,
         features=counts,
         blocks=total,
         pixels=plan.scene.width * plan.scene.height,

@@ -79,6 +79,11 @@ class ModelUse:
     scaling: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     @property
+    def classes(self) -> tuple[str, ...]:
+        """The requested classes this model gives."""
+        return tuple(name for name, _ in self.outputs)
+
+    @property
     def scene_px(self) -> float:
         """Scene pixels per model pixel (the larger of the two axes)."""
         if self.grid is None:
@@ -107,6 +112,7 @@ class RunPlan:
     min_area_m2: float = 0.0
     simplify_px: float = 0.0
     probabilities: bool = False
+    uncertainty: bool = False
     centerlines: tuple[str, ...] = ()
     prune_m: float = 20.0
 
@@ -373,6 +379,7 @@ def plan_run(scene_path: str | os.PathLike[str], config: RunConfig) -> RunPlan:
         min_area_m2=config.min_area_m2,
         simplify_px=config.simplify_m / ((dx + dy) / 2) if config.simplify_m else 0.0,
         probabilities=config.probabilities,
+        uncertainty=config.uncertainty,
         centerlines=lines,
         prune_m=config.prune_m,
     )

@@ -44,6 +44,7 @@ class BlockResult:
     worker: str = ""
     peak_rss_mb: float = 0.0
     probabilities: np.ndarray | None = None
+    uncertainty: np.ndarray | None = None
     lines: Mapping[str, BlockLines] = field(default_factory=dict)
 
 

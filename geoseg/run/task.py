@@ -64,6 +64,8 @@ def process_block(plan: RunPlan, block: Block) -> BlockResult:
     classes = np.zeros(shape, dtype=np.uint8)
     any_valid = np.zeros(shape, dtype=bool)
     masks: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    # Per model: its normalised entropy over the core, and the classes it gives.
+    entropies: list[tuple[np.ndarray, tuple[str, ...]]] = []
     images: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray]] = {}
     lines: dict[str, BlockLines] = {}
     device, precision = "cpu", "fp32"
@@ -137,6 +139,8 @@ def process_block(plan: RunPlan, block: Block) -> BlockResult:
             else:
                 labels_read = argmax_classes(probs)
             labels = labels_read[core]
+            if plan.uncertainty:
+                entropies.append((normalised_entropy(probs[:, core[0], core[1]]), use.classes))
             for name, channel in use.outputs:
                 masks[name] = ((labels == channel) & valid_core, probs[channel][core])
                 if name in plan.centerlines:
@@ -157,6 +161,9 @@ def process_block(plan: RunPlan, block: Block) -> BlockResult:
         if name in masks:
             classes[masks[name][0]] = value
     classes[~any_valid] = NODATA_CLASS
+    uncertainty = None
+    if plan.uncertainty:
+        uncertainty = _uncertainty(entropies, classes, plan.classes, valid=any_valid)
     probabilities = None
     if plan.probabilities:
         probabilities = np.full((len(plan.classes), *shape), 255, dtype=np.uint8)
@@ -195,8 +202,41 @@ def process_block(plan: RunPlan, block: Block) -> BlockResult:
         worker=f"{socket.gethostname()}:{os.getpid()}",
         peak_rss_mb=peak_rss_mb(),
         probabilities=probabilities,
+        uncertainty=uncertainty,
         lines=lines,
     )
+
+
+def normalised_entropy(probs: np.ndarray) -> np.ndarray:
+    """``-sum(p log p) / log(C)`` over the classes of ``(C, H, W)`` probabilities: 0 where
+    one class has it all, 1 where all ``C`` are alike."""
+    p = np.clip(probs.astype(np.float32, copy=False), 1e-12, 1.0)
+    h = -(p * np.log(p)).sum(axis=0)
+    return np.clip(h / np.log(max(2, probs.shape[0])), 0.0, 1.0)
+
+
+def _uncertainty(
+    entropies: list[tuple[np.ndarray, tuple[str, ...]]],
+    classes: np.ndarray,
+    names: tuple[str, ...],
+    *,
+    valid: np.ndarray,
+) -> np.ndarray:
+    """uint8 uncertainty of a block core (``value / 254``, 255 where nothing is known).
+
+    A pixel given a class takes the entropy of the model that gave it; a background pixel
+    takes the highest entropy of the models that could have claimed it (the least sure).
+    """
+    out = np.zeros(classes.shape, dtype=np.float32)
+    for entropy, _ in entropies:
+        np.maximum(out, entropy, out=out)
+    for entropy, gives in entropies:
+        for name in gives:
+            claimed = classes == names.index(name) + 1
+            out[claimed] = entropy[claimed]
+    coded = np.rint(out * 254.0).astype(np.uint8)
+    coded[~valid | (classes == NODATA_CLASS)] = 255
+    return coded
 
 
 def block_task(plan: RunPlan, block: Block) -> BlockResult | TaskFailure:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from xml.sax.saxutils import quoteattr
 
-__all__ = ["fill_qml", "line_qml", "paletted_qml", "rgba"]
+__all__ = ["fill_qml", "line_qml", "paletted_qml", "ramp_qml", "rgba"]
 
 
 def rgba(color: str, alpha: int) -> str:
@@ -95,6 +95,35 @@ def paletted_qml(entries: list[tuple[int, str, int, str]]) -> str:
         '  <rasterrenderer type="paletted" band="1" opacity="1" alphaBand="-1" nodataColor="">\n'
         "   <rasterTransparency/>\n"
         f"   <colorPalette>{rows}</colorPalette>\n"
+        "  </rasterrenderer>\n"
+        '  <brightnesscontrast brightness="0" contrast="0" gamma="1"/>\n'
+        '  <huesaturation saturation="0" grayscaleMode="0" colorizeOn="0"/>\n'
+        '  <rasterresampler maxOversampling="2"/>\n'
+        " </pipe>\n"
+        " <blendMode>0</blendMode>\n"
+        "</qgis>\n"
+    )
+
+
+def ramp_qml(stops: list[tuple[int, str, str]], *, nodata_label: str = "") -> str:
+    """A single-band pseudocolour style interpolating ``(value, "#rrggbb", label)`` stops.
+
+    Written next to a raster as ``<name>.qml`` (the uncertainty raster: 0 sure, 254 unsure).
+    """
+    items = "".join(
+        f'<item value="{v}" color="{c}" alpha="255" label={quoteattr(label)}/>'
+        for v, c, label in stops
+    )
+    lo, hi = stops[0][0], stops[-1][0]
+    return (
+        "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
+        '<qgis version="3.22.0" styleCategories="Symbology">\n'
+        " <pipe>\n"
+        f'  <rasterrenderer type="singlebandpseudocolor" band="1" opacity="1" alphaBand="-1"'
+        f' classificationMin="{lo}" classificationMax="{hi}" nodataColor="">\n'
+        "   <rasterTransparency/>\n"
+        f'   <rastershader><colorrampshader colorRampType="INTERPOLATED" minimumValue="{lo}"'
+        f' maximumValue="{hi}" clip="0">{items}</colorrampshader></rastershader>\n'
         "  </rasterrenderer>\n"
         '  <brightnesscontrast brightness="0" contrast="0" gamma="1"/>\n'
         '  <huesaturation saturation="0" grayscaleMode="0" colorizeOn="0"/>\n'
