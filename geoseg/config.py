@@ -19,6 +19,7 @@ __all__ = [
     "MAX_BLOCK",
     "PRECISIONS",
     "RUN_OPTIONS",
+    "TTA_MODES",
     "InferenceOptions",
     "RunConfig",
     "parse_band_list",
@@ -57,6 +58,10 @@ def parse_band_list(text: str) -> tuple[int, ...]:
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# Test-time augmentation: none, the four flips (identity, horizontal, vertical, both), or the
+# eight symmetries of the square (D4: four rotations, each also mirrored). "auto": the model
+# card's recommendation (its training record's "tta"), else none.
+TTA_MODES = ("auto", "none", "flips", "d4")
 
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -86,6 +91,9 @@ class InferenceOptions:
         ``threads // concurrent_batches``). A GPU always runs one at a time.
     tile, overlap
         Override the card's tile plan; ``None`` uses the card.
+    tta
+        Test-time augmentation (:data:`TTA_MODES`): each tile is also predicted flipped (and
+        rotated), and the probabilities, transformed back, are averaged.
     """
 
     device: str = "auto"
@@ -95,12 +103,15 @@ class InferenceOptions:
     concurrent_batches: int = 1
     tile: int | None = None
     overlap: int | None = None
+    tta: str = "auto"
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES and not re.fullmatch(r"cuda:\d+", self.device):
             raise ConfigError(
                 f"device {self.device!r} is not one of {', '.join(DEVICES)} or 'cuda:N'"
             )
+        if self.tta not in TTA_MODES:
+            raise ConfigError(f"tta {self.tta!r} is not one of {', '.join(TTA_MODES)}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
         if self.batch_size < 0 or self.threads < 0:
@@ -237,6 +248,7 @@ RUN_OPTIONS: dict[str, tuple[str, str]] = {
     "device": ("--device", "inference.device"),
     "precision": ("--precision", "inference.precision"),
     "batch_size": ("--batch-size", "inference.batch_size"),
+    "tta": ("--tta", "inference.tta"),
     "smooth": ("--smooth", "smoothing.method"),
     "smooth_params": ("--smooth-param", "smoothing.params"),
     "min_area_m2": ("--min-area", "min_area_m2"),
@@ -264,6 +276,7 @@ def run_config(
     device: str = "auto",
     precision: str = "auto",
     batch_size: int = 0,
+    tta: str = "auto",
     smooth: str | None = None,
     smooth_params: Sequence[str] = (),
     min_area_m2: float = 0.0,
@@ -299,7 +312,12 @@ def run_config(
         sensor=sensor,
         block=block,
         inference=InferenceOptions(
-            device=device, precision=precision, batch_size=batch_size, tile=tile, overlap=overlap
+            device=device,
+            precision=precision,
+            batch_size=batch_size,
+            tile=tile,
+            overlap=overlap,
+            tta=tta,
         ),
         smooth=smooth,
         smooth_params=tuple(smooth_params),

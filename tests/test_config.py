@@ -69,7 +69,7 @@ bands: [2, 4]
 sensor: landsat8
 smoothing: {{method: morph, params: {{min_object_area_m2: 500}}}}
 tiling: {{block: 1024, tile: 256, overlap: 32}}
-inference: {{device: cpu, precision: fp32, batch_size: 3}}
+inference: {{device: cpu, precision: fp32, batch_size: 3, tta: d4}}
 min_area_m2: 5.5
 simplify_m: 1.5
 output:
@@ -98,7 +98,7 @@ output:
         "--model", "ndwi:0.2", "--bands", "2,4", "--sensor", "landsat8",
         "--smooth", "morph", "--smooth-param", "min_object_area_m2=500",
         "--block", "1024", "--tile", "256", "--overlap", "32",
-        "--device", "cpu", "--precision", "fp32", "--batch-size", "3",
+        "--device", "cpu", "--precision", "fp32", "--batch-size", "3", "--tta", "d4",
         "--min-area", "5.5", "--simplify", "1.5", "--no-raster", "--probabilities", "--uncertainty",
         "--no-cog",
         "--dst-crs", "EPSG:3857", "--no-centerlines", "--prune", "7.5", "--overwrite",

@@ -70,7 +70,7 @@ _SECTION_KEYS = {
     "inputs": ("glob", "files", "stac", "stac_asset", "checksum"),
     "smoothing": ("method", "params"),
     "tiling": ("block", "tile", "overlap"),
-    "inference": ("device", "precision", "batch_size"),
+    "inference": ("device", "precision", "batch_size", "tta"),
     "output": (
         "folder",
         "name",
@@ -301,6 +301,7 @@ class _Parser:
                 device=inference.device,
                 precision=inference.precision,
                 batch_size=inference.batch_size,
+                tta=inference.tta,
                 smooth=smooth,
                 smooth_params=smooth_params,
                 min_area_m2=min_area,
@@ -328,6 +329,8 @@ class _Parser:
             "smoothing": {"method": smooth, "params": list(smooth_params)},
             "tiling": {"block": block, "tile": tile, "overlap": overlap},
             "precision": inference.precision,
+            # only when set, so the hashes of workflows without the key stay what they were
+            **({"tta": inference.tta} if inference.tta != "auto" else {}),
             "min_area_m2": min_area,
             "simplify_m": simplify,
             "outputs": {
@@ -519,8 +522,9 @@ class _Parser:
             "device": self.typed(fields.get("device"), (str,), "auto, cpu or cuda", "auto"),
             "precision": self.typed(fields.get("precision"), (str,), "a precision", "auto"),
             "batch_size": self.number(fields.get("batch_size"), 0, minimum=0, whole=True),
+            "tta": self.typed(fields.get("tta"), (str,), "auto, none, flips or d4", "auto"),
         }
-        for key in ("device", "precision"):
+        for key in ("device", "precision", "tta"):
             try:
                 InferenceOptions(**{key: options[key]})
             except ConfigError as err:

@@ -43,6 +43,14 @@ from geoseg.errors import ConfigError
 )
 @click.option("--batch-size", type=int, default=0, help="Tiles per forward pass (0 = auto).")
 @click.option(
+    "--tta",
+    type=click.Choice(["auto", "none", "flips", "d4"]),
+    default="auto",
+    show_default=True,
+    help="Test-time augmentation: average over flips or the 8 flips and rotations "
+    "(auto: what the model card recommends, else none).",
+)
+@click.option(
     "--scheduler",
     default="local",
     show_default=True,
@@ -118,6 +126,7 @@ def run(
     device: str,
     precision: str,
     batch_size: int,
+    tta: str,
     scheduler: str,
     workers: int | None,
     threads: int | None,
@@ -171,6 +180,7 @@ def run(
             device=device,
             precision=precision,
             batch_size=batch_size,
+            tta=tta,
             smooth=smooth,
             smooth_params=smooth_params,
             min_area_m2=min_area,

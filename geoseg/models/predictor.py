@@ -153,6 +153,7 @@ class TorchSegmenter:
             raise ConfigError(f"tile size {self.tile} is not a multiple of 32")
         self.autocast_dtype = _autocast_dtype(options.precision, self._device)
         self.batch_size = options.batch_size or _default_batch(self._device, self.tile)
+        self.tta_transforms = tta_transforms(options.tta, card)
         cpu = not self._device.startswith("cuda")
         self.slots = options.concurrent_batches if cpu else 1
         if cpu and (options.threads or self.slots > 1):
@@ -276,15 +277,28 @@ class TorchSegmenter:
         x = torch.from_numpy(batch)
         if cuda:
             x = x.pin_memory()
-        x = x.to(dev, non_blocking=cuda).contiguous(memory_format=torch.channels_last)
+        x = x.to(dev, non_blocking=cuda)
         with torch.inference_mode():
-            if self.autocast_dtype is not None:
-                with torch.autocast(dev.type, dtype=self.autocast_dtype):
-                    logits = self.network(x)
-            else:
-                logits = self.network(x)
-            probs = self._probabilities(logits.float())
+            # Test-time augmentation: each symmetry of the tile, predicted and turned back.
+            first, *others = self.tta_transforms
+            probs = self._symmetric_pass(x, *first)
+            for rotations, flip in others:
+                probs += self._symmetric_pass(x, rotations, flip)
+            if others:
+                probs /= len(self.tta_transforms)
         return probs.cpu().numpy()
+
+    def _symmetric_pass(self, x: torch.Tensor, rotations: int, flip: bool) -> torch.Tensor:
+        """Probabilities of ``x`` seen through one symmetry, turned back to ``x``'s frame."""
+        import torch
+
+        view = _symmetry(x, rotations, flip).contiguous(memory_format=torch.channels_last)
+        if self.autocast_dtype is not None:
+            with torch.autocast(view.device.type, dtype=self.autocast_dtype):
+                logits = self.network(view)
+        else:
+            logits = self.network(view)
+        return _symmetry_inverse(self._probabilities(logits.float()), rotations, flip)
 
     def _probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """The card's class probabilities from the network's logits ``(N, K, H, W)``."""
@@ -415,3 +429,36 @@ def cached_segmenter(path: str, *, options: InferenceOptions) -> Segmenter:
     key = (path, st.st_size if st else None, st.st_mtime_ns if st else None, os.getpid())
     with _cache_lock:
         return _cached(key, options)
+
+
+# (quarter turns, mirrored) of each test-time augmentation mode; the identity comes first.
+_TTA: dict[str, tuple[tuple[int, bool], ...]] = {
+    "none": ((0, False),),
+    "flips": ((0, False), (0, True), (2, True), (2, False)),  # identity, h, v, both
+    "d4": tuple((k, f) for f in (False, True) for k in range(4)),
+}
+
+
+def tta_transforms(mode: str, card: ModelCard) -> tuple[tuple[int, bool], ...]:
+    """The symmetries a prediction averages over: ``mode``, or for ``auto`` the card's
+    recommendation (its training record's ``tta``, set where a measurement showed it pays)."""
+    if mode == "auto":
+        mode = str(card.training.get("tta", "none"))
+    return _TTA.get(mode, _TTA["none"])
+
+
+def _symmetry(x: torch.Tensor, rotations: int, flip: bool) -> torch.Tensor:
+    """NCHW ``x`` mirrored left-right (if ``flip``), then turned ``rotations`` quarter turns."""
+    import torch
+
+    if flip:
+        x = torch.flip(x, dims=(3,))
+    return torch.rot90(x, rotations, dims=(2, 3)) if rotations else x
+
+
+def _symmetry_inverse(x: torch.Tensor, rotations: int, flip: bool) -> torch.Tensor:
+    import torch
+
+    if rotations:
+        x = torch.rot90(x, -rotations, dims=(2, 3))
+    return torch.flip(x, dims=(3,)) if flip else x
