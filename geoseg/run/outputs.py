@@ -41,7 +41,7 @@ from geoseg.vectorize.centerlines import BlockLines, line_lengths_m, merge_cente
 from geoseg.vectorize.geometry import pixels_to_crs
 from geoseg.vectorize.gpkg import GeoPackageWriter, PolygonStore
 from geoseg.vectorize.merge import MergedPolygons, SeamMerger
-from geoseg.vectorize.styles import fill_qml, line_qml, paletted_qml, ramp_qml
+from geoseg.vectorize.styles import centerline_qml, paletted_qml, polygon_qml, ramp_qml
 
 __all__ = ["OutputPaths", "RunOutputs", "check_outputs", "output_paths"]
 
@@ -260,12 +260,15 @@ class RunOutputs:
         counts.update(self._write_centerlines(provenance))
         colors = dict(zip(self.plan.classes, self.plan.colors, strict=True))
         styles = {
-            name: (fill_qml(color), f"geoseg default style: {name}")
+            name: (
+                polygon_qml(name, color, under_lines=name in self.plan.centerlines),
+                f"geoseg default style: {name}",
+            )
             for name, color in colors.items()
         }
         styles.update(
             {
-                f"{name}_centerlines": (line_qml(colors[name]), f"geoseg: {name} centrelines")
+                f"{name}_centerlines": (centerline_qml(colors[name]), f"geoseg: {name} centrelines")
                 for name in self.plan.centerlines
             }
         )

@@ -28,6 +28,7 @@ import shapely
 from geoseg.config import RunConfig
 from geoseg.models.card import read_card
 from geoseg.run.pipeline import run_scene
+from geoseg.vectorize.styles import AREA_UNDER_LINES_TINT, CENTERLINE_SHADE, shade, tint
 
 QGIS_PYTHON = os.environ.get("GEOSEG_QGIS_PYTHON", "/usr/bin/python3")
 CHECK = Path(__file__).with_name("qgis_check.py")
@@ -55,14 +56,30 @@ def _rgb(color: str) -> tuple[int, int, int]:
     return int(c[0:2], 16), int(c[2:4], 16), int(c[4:6], 16)
 
 
+def _hex(rgb: tuple[int, int, int]) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*rgb)
+
+
+def _style_rgb(qgis_color: str) -> tuple[int, int, int]:
+    """``"227,26,28,255"`` (a QML colour) -> ``(227, 26, 28)``."""
+    r, g, b = (int(v) for v in qgis_color.split(",")[:3])
+    return r, g, b
+
+
 def _argb(rgb: tuple[int, int, int], alpha: int) -> str:
     return "#{:02x}{:02x}{:02x}{:02x}".format(alpha, *rgb)
 
 
-def _over_white(rgb: tuple[int, int, int], alpha: int) -> tuple[int, int, int]:
+def _over(
+    rgb: tuple[int, int, int], alpha: int, under: tuple[int, int, int]
+) -> tuple[int, int, int]:
     a = alpha / 255
-    r, g, b = (round(c * a + 255 * (1 - a)) for c in rgb)
+    r, g, b = (round(c * a + u * (1 - a)) for c, u in zip(rgb, under))
     return r, g, b
+
+
+def _over_white(rgb: tuple[int, int, int], alpha: int) -> tuple[int, int, int]:
+    return _over(rgb, alpha, (255, 255, 255))
 
 
 def _count(histogram: list[list[object]], rgb: tuple[int, int, int]) -> int:
@@ -133,17 +150,30 @@ def test_outputs_open_valid_and_styled_in_qgis(
         assert layer["styles_in_db"] >= 1
         assert layer["renderer"] == "singleSymbol"
 
-    # The default style from layer_styles is applied: QGIS's renderer has the card colour
-    # with the alpha the stored style gives.
+    # The default style from layer_styles is applied: QGIS's renderer has the colours and
+    # alpha the stored style gives. A class with centrelines (roads) is a light tint of its
+    # card colour without outline; the others fill and outline in the card colour. The
+    # centrelines are a darker shade of the card colour, apart from the fill under them.
     styles = {name: _stored_style(summary.gpkg, name) for name in layers}
+    fills: dict[str, tuple[int, int, int]] = {}
     for name in config.classes:
-        rgba = styles[name]["color"].split(",")
-        assert tuple(int(v) for v in rgba[:3]) == card[name], "style colour = card colour"
-        assert layers[name]["fill_color"] == _argb(card[name], int(rgba[3]))
+        fills[name] = _style_rgb(styles[name]["color"])
+        alpha = int(styles[name]["color"].split(",")[3])
+        assert layers[name]["fill_color"] == _argb(fills[name], alpha)
         assert layers[name]["stroke_color"] == _argb(card[name], 255)
+        if name in lines.values():
+            assert styles[name]["outline_style"] == "no"
+            assert fills[name] == _rgb(tint(_hex(card[name]), AREA_UNDER_LINES_TINT))
+        else:
+            assert fills[name] == card[name], "style colour = card colour"
+            assert styles[name]["outline_style"] == "solid"
+    line_rgb: dict[str, tuple[int, int, int]] = {}
     for layer_name, name in lines.items():
-        assert styles[layer_name]["line_color"] == ",".join(map(str, card[name])) + ",255"
-        assert layers[layer_name]["fill_color"] == _argb(card[name], 255)
+        line_rgb[layer_name] = _style_rgb(styles[layer_name]["line_color"])
+        assert line_rgb[layer_name] == _rgb(shade(_hex(card[name]), CENTERLINE_SHADE))
+        assert layers[layer_name]["fill_color"] == _argb(line_rgb[layer_name], 255)
+        over = _over_white(fills[name], int(styles[name]["color"].split(",")[3]))
+        assert sum(a - b for a, b in zip(over, line_rgb[layer_name])) > 200, "lines stand out"
 
     raster = report["raster"]
     assert raster["valid"] and raster["crs"] == scene_crs and raster["overviews"]
@@ -161,24 +191,28 @@ def test_outputs_open_valid_and_styled_in_qgis(
         geoms = pyogrio.read_dataframe(summary.gpkg, layer=name).geometry.values
         area = float(shapely.area(geoms).sum()) / mupp**2
         perimeter = float(shapely.length(shapely.boundary(geoms)).sum()) / mupp
-        outline = _mm_to_px(styles[name]["outline_width"], dpi)
+        drawn_outline = styles[name]["outline_style"] != "no"
+        outline = _mm_to_px(styles[name]["outline_width"], dpi) if drawn_outline else 0.0
         alpha = int(styles[name]["color"].split(",")[3])
-        fill = _count(render["colours"], _over_white(card[name], alpha))
+        fill = _count(render["colours"], _over_white(fills[name], alpha))
         stroke = _count(render["colours"], card[name])
         painted = render["width"] * render["height"] - _count(render["colours"], (255, 255, 255))
         what = f"{name}: {area:.0f} px of polygons, {perimeter:.0f} px of outline"
         assert fill >= 0.5 * max(0.0, area - perimeter * outline), f"{what}; fill {fill} px"
-        assert stroke >= 0.5 * perimeter, f"{what}; outline colour {stroke} px"
+        if drawn_outline:
+            assert stroke >= 0.5 * perimeter, f"{what}; outline colour {stroke} px"
+        else:
+            assert stroke == 0, f"{what}; no outline, yet {stroke} px of outline colour"
         # Painted: the polygons and the outer half of their outline (plus antialiasing).
         assert 0.95 * area <= painted <= area + perimeter * (outline / 2 + 1.5), (
             f"{what}; {painted} px painted"
         )
-    for layer_name, name in lines.items():
+    for layer_name in lines:
         render = report["solo"][layer_name]
         geoms = pyogrio.read_dataframe(summary.gpkg, layer=layer_name).geometry.values
         length = float(shapely.length(geoms).sum()) / mupp
         width = _mm_to_px(styles[layer_name]["line_width"], dpi)
-        drawn = _count(render["colours"], card[name])
+        drawn = _count(render["colours"], line_rgb[layer_name])
         painted = render["width"] * render["height"] - _count(render["colours"], (255, 255, 255))
         assert drawn >= 0.5 * length, f"{layer_name}: {length:.0f} px of lines, {drawn} drawn"
         assert painted <= length * (width + 2) + 100, f"{layer_name}: {painted} px painted"
@@ -192,6 +226,14 @@ def test_outputs_open_valid_and_styled_in_qgis(
         expected = np.count_nonzero(classes == value) * pixel_area / mupp**2
         got = _count(render["colours"], card[name])
         assert got == pytest.approx(expected, rel=0.1), f"{name} in the class raster render"
-    # The whole map shows every class colour.
+    # The whole map shows every class: in its card colour, or (a class with centrelines,
+    # whose light fill covers the class raster) as its centrelines, drawn in their colour
+    # or seen through the fill (this check stacks the layers in table order).
     for name in config.classes:
-        assert _count(report["render"]["colours"], card[name]) > 0
+        assert _count(report["render"]["colours"], card[name]) > 0 or name in lines.values()
+    for layer_name, name in lines.items():
+        alpha = int(styles[name]["color"].split(",")[3])
+        seen = _count(report["render"]["colours"], line_rgb[layer_name]) + _count(
+            report["render"]["colours"], _over(fills[name], alpha, line_rgb[layer_name])
+        )
+        assert seen > 0, f"{layer_name} on the whole map"

@@ -6,7 +6,16 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from geoseg.vectorize.styles import fill_qml, line_qml, paletted_qml, rgba
+from geoseg.vectorize.styles import (
+    centerline_qml,
+    fill_qml,
+    line_qml,
+    paletted_qml,
+    polygon_qml,
+    rgba,
+    shade,
+    tint,
+)
 
 
 def _symbol_layer(qml: str) -> tuple[ET.Element, dict[str, str]]:
@@ -76,3 +85,40 @@ def test_a_paletted_raster_style_lists_every_class_and_keeps_background_clear() 
     ]
     # labels with XML metacharacters survive as written
     assert got == entries
+
+
+def test_shade_and_tint_move_a_colour_towards_black_and_white() -> None:
+    assert shade("#e31a1c", 0.5) == "#720d0e"
+    assert shade("#e31a1c", 1) == "#e31a1c" and shade("#e31a1c", 0) == "#000000"
+    assert tint("#e31a1c", 0.5) == "#f18c8e"
+    assert tint("#e31a1c", 0) == "#e31a1c" and tint("#e31a1c", 1) == "#ffffff"
+    with pytest.raises(ValueError, match="between 0"):
+        shade("#e31a1c", 1.5)
+
+
+def _lightness(qgis_color: str) -> int:
+    return sum(int(v) for v in qgis_color.split(",")[:3])
+
+
+def test_roads_are_a_light_area_under_dark_centrelines() -> None:
+    _, area = _symbol_layer(polygon_qml("roads", "#e31a1c", under_lines=True))
+    _, line = _symbol_layer(centerline_qml("#e31a1c"))
+    assert area["outline_style"] == "no", "no outline competing with the centreline"
+    assert area["outline_color"] == "227,26,28,255"  # the card colour, if a user turns it on
+    assert int(area["color"].split(",")[3]) < 128, "see-through: the road stays visible"
+    assert (
+        _lightness(area["color"])
+        > _lightness(rgba("#e31a1c", 255))
+        > _lightness(line["line_color"])
+    )
+    assert line["line_color"].endswith(",255") and 0.6 <= float(line["line_width"]) <= 0.8
+    # Without centrelines (--no-centerlines) roads are drawn like any other class.
+    assert polygon_qml("roads", "#e31a1c") == fill_qml("#e31a1c")
+
+
+def test_crop_fields_are_outlined_with_a_faint_fill() -> None:
+    _, props = _symbol_layer(polygon_qml("crops", "#e49635"))
+    assert props["outline_style"] == "solid" and props["outline_color"] == "228,150,53,255"
+    assert float(props["outline_width"]) >= 0.5
+    assert int(props["color"].split(",")[3]) <= 40, "faint: the field itself shows through"
+    assert polygon_qml("water", "#1f78b4") == fill_qml("#1f78b4")
