@@ -13,18 +13,17 @@ from geoseg.tiling.resample import model_grid, to_scene_grid
 
 
 def _grid(scene: int, ratio: float):
-    grid = model_grid(
-        scene_height=scene, scene_width=scene, scene_pixel_m=ratio, model_pixel_m=1.0
-    )
+    grid = model_grid(scene_height=scene, scene_width=scene, scene_pixel_m=ratio, model_pixel_m=1.0)
     assert grid is not None
     return grid
 
 
 def test_scenes_near_the_models_pixel_size_are_read_as_they_are() -> None:
     for ratio in (0.85, 1.0, 1.2):
-        assert model_grid(
-            scene_height=100, scene_width=100, scene_pixel_m=ratio, model_pixel_m=1.0
-        ) is None
+        assert (
+            model_grid(scene_height=100, scene_width=100, scene_pixel_m=ratio, model_pixel_m=1.0)
+            is None
+        )
     assert model_grid(scene_height=9, scene_width=9, scene_pixel_m=1, model_pixel_m=None) is None
 
 
