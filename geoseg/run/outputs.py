@@ -37,7 +37,12 @@ from geoseg.run.plan import NODATA_CLASS, RunPlan
 from geoseg.run.results import BlockResult, ClassPolygons, finish_polygons
 from geoseg.tiling.atomic import write_text_atomic
 from geoseg.tiling.io import RasterWriter
-from geoseg.vectorize.centerlines import BlockLines, line_lengths_m, merge_centerlines
+from geoseg.vectorize.centerlines import (
+    BlockLines,
+    bridge_centerlines,
+    line_lengths_m,
+    merge_centerlines,
+)
 from geoseg.vectorize.geometry import pixels_to_crs
 from geoseg.vectorize.gpkg import GeoPackageWriter, PolygonStore
 from geoseg.vectorize.merge import MergedPolygons, SeamMerger
@@ -328,6 +333,8 @@ class RunOutputs:
         scene = self.plan.scene
         for name, pieces in self.lines.items():
             lines_px = merge_centerlines(pieces) if pieces else np.empty(0, dtype=object)
+            # Small gaps (BRIDGE_M) between facing dead ends, on the whole scene's lines.
+            lines_px = bridge_centerlines(lines_px, pixel_size_m=self.plan.pixel_size_m)
             lines = pixels_to_crs(lines_px, scene.transform)
             length = line_lengths_m(lines, crs=scene.crs)
             n = len(lines)

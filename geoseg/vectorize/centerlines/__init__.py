@@ -44,7 +44,8 @@ lines to the scene CRS and :func:`line_lengths_m` measures them.
 
 The stages live in one module each: :mod:`.graph` (skeleton pixels to a graph of chains),
 :mod:`.prune` (spurs and small pieces), :mod:`.block` (one block core, and the halo it
-needs), :mod:`.seams` (joining pieces across block borders) and :mod:`.lines` (the
+needs), :mod:`.seams` (joining pieces across block borders), :mod:`.bridge` (joining dead
+ends across small gaps in the road, on the merged lines) and :mod:`.lines` (the
 ``BlockLines`` value object, canonical order, lengths in metres).
 """
 
@@ -53,12 +54,14 @@ from geoseg.vectorize.centerlines.block import (
     centerline_halo_px,
     scene_centerlines,
 )
+from geoseg.vectorize.centerlines.bridge import bridge_centerlines
 from geoseg.vectorize.centerlines.lines import BlockLines, line_lengths_m
 from geoseg.vectorize.centerlines.seams import merge_centerlines
 
 __all__ = [
     "BlockLines",
     "block_centerlines",
+    "bridge_centerlines",
     "centerline_halo_px",
     "line_lengths_m",
     "merge_centerlines",
