@@ -243,22 +243,26 @@ def score_outputs_into_card(
     smooth: Sequence[str | None] = ("none", None),
     progress: Callable[[str], None] | None = None,
 ) -> ModelCard:
-    """Score the held-out and the test data with ``config.scores`` into the card.
+    """Score the test data (else the held-out data) with ``config.scores`` into the card.
 
-    Adds ``training.scores``: for the held-out data (validation; it chose the epoch) and the
-    test data (``config.test``: chose nothing), each smoothing of ``smooth`` (``"none"``,
-    ``None`` for the default recipes), the scores of every image and pooled over them
-    (confusion matrices, relaxed and object counts added), with ``config.scores``' merge,
-    relaxed slack and object matching. Rewrites the card in place; the weights are kept.
+    Adds ``training.scores``: for the test data (``config.test``: it chose nothing) or,
+    without test data, the held-out data (it chose the epoch), each smoothing of
+    ``smooth`` (``"none"``, ``None`` for the default recipes), the scores of every image and
+    pooled over them (confusion matrices, relaxed and object counts added), with
+    ``config.scores``' merge, relaxed slack and object matching. Rewrites the card in place;
+    the weights are kept.
     """
     path = Path(model)
     say = progress or (lambda _line: None)
     spec = dict(config.scores)
     merge = dict(spec.get("merge") or {})
-    pieces: dict[str, list[tuple[str, LabelSource, PixelWindow | None]]] = {
-        "held_out": [(h.image, h.labels, h.region) for h in held_out_data(config)],
-        "test": [(t.image, t.labels, None) for t in config.test],
-    }
+    # The test data when there is some (the held-out data chose the epoch; its pixel scores
+    # are in ``training.evaluation``), else the held-out data.
+    pieces: dict[str, list[tuple[str, LabelSource, PixelWindow | None]]] = (
+        {"test": [(t.image, t.labels, None) for t in config.test]}
+        if config.test
+        else {"held_out": [(h.image, h.labels, h.region) for h in held_out_data(config)]}
+    )
     section: dict[str, Any] = {
         "what": (
             "the real geoseg run pipeline over each image, its class raster and polygons "

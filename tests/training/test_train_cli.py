@@ -297,6 +297,7 @@ def test_train_scores_held_out_and_test_data_and_evaluate_reports_relaxed_and_ob
         tmp_path,
         test=[{"image": "data/test.tif", "labels": "data/test_lab.tif"}],
         scores={"relaxed_px": 3},
+        threshold_class="water",
     )
     truth = synthetic_truth(160, 160, seed=40)
     truth[truth == 2] = 0
@@ -311,11 +312,26 @@ def test_train_scores_held_out_and_test_data_and_evaluate_reports_relaxed_and_ob
     result = runner.invoke(main, ["train", str(cfg), "--steps", "3"])
     assert result.exit_code == 0, result.output
     model = tmp_path / "water.safetensors"
+    # The water threshold, chosen on the held-out tile, is folded into the last bias.
+    threshold = read_card(model).training["threshold"]
+    assert threshold["class"] == "water" and 0.05 <= threshold["threshold"] <= 0.95
+    assert threshold["iou"] >= threshold["argmax_iou"]
+    assert threshold["chosen_on"] == [str(data / "img1.tif")]
+    assert "water threshold" in result.output
+    # Scoring again does not fold it twice, nor touch the weights.
+    from safetensors.torch import load_file
+
+    bias = load_file(str(model))["segmentation_head.0.bias"].clone()
+    again = runner.invoke(main, ["train", str(cfg), "--only-evaluate"])
+    assert again.exit_code == 0, again.output
+    assert "already folded in" in again.output
+    assert load_file(str(model))["segmentation_head.0.bias"].equal(bias)
+    assert read_card(model).training["threshold"] == threshold
     scores = read_card(model).training["scores"]
     assert scores["relaxed_px"] == 3 and scores["merge"] == {}
     assert scores["test"]["images"] == [str(data / "test.tif")]
-    assert scores["held_out"]["images"] == [str(data / "img1.tif")]
-    for kind in ("held_out", "test"):
+    assert "held_out" not in scores  # it chose the epoch: the test data is scored instead
+    for kind in ("test",):
         for smooth in ("none", "default"):
             pooled = scores[kind][smooth]["pooled"]
             relaxed, strict = pooled["relaxed"]["water"], pooled["classes"]["water"]
