@@ -12,6 +12,7 @@ confidences work as for networks while ``argmax`` reproduces the threshold exact
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -19,16 +20,19 @@ import numpy as np
 
 from geoseg.errors import ConfigError
 from geoseg.models.card import ClassInfo, ModelCard
+from geoseg.models.splitmerge import PREFIX, SplitMerge, SplitMergeParams, split_merge
 
 __all__ = [
     "METHODS",
     "SpectralMethod",
     "SpectralSegmenter",
+    "SplitMergeSegmenter",
     "index_histogram",
     "is_spectral",
     "normalized_difference",
     "otsu_threshold",
     "spectral_card",
+    "splitmerge_card",
 ]
 
 HIST_BINS = 2000  # over [-1, 1]: 0.001 resolution, plenty for a threshold
@@ -84,11 +88,9 @@ def spectral_card(source: str, *, threshold: float | None = None) -> ModelCard:
     """The card of a built-in method: ``"ndwi"``, ``"ndwi:otsu"`` or ``"ndwi:0.15"``.
 
     ``threshold`` fills in a computed Otsu threshold. ``splitmerge:ndwi[:t]`` is
-    split-and-merge on the index (:func:`geoseg.models.splitmerge.splitmerge_card`).
+    split-and-merge on the index (:func:`splitmerge_card`).
     """
-    if source.split(":", 1)[0].strip().lower() == "splitmerge":
-        from geoseg.models.splitmerge import splitmerge_card
-
+    if source.split(":", 1)[0].strip().lower() == PREFIX:
         return splitmerge_card(source, threshold=threshold)
     name, _, arg = source.partition(":")
     method = METHODS.get(name.lower())
@@ -199,5 +201,102 @@ class SpectralSegmenter:
         fg = (1.0 / (1.0 + np.exp(-np.nan_to_num(z, nan=-math.inf)))).astype(np.float32)
         ok = valid & np.isfinite(idx)
         fg[~ok] = 0.0
+        bg = np.where(ok, 1.0 - fg, 0.0).astype(np.float32)
+        return np.stack([bg, fg])
+
+
+def splitmerge_card(
+    source: str,
+    *,
+    threshold: float | None = None,
+    params: SplitMergeParams | None = None,
+) -> ModelCard:
+    """The card of ``splitmerge:INDEX`` (``:otsu``, the default, or ``:0.1``).
+
+    A spectral card (architecture ``spectral``, so runs treat it as a built-in method: the
+    Otsu threshold over the scene, no CRF by default) whose params say
+    ``segmentation: splitmerge`` and hold :class:`SplitMergeParams`. ``threshold`` fills in
+    a computed Otsu threshold.
+
+    Raises
+    ------
+    ConfigError
+        On a name that is not ``splitmerge:`` plus a spectral index, or a bad threshold.
+    """
+    head, _, rest = source.partition(":")
+    if head.strip().lower() != PREFIX or not rest:
+        raise ConfigError(
+            f"{source!r} is not a split-and-merge method; use {PREFIX}:INDEX[:THRESHOLD] "
+            f"with INDEX one of {', '.join(METHODS)} (e.g. {PREFIX}:ndwi)"
+        )
+    base = spectral_card(rest, threshold=threshold)
+    p = params or SplitMergeParams()
+    return dataclasses.replace(
+        base,
+        name=f"{PREFIX}-{base.name}",
+        params={**base.params, "segmentation": PREFIX, **dataclasses.asdict(p)},
+        description=(
+            f"{base.description}; split and merge: quadtree cells of {p.min_region} to "
+            f"{p.max_region} px anchored to the scene, split until the index variance is "
+            f"<= {p.max_variance:g} and the decision agrees, labelled by their mean"
+        ),
+    )
+
+
+class SplitMergeSegmenter:
+    """A :class:`~geoseg.models.predictor.Segmenter` for split-and-merge on a spectral index.
+
+    ``predict(image, valid, origin=...)`` returns ``(2, H, W)`` float32 probabilities
+    (background, class): a logistic of the leaf's mean distance to the threshold with the
+    card's ``softness``, so ``argmax`` gives the leaf's label exactly; 0 for both where the
+    index is undefined or the pixel invalid.
+    """
+
+    device = "cpu"
+    precision = "index"
+
+    def __init__(self, card: ModelCard) -> None:
+        if card.architecture != "spectral" or card.params.get("segmentation") != PREFIX:
+            raise ConfigError(f"card {card.name!r} is not a split-and-merge method")
+        threshold = card.params.get("threshold")
+        if threshold is None:
+            raise ConfigError(
+                f"{card.name}: the Otsu threshold must be computed over the scene first"
+            )
+        self.card = card
+        self.threshold = float(threshold)
+        self.softness = float(card.params.get("softness", 0.05))
+        self.params = SplitMergeParams.from_card(card.params)
+
+    def segment(
+        self,
+        image: np.ndarray,
+        valid: np.ndarray,
+        *,
+        origin: tuple[int, int] = (0, 0),
+        merge: bool = True,
+    ) -> SplitMerge:
+        """Leaves, regions and labels of a block of the card's two bands."""
+        return split_merge(
+            normalized_difference(image[0], image[1]),
+            valid,
+            threshold=self.threshold,
+            params=self.params,
+            origin=origin,
+            merge=merge,
+        )
+
+    def predict(
+        self, image: np.ndarray, valid: np.ndarray, *, origin: tuple[int, int] = (0, 0)
+    ) -> np.ndarray:
+        result = self.segment(image, valid, origin=origin, merge=False)
+        ok = result.labels != 255
+        z = np.nan_to_num(result.excess / np.float32(self.softness), nan=0.0)
+        fg = (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+        # Where the leaf's mean is barely above the threshold the logistic rounds to 0.5;
+        # nudge it so argmax (ties to the background) keeps the leaf's label.
+        half_up = np.nextafter(np.float32(0.5), np.float32(1.0))
+        fg = np.where(result.labels == 1, np.maximum(fg, half_up), np.minimum(fg, 0.5))
+        fg = np.where(ok, fg, 0.0).astype(np.float32)
         bg = np.where(ok, 1.0 - fg, 0.0).astype(np.float32)
         return np.stack([bg, fg])

@@ -44,16 +44,13 @@ from scipy.sparse.csgraph import connected_components
 
 from geoseg.errors import ConfigError
 from geoseg.models.card import ModelCard
-from geoseg.models.spectral import METHODS, normalized_difference, spectral_card
 
 __all__ = [
     "PREFIX",
     "SplitMerge",
     "SplitMergeParams",
-    "SplitMergeSegmenter",
     "is_splitmerge",
     "split_merge",
-    "splitmerge_card",
     "splitmerge_halo_px",
 ]
 
@@ -284,106 +281,9 @@ def is_splitmerge(source: str) -> bool:
     return source.split(":", 1)[0].strip().lower() == PREFIX
 
 
-def splitmerge_card(
-    source: str,
-    *,
-    threshold: float | None = None,
-    params: SplitMergeParams | None = None,
-) -> ModelCard:
-    """The card of ``splitmerge:INDEX`` (``:otsu``, the default, or ``:0.1``).
-
-    A spectral card (architecture ``spectral``, so runs treat it as a built-in method: the
-    Otsu threshold over the scene, no CRF by default) whose params say
-    ``segmentation: splitmerge`` and hold :class:`SplitMergeParams`. ``threshold`` fills in
-    a computed Otsu threshold.
-
-    Raises
-    ------
-    ConfigError
-        On a name that is not ``splitmerge:`` plus a spectral index, or a bad threshold.
-    """
-    head, _, rest = source.partition(":")
-    if head.strip().lower() != PREFIX or not rest:
-        raise ConfigError(
-            f"{source!r} is not a split-and-merge method; use {PREFIX}:INDEX[:THRESHOLD] "
-            f"with INDEX one of {', '.join(METHODS)} (e.g. {PREFIX}:ndwi)"
-        )
-    base = spectral_card(rest, threshold=threshold)
-    p = params or SplitMergeParams()
-    return dataclasses.replace(
-        base,
-        name=f"{PREFIX}-{base.name}",
-        params={**base.params, "segmentation": PREFIX, **dataclasses.asdict(p)},
-        description=(
-            f"{base.description}; split and merge: quadtree cells of {p.min_region} to "
-            f"{p.max_region} px anchored to the scene, split until the index variance is "
-            f"<= {p.max_variance:g} and the decision agrees, labelled by their mean"
-        ),
-    )
-
-
 def splitmerge_halo_px(card: ModelCard) -> int:
     """Halo a block needs for split-and-merge to match the whole scene (0 for other cards):
     every root cell its core touches must lie in its read window."""
     if card.params.get("segmentation") != PREFIX:
         return 0
     return SplitMergeParams.from_card(card.params).max_region - 1
-
-
-class SplitMergeSegmenter:
-    """A :class:`~geoseg.models.predictor.Segmenter` for split-and-merge on a spectral index.
-
-    ``predict(image, valid, origin=...)`` returns ``(2, H, W)`` float32 probabilities
-    (background, class): a logistic of the leaf's mean distance to the threshold with the
-    card's ``softness``, so ``argmax`` gives the leaf's label exactly; 0 for both where the
-    index is undefined or the pixel invalid.
-    """
-
-    device = "cpu"
-    precision = "index"
-
-    def __init__(self, card: ModelCard) -> None:
-        if card.architecture != "spectral" or card.params.get("segmentation") != PREFIX:
-            raise ConfigError(f"card {card.name!r} is not a split-and-merge method")
-        threshold = card.params.get("threshold")
-        if threshold is None:
-            raise ConfigError(
-                f"{card.name}: the Otsu threshold must be computed over the scene first"
-            )
-        self.card = card
-        self.threshold = float(threshold)
-        self.softness = float(card.params.get("softness", 0.05))
-        self.params = SplitMergeParams.from_card(card.params)
-
-    def segment(
-        self,
-        image: np.ndarray,
-        valid: np.ndarray,
-        *,
-        origin: tuple[int, int] = (0, 0),
-        merge: bool = True,
-    ) -> SplitMerge:
-        """Leaves, regions and labels of a block of the card's two bands."""
-        return split_merge(
-            normalized_difference(image[0], image[1]),
-            valid,
-            threshold=self.threshold,
-            params=self.params,
-            origin=origin,
-            merge=merge,
-        )
-
-    def predict(
-        self, image: np.ndarray, valid: np.ndarray, *, origin: tuple[int, int] = (0, 0)
-    ) -> np.ndarray:
-        result = self.segment(image, valid, origin=origin, merge=False)
-        ok = result.labels != 255
-        z = np.nan_to_num(result.excess / np.float32(self.softness), nan=0.0)
-        fg = (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
-        # Where the leaf's mean is barely above the threshold the logistic rounds to 0.5;
-        # nudge it so argmax (ties to the background) keeps the leaf's label.
-        half_up = np.nextafter(np.float32(0.5), np.float32(1.0))
-        fg = np.where(result.labels == 1, np.maximum(fg, half_up), np.minimum(fg, 0.5))
-        fg = np.where(ok, fg, 0.0).astype(np.float32)
-        bg = np.where(ok, 1.0 - fg, 0.0).astype(np.float32)
-        return np.stack([bg, fg])

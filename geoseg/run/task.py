@@ -18,8 +18,7 @@ import numpy as np
 from geoseg.config import InferenceOptions
 from geoseg.errors import GeosegError, TaskFailure
 from geoseg.models.predictor import Segmenter, cached_segmenter
-from geoseg.models.spectral import SpectralSegmenter
-from geoseg.models.splitmerge import SplitMergeSegmenter
+from geoseg.models.spectral import SpectralSegmenter, SplitMergeSegmenter
 from geoseg.postprocess import argmax_classes, colour_bands, smooth_block
 from geoseg.run.memory import peak_rss_mb
 from geoseg.run.plan import MAX_ROAD_WIDTH_M, NODATA_CLASS, ModelUse, RunPlan

@@ -10,13 +10,8 @@ from hypothesis import strategies as st
 from scipy import ndimage as ndi
 
 from geoseg.errors import ConfigError
-from geoseg.models.splitmerge import (
-    SplitMergeParams,
-    SplitMergeSegmenter,
-    split_merge,
-    splitmerge_card,
-    splitmerge_halo_px,
-)
+from geoseg.models.spectral import SplitMergeSegmenter, splitmerge_card
+from geoseg.models.splitmerge import SplitMergeParams, split_merge, splitmerge_halo_px
 from geoseg.tiling.grid import TilingSpec, plan_blocks
 
 SMALL = SplitMergeParams(max_region=32, min_region=2, max_variance=0.01)
