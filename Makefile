@@ -16,11 +16,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# Runs `geoseg run` end to end on the real Sentinel-2 sample shipped in samples/.
+# Runs `geoseg run` end to end on the real samples shipped in samples/: water on the
+# Sentinel-2 crop, then roads and crop fields (one polygon per field) on the NAIP crop with
+# networks (the default roads model; the crops model named until it is a default).
 demo: $(STAMP)
 	mkdir -p $(DEMO_OUT)
 	$(BIN)/geoseg run samples/beaufort_s2.tif --classes water \
 		-o $(DEMO_OUT)/beaufort_water.gpkg --overwrite
+	$(BIN)/geoseg run samples/naip_rochester_mn.tif --classes roads,crops \
+		-m geoseg/models/weights/crops-fields-naip.safetensors \
+		-o $(DEMO_OUT)/naip_roads_crops.gpkg --overwrite
 	$(BIN)/geoseg models list
 
 test: $(STAMP)

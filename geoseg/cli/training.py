@@ -62,7 +62,6 @@ def _evaluate_outputs(
         inference=InferenceOptions(batch_size=EVALUATION_BATCH),
         smooth=smooth,
         smooth_params=smooth_params,
-        centerlines=False,
     )
     plan = plan_run(image, config)
     with tempfile.TemporaryDirectory(prefix="geoseg-eval-") as tmp:

@@ -68,15 +68,20 @@ def test_water_default_fills_small_holes_and_drops_specks_but_keeps_rivers() -> 
 
 
 def test_crops_default_enforces_a_minimum_parcel_and_splits_thin_necks() -> None:
-    mask = np.zeros((60, 80), dtype=bool)
-    mask[5:25, 5:25] = True  # a 4 ha parcel
-    mask[14:15, 25:40] = True  # a one-pixel neck of misclassified margin
-    mask[5:25, 40:60] = True  # the neighbouring parcel
-    mask[40:44, 5:9] = True  # a 1600 m² patch: below the 0.25 ha minimum
-    out = _apply("crops", mask, (10.0, 10.0))
-    assert not out[14, 28:37].any(), "the neck is opened"
-    assert out[8:22, 8:22].all() and out[8:22, 43:57].all()
-    assert not out[40:44, 5:9].any()
+    # At 1 m, the field-boundary model's resolution.
+    mask = np.zeros((120, 160), dtype=bool)
+    mask[10:60, 10:60] = True  # a 0.25 ha field
+    mask[30:33, 60:90] = True  # a 3 m neck across a gap in the predicted boundary
+    mask[10:60, 90:140] = True  # the neighbouring field
+    mask[64:118, 10:30] = True  # a 20 m strip field: kept (a 15 m opening took it all)
+    mask[80:104, 100:130] = True  # a 720 m² patch: below the 0.1 ha minimum
+    mask[20:30, 20:30] = False  # a 100 m² hole (a tree): kept, holes are not filled
+    out = _apply("crops", mask, (1.0, 1.0))
+    assert not out[31, 66:84].any(), "the neck is opened"
+    assert out[40:55, 15:55].all() and out[15:55, 95:135].all()
+    assert out[68:114, 12:28].all()
+    assert not out[80:104, 100:130].any()
+    assert not out[22:28, 22:28].any()
 
 
 def test_every_default_recipe_is_valid_and_has_a_finite_halo() -> None:

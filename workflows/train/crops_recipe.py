@@ -28,7 +28,7 @@ from geoseg.run.pipeline import plan_run, run_scene
 from geoseg.tiling.io import read_scene_info, read_window
 from geoseg.training.config_file import read_train_file
 from geoseg.training.held_out import held_out_data
-from geoseg.training.labels import ClassMap, LabelReader
+from geoseg.training.labels import LabelReader
 from geoseg.training.objects import match_objects
 from geoseg.training.scoring import scored_labels
 
@@ -82,7 +82,10 @@ def main(model: str) -> None:
         )
         with tempfile.TemporaryDirectory() as tmp:
             run = run_scene(
-                piece.image, Path(tmp) / "p.gpkg", run_config, plan=plan_run(piece.image, run_config)
+                piece.image,
+                Path(tmp) / "p.gpkg",
+                run_config,
+                plan=plan_run(piece.image, run_config),
             )
             p, valid = read_window(str(run.probabilities), info.window, bands=(1, 2))
         fg = p.astype(np.float32) / 254.0
@@ -109,10 +112,15 @@ def main(model: str) -> None:
             crop = (classes == 1) & valid
             land = ((classes == 1) | (classes == 2)) & valid
             tp = int((land & truth).sum())
-            rows[label].append(np.array([tp, int((land & ~truth).sum()), int((~land & truth).sum())]))
+            rows[label].append(
+                np.array([tp, int((land & ~truth).sum()), int((~land & truth).sum())])
+            )
             objects[label].append(match_objects(polygons(crop, info.transform), fields))
         print(f"{Path(piece.image).name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    print(f"{'crops recipe':<55} {'cropland IoU':>12} {'field P':>8} {'R':>6} {'F1':>6} {'pred':>5} {'true':>5}")
+    print(
+        f"{'crops recipe':<55} {'cropland IoU':>12} {'field P':>8} {'R':>6} {'F1':>6} "
+        f"{'pred':>5} {'true':>5}"
+    )
     for label, _ in RECIPES:
         tp, fp, fn = sum(rows[label])
         o = objects[label][0]
