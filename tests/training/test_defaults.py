@@ -30,9 +30,13 @@ from geoseg.training.config_file import read_train_file
 # The training files that reproduce the shipped models (`make train-defaults`), and the files.
 TRAIN_FILES = Path(__file__).resolve().parents[2] / "workflows" / "train"
 ROADS = read_train_file(TRAIN_FILES / "roads.yaml", overrides={"output": "roads"})
+ROADS_V2 = read_train_file(TRAIN_FILES / "roads-v2.yaml", overrides={"output": "roads-v2"})
 LANDSAT = read_train_file(TRAIN_FILES / "landsat.yaml", overrides={"output": "landsat"})
-ROADS_FILE = f"{ROADS.name}.safetensors"
+CROPS = read_train_file(TRAIN_FILES / "crops.yaml", overrides={"output": "crops"})
+ROADS_FILE = f"{ROADS.name}.safetensors"  # the first roads model, now the fallback
+ROADS_V2_FILE = f"{ROADS_V2.name}.safetensors"  # the roads default
 LANDSAT_FILE = f"{LANDSAT.name}.safetensors"
+CROPS_FILE = f"{CROPS.name}.safetensors"
 ROADS_HELD_OUT = ROADS.inputs[ROADS.validation.tiles[0]]
 LANDSAT_REGION = LANDSAT.validation.region
 assert LANDSAT_REGION is not None
@@ -42,7 +46,8 @@ SHIPPED = sorted({s for c in DEFAULT_MODELS.values() for s in c if not is_spectr
 PORTED = [DYNAMIC_WORLD, WATNET]
 TRAINED = [s for s in SHIPPED if s not in PORTED]
 WATER_FALLBACK = DEFAULT_MODELS["water"][-1]  # the NDWI method
-MAX_BYTES = 30 * 1024 * 1024
+# A ResNet-34 U-Net in fp16 (the crops model) is 49 MB; nothing shipped may grow past 50 MB.
+MAX_BYTES = 50 * 1024 * 1024
 MIN_DEFAULT_IOU = 0.2  # a class gets a default model only if it validates at least this well
 
 RGB = ["red", "green", "blue"]
@@ -96,6 +101,28 @@ def test_a_model_geoseg_trained_records_its_training(name, cards):
     assert card.training["weights_dtype"] == "fp16"
 
 
+def test_the_new_defaults_record_their_held_out_scores_through_the_pipeline(cards):
+    # Scored as `geoseg run` runs by default (each class's smoothing recipe), on images the
+    # training never saw: roads v2 on the held-out tile (which also chose its epoch and
+    # threshold), the crops model on its test images (field boundaries merged into crops).
+    roads_v2 = cards[ROADS_V2_FILE].training
+    held_out = roads_v2["scores"]["held_out"]
+    assert [Path(i).name for i in held_out["images"]] == [Path(ROADS_HELD_OUT.image).name]
+    v2_iou = held_out["default"]["pooled"]["classes"]["roads"]["iou"]
+    assert v2_iou >= 0.4
+    # It replaced the first model as the default because it scores better on the same tile.
+    (old,) = cards[ROADS_FILE].training["evaluation"]["default"]
+    assert v2_iou > old["classes"]["roads"]["iou"]
+    assert roads_v2["reproducibility"]["command"].startswith(
+        "geoseg train workflows/train/roads-v2.yaml"
+    )
+    crops = cards[CROPS_FILE].training
+    test = crops["scores"]["test"]
+    assert test["images"] and not set(test["images"]) & set(crops["evaluation"]["held_out"])
+    assert test["default"]["pooled"]["classes"]["crops"]["iou"] >= 0.8
+    assert crops["reproducibility"]["command"].startswith("geoseg train workflows/train/crops.yaml")
+
+
 @pytest.mark.parametrize("name", PORTED)
 def test_a_ported_model_records_its_origin_licence_and_port_fidelity(name, cards):
     card = cards[name]
@@ -126,18 +153,26 @@ def test_a_ported_model_records_its_origin_licence_and_port_fidelity(name, cards
 
 def test_cards_list_every_default_and_every_shipped_file(cards):
     shipped = {p.name for p in WEIGHTS_DIR.glob("*.safetensors")}
-    # Trained by workflows/train/crops.yaml and roads-v2.yaml; named with --model until
-    # they are defaults.
-    not_defaults = {
-        f"{read_train_file(TRAIN_FILES / n, overrides={'output': 'x'}).name}.safetensors"
-        for n in ("crops.yaml", "roads-v2.yaml")
-    }
-    assert not_defaults == {"crops-fields-naip.safetensors", "roads-unet-r18-v2.safetensors"}
-    assert shipped == {ROADS_FILE, LANDSAT_FILE, DYNAMIC_WORLD, WATNET} | (not_defaults & shipped)
-    assert set(TRAINED) == {ROADS_FILE, LANDSAT_FILE}
+    # The training files in workflows/train/ name the files geoseg ships.
+    assert ROADS_V2_FILE == "roads-unet-r18-v2.safetensors"
+    assert CROPS_FILE == "crops-fields-naip.safetensors"
+    assert shipped == {
+        ROADS_FILE, ROADS_V2_FILE, LANDSAT_FILE, CROPS_FILE, DYNAMIC_WORLD, WATNET,
+    }  # fmt: skip
+    assert set(SHIPPED) == shipped  # every shipped file is some class's default or fallback
+    assert set(TRAINED) == {ROADS_FILE, ROADS_V2_FILE, LANDSAT_FILE, CROPS_FILE}
+    # Roads: v2 first, the first model as its fallback. Crops: fields at 1 m RGB, then
+    # Dynamic World's cropland on Sentinel-2.
+    assert DEFAULT_MODELS["roads"] == (ROADS_V2_FILE, ROADS_FILE)
+    assert DEFAULT_MODELS["crops"] == (CROPS_FILE, DYNAMIC_WORLD)
     assert set(cards) == {s for c in DEFAULT_MODELS.values() for s in c} | shipped
     assert cards[WATER_FALLBACK].bands == ("green", "nir")
     assert cards[ROADS_FILE].bands == ("red", "green", "blue")
+    assert cards[ROADS_V2_FILE].bands == ("red", "green", "blue")
+    assert cards[ROADS_V2_FILE].class_names == ("background", "roads")
+    assert cards[CROPS_FILE].bands == ("red", "green", "blue")
+    assert cards[CROPS_FILE].class_names == ("background", "crops", "field_boundary")
+    assert cards[CROPS_FILE].resolution_m == 1.0
     assert cards[LANDSAT_FILE].bands == ("blue", "green", "red", "nir", "swir1")
     assert cards[LANDSAT_FILE].class_names == ("background", "water", "crops")
     assert cards[WATNET].bands == ("blue", "green", "red", "nir", "swir1", "swir2")
@@ -178,7 +213,7 @@ def test_the_water_default_is_what_validated_best(cards):
 
 
 def test_roads_on_an_rgb_scene_named_or_not():
-    roads = str(WEIGHTS_DIR / ROADS_FILE)
+    roads = str(WEIGHTS_DIR / ROADS_V2_FILE)
     assert default_sources(["roads"], roles=RGB, count=3) == (roads,)
     # The Massachusetts tiles: three bands without descriptions, in R, G, B order.
     assert default_sources(["roads"], roles=[None] * 3, count=3) == (roads,)
@@ -190,7 +225,7 @@ def test_water_on_landsat7_uses_the_trained_model_and_sources_are_listed_once():
     landsat = str(WEIGHTS_DIR / LANDSAT_FILE)
     assert default_sources(["water"], roles=LANDSAT7, count=6) == (landsat,)
     assert default_sources(["roads", "water"], roles=LANDSAT7, count=6) == (
-        str(WEIGHTS_DIR / ROADS_FILE),
+        str(WEIGHTS_DIR / ROADS_V2_FILE),
         landsat,
     )
     assert default_sources(["water", "water"], roles=LANDSAT7, count=6) == (landsat,)
@@ -201,7 +236,7 @@ def test_water_falls_back_to_ndwi_on_a_green_and_nir_scene():
     assert default_sources(["water"], roles=naip, count=4) == (WATER_FALLBACK,)
     assert default_sources(["water", "roads"], roles=naip, count=4) == (
         WATER_FALLBACK,
-        str(WEIGHTS_DIR / ROADS_FILE),
+        str(WEIGHTS_DIR / ROADS_V2_FILE),
     )
     # The Sentinel-2 render in ../shared/data: B01..B08, no SWIR.
     s2 = band_roles([f"B0{i}" for i in range(1, 9)])
@@ -220,11 +255,15 @@ def test_trained_models_are_passed_over_on_much_coarser_pixels_but_kept_on_finer
     assert default_sources(["water"], roles=LANDSAT7, count=6, resolution_m=100.0) == (
         WATER_FALLBACK,
     )
-    roads = str(WEIGHTS_DIR / ROADS_FILE)
+    roads = str(WEIGHTS_DIR / ROADS_V2_FILE)
     assert default_sources(["roads"], roles=RGB, count=3, resolution_m=0.3) == (roads,)
     assert default_sources(["roads"], roles=RGB, count=3, resolution_m=2.0) == (roads,)
-    with pytest.raises(BandError, match=r"trained for 1 m pixels, the scene's are 2.5 m; pass"):
+    # Neither roads model takes 2.5 m pixels: the error names both.
+    with pytest.raises(BandError) as err:
         default_sources(["roads"], roles=RGB, count=3, resolution_m=2.5)
+    for name in (ROADS_V2_FILE, ROADS_FILE):
+        assert f"{name} is trained for 1 m pixels, the scene's are 2.5 m;" in str(err.value)
+    assert str(err.value).endswith("pass a model made for this imagery with --model")
     with pytest.raises(BandError, match=r"trained for 1 m pixels, the scene's are 8.22 m; pass"):
         default_sources(["roads"], roles=RGB, count=3, resolution_m=8.21533)
 
@@ -248,8 +287,10 @@ def test_defaults_whose_units_do_not_match_the_scene_are_passed_over(cards):
     assert default_sources(["water"], roles=LANDSAT7, count=6, value_misfit=l8_dns) == (
         WATER_FALLBACK,
     )
-    with pytest.raises(BandError, match=r"roads-unet-r18.safetensors: it was trained on values"):
+    with pytest.raises(BandError) as err:
         default_sources(["roads"], roles=RGB, count=3, value_misfit=l8_dns)
+    for name in (ROADS_V2_FILE, ROADS_FILE):
+        assert f"{name}: it was trained on values" in str(err.value)
 
 
 def _landsat_like(
@@ -309,28 +350,36 @@ def test_an_unknown_class_lists_the_classes_with_defaults():
         default_sources(["water", "buildings"], roles=LANDSAT7, count=6)
 
 
-def test_crops_come_from_dynamic_world_on_sentinel2_and_other_scenes_are_told_what_it_needs(
-    cards,
-):
+def test_crops_come_from_the_field_model_at_1_m_and_dynamic_world_on_sentinel2(cards):
     # The Landsat model has a crops output, but on the held-out region it finds none of the
     # 1996 agriculture pixels: a default that silently returns nothing would mislead.
     crops = cards[LANDSAT_FILE].training["validation"]["classes"]["crops"]
     assert crops["iou"] < MIN_DEFAULT_IOU
-    assert DEFAULT_MODELS["crops"] == (DYNAMIC_WORLD,)
-    s2 = band_roles(S2_L1C)
+    assert LANDSAT_FILE not in DEFAULT_MODELS["crops"]
+    fields = str(WEIGHTS_DIR / CROPS_FILE)
     dw = str(WEIGHTS_DIR / DYNAMIC_WORLD)
+    # 1 m RGB (NAIP, aerial): the field model, named bands or three unnamed ones.
+    assert default_sources(["crops"], roles=RGB, count=3, resolution_m=1.0) == (fields,)
+    assert default_sources(["crops"], roles=[None] * 3, count=3, resolution_m=0.6) == (fields,)
+    naip = band_roles([None] * 4, sensor="naip")  # red, green, blue, nir
+    assert default_sources(["crops"], roles=naip, count=4, resolution_m=1.0) == (fields,)
+    # Sentinel-2 at 10 m has red, green and blue too, but its pixels are 10x the field
+    # model's: it is passed over for Dynamic World.
+    s2 = band_roles(S2_L1C)
     assert default_sources(["crops"], roles=s2, count=13, resolution_m=10.0) == (dw,)
-    # A Landsat 7 scene (no red edge), or the Sentinel-2 render B01-B08 (no SWIR): the error
-    # names the class, what its default needs, what the scene has, and the way out.
+    # A 30 m Landsat 7 scene (no red edge), or the 10 m Sentinel-2 render B01-B08 (no SWIR):
+    # the error names the class, why each candidate does not fit, what the scene has, and
+    # the way out.
     with pytest.raises(BandError) as err:
-        default_sources(["crops"], roles=LANDSAT7, count=6)
+        default_sources(["crops"], roles=LANDSAT7, count=6, resolution_m=30.0)
     msg = str(err.value)
     assert "class 'crops'" in msg and f"{DYNAMIC_WORLD} needs {DW_NEEDS};" in msg
+    assert f"{CROPS_FILE} is trained for 1 m pixels, the scene's are 30 m;" in msg
     assert "(bands blue, green, red, nir, swir1, swir2)" in msg
     assert "--bands" in msg and "--sensor" in msg and "--model" in msg
     render = band_roles([f"B0{i}" for i in range(1, 9)])
-    with pytest.raises(BandError, match=rf"class 'crops'.*{DYNAMIC_WORLD} needs {DW_NEEDS};"):
-        default_sources(["crops"], roles=render, count=8)
+    with pytest.raises(BandError, match=rf"class 'crops'.*{DYNAMIC_WORLD} needs {DW_NEEDS}"):
+        default_sources(["crops"], roles=render, count=8, resolution_m=10.0)
 
 
 def test_a_scene_without_the_bands_says_what_each_candidate_needs_and_how_to_fix_it():
@@ -355,6 +404,14 @@ def test_a_missing_weights_file_falls_back_for_water_and_fails_clearly_for_roads
     assert default_sources(["water"], roles=LANDSAT7, count=6) == (WATER_FALLBACK,)
     with pytest.raises(ModelCardError, match=r"class 'roads' is unusable.*does not exist.*retrain"):
         default_sources(["roads"], roles=RGB, count=3)
+
+
+def test_roads_fall_back_to_the_first_model_when_v2_is_missing(monkeypatch, tmp_path, caplog):
+    (tmp_path / ROADS_FILE).symlink_to(WEIGHTS_DIR / ROADS_FILE)
+    monkeypatch.setattr("geoseg.models.defaults.WEIGHTS_DIR", tmp_path)
+    caplog.clear()
+    assert default_sources(["roads"], roles=RGB, count=3) == (str(tmp_path / ROADS_FILE),)
+    assert f"default model {ROADS_V2_FILE} for roads is unusable" in caplog.text
 
 
 # --- accuracy on the held-out data, through the real pipeline --------------------------------
