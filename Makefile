@@ -24,7 +24,6 @@ demo: $(STAMP)
 	$(BIN)/geoseg run samples/beaufort_s2.tif --classes water \
 		-o $(DEMO_OUT)/beaufort_water.gpkg --overwrite
 	$(BIN)/geoseg run samples/naip_rochester_mn.tif --classes roads,crops \
-		-m geoseg/models/weights/crops-fields-naip.safetensors \
 		-o $(DEMO_OUT)/naip_roads_crops.gpkg --overwrite
 	$(BIN)/geoseg models list
 
