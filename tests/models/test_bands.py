@@ -19,7 +19,7 @@ from geoseg.models.bands import (
     preset_scaling,
     resolve_bands,
 )
-from geoseg.models.defaults import WEIGHTS_DIR
+from geoseg.models.defaults import DEFAULT_MODELS, WEIGHTS_DIR
 from geoseg.run.plan import plan_run
 from geoseg.tiling.io import read_scene_info, read_window
 
@@ -237,7 +237,8 @@ def test_an_rgb_geotiff_without_descriptions_gets_its_roles_from_colour_interpre
     assert read_scene_info(rgb).colorinterp == ("red", "green", "blue")
     plan = plan_run(rgb, RunConfig(classes=("roads",)))
     (use,) = plan.models
-    assert use.source == str(WEIGHTS_DIR / "roads-unet-r18.safetensors") and use.bands == (1, 2, 3)
+    roads = WEIGHTS_DIR / DEFAULT_MODELS["roads"][0]
+    assert use.source == str(roads) and use.bands == (1, 2, 3)
     # The colours are read, not the band order: a BGR file feeds the model red, green, blue.
     bgr = _write(
         tmp_path / "bgr.tif", 3, dtype="uint8", res=1.0, colorinterp=["blue", "green", "red"]

@@ -52,9 +52,10 @@ def test_landsat_file_holds_out_a_region_with_a_one_chip_gap(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["roads.yaml", "landsat.yaml"])
-def test_training_files_state_what_trained_the_shipped_models(name, tmp_path):
+def test_training_files_state_what_trained_the_shipped_models(name, tmp_path, shared_data):
     # The card of each shipped model records the config that trained it: the file holds the
-    # same options, so `geoseg train` on it trains the same model.
+    # same options, so `geoseg train` on it trains the same model. The options name the data
+    # where it is, so this needs ../shared/data (the fixture skips without it).
     config = _read(name, tmp_path)
     model = WEIGHTS_DIR / f"{config.name}.safetensors"
     recorded = read_card(model).training["reproducibility"]["config"]
