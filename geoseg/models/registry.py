@@ -107,15 +107,19 @@ def save_model(
     """Write weights and card into one safetensors file (atomically)."""
     from safetensors.torch import save_file
 
+    from geoseg.tiling.atomic import commit, create_temporary
+
     p = Path(path)
-    tmp = p.with_name(f".{p.name}.partial")
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
-    save_file(tensors, str(tmp), metadata={CARD_KEY: card_to_json(card)})
-    # Model files are shared artefacts: readable like any file the user creates (umask).
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, p)
+    # An unpredictable temporary created without following links (readable like any file the
+    # user creates: 0666 less the umask), renamed over the model file when complete.
+    tmp = create_temporary(p)
+    try:
+        save_file(tensors, str(tmp), metadata={CARD_KEY: card_to_json(card)})
+        commit(tmp, p)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return p
 
 

@@ -12,7 +12,6 @@ no code. It records a fingerprint of the options a resumed run must share
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,9 +46,15 @@ def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
     """Write ``state`` to ``path`` through a temporary file (atomic rename)."""
     import torch
 
-    tmp = path.with_name(f".{path.name}.partial")
-    torch.save(dict(state), tmp)
-    os.replace(tmp, path)
+    from geoseg.tiling.atomic import commit, create_temporary
+
+    tmp = create_temporary(path)
+    try:
+        torch.save(dict(state), tmp)
+        commit(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load_checkpoint(path: Path, config: TrainConfig) -> dict[str, Any]:
