@@ -43,6 +43,7 @@ __all__ = [
     "OPS",
     "Normaliser",
     "Transform",
+    "apply_scaling",
     "input_scaling",
     "transform_from_dict",
     "transform_to_dict",
@@ -313,3 +314,13 @@ _STEPS = {
     "zscore": _zscore,
     "sigmoid": _sigmoid,
 }
+
+
+def apply_scaling(
+    image: np.ndarray, scaling: tuple[Sequence[float], Sequence[float]]
+) -> np.ndarray:
+    """``image * scale + offset`` per band (``(bands, H, W)``), float32, as a new array (the
+    stored one may be shared); ``scaling`` is what :func:`input_scaling` returns."""
+    scales = np.asarray(scaling[0], dtype=np.float32)[:, None, None]
+    offsets = np.asarray(scaling[1], dtype=np.float32)[:, None, None]
+    return image.astype(np.float32) * scales + offsets

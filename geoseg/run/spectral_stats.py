@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from geoseg.models.normalisation import apply_scaling
 from geoseg.models.spectral import (
     index_histogram,
     normalized_difference,
@@ -69,10 +70,7 @@ def block_band_stats(
     method sees (``scaling``: per band scale and offset, as the run applies them)."""
     image, valid = read_window(path, block.core, bands=bands)
     if scaling is not None:
-        image = (
-            image.astype(np.float32) * np.asarray(scaling[0], dtype=np.float32)[:, None, None]
-            + np.asarray(scaling[1], dtype=np.float32)[:, None, None]
-        )
+        image = apply_scaling(image, scaling)
     px = image[:, valid].astype(np.float64)
     return BandStats(
         hist=index_histogram(normalized_difference(image[0], image[1]), valid),

@@ -17,6 +17,7 @@ import numpy as np
 
 from geoseg.config import InferenceOptions
 from geoseg.errors import GeosegError, TaskFailure
+from geoseg.models.normalisation import apply_scaling
 from geoseg.models.predictor import Segmenter, cached_segmenter
 from geoseg.models.spectral import SpectralSegmenter, SplitMergeSegmenter
 from geoseg.postprocess import argmax_classes, colour_bands, smooth_block
@@ -46,13 +47,6 @@ def _segmenter(use: ModelUse, options: InferenceOptions) -> Segmenter:
     )
 
 
-def _scaled(image: np.ndarray, scaling: tuple[tuple[float, ...], tuple[float, ...]]) -> np.ndarray:
-    """``image * scale + offset`` per band, float32 (a new array: the stored one is shared)."""
-    scales = np.asarray(scaling[0], dtype=np.float32)[:, None, None]
-    offsets = np.asarray(scaling[1], dtype=np.float32)[:, None, None]
-    return image.astype(np.float32) * scales + offsets
-
-
 def process_block(plan: RunPlan, block: Block) -> BlockResult:
     """Read, predict, smooth, crop and polygonize one block (runs on a Dask worker)."""
     timings = dict.fromkeys(
@@ -74,7 +68,7 @@ def process_block(plan: RunPlan, block: Block) -> BlockResult:
             images[use.bands] = read_window(plan.scene.path, block.read, bands=use.bands)
         image, valid = images[use.bands]
         if use.scaling is not None:  # the model reads physical units (e.g. reflectance)
-            image = _scaled(image, use.scaling)
+            image = apply_scaling(image, use.scaling)
         # A model that reads the scene at its own pixel size sees its own grid's window; its
         # probabilities come back to the scene grid.
         grid = use.grid if valid.any() else None
@@ -84,7 +78,7 @@ def process_block(plan: RunPlan, block: Block) -> BlockResult:
                 plan.scene.path, model_window, bands=use.bands, grid=grid
             )
             if use.scaling is not None:
-                model_image = _scaled(model_image, use.scaling)
+                model_image = apply_scaling(model_image, use.scaling)
         t1 = time.perf_counter()
         seg = _segmenter(use, plan.inference)
         loaded = time.perf_counter()
