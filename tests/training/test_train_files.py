@@ -60,7 +60,8 @@ def test_training_files_state_what_trained_the_shipped_models(name, tmp_path, sh
     model = WEIGHTS_DIR / f"{config.name}.safetensors"
     recorded = read_card(model).training["reproducibility"]["config"]
     again = TrainConfig.from_dict({**recorded, "output": config.output})
-    assert config.fingerprint() == again.fingerprint()
+    # Not the fingerprint: it hashes the input paths, which differ where the data is mounted
+    # elsewhere; the options are compared below and the inputs by their file names.
     mine = config.to_dict()
     assert {k: v for k, v in mine.items() if k not in NOT_COMPARED} == {
         k: v for k, v in again.to_dict().items() if k not in NOT_COMPARED
