@@ -204,10 +204,19 @@ def _halve(x: torch.Tensor) -> torch.Tensor:
     on every side; the first and last outputs of each axis, whose outer tap fell on the
     padding, are scaled by 8 / 7 to renormalise TF's weights over the pixels inside.
     """
-    channels = x.shape[1]
     kernel = torch.outer(_TENT, _TENT).to(device=x.device, dtype=x.dtype)
-    weight = kernel.expand(channels, 1, 4, 4).contiguous(memory_format=torch.channels_last)
-    y = F.conv2d(x, weight, stride=2, padding=1, groups=channels)
+    if torch.onnx.is_in_onnx_export():
+        # ONNX wants a convolution's kernel of a known shape, and the channel count is traced
+        # from the input: fold the channels into the batch and convolve each plane with the
+        # one constant kernel (the same sums, in a layout torch would run more slowly).
+        n, c, h, w = x.shape
+        planes = x.reshape(n * c, 1, h, w)
+        y = F.conv2d(planes, kernel[None, None], stride=2, padding=1)
+        y = y.reshape(n, c, y.shape[-2], y.shape[-1])
+    else:
+        channels = x.shape[1]
+        weight = kernel.expand(channels, 1, 4, 4).contiguous(memory_format=torch.channels_last)
+        y = F.conv2d(x, weight, stride=2, padding=1, groups=channels)
     edge = 8.0 / 7.0
     y[..., 0, :] *= edge
     y[..., -1, :] *= edge
