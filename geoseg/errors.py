@@ -47,6 +47,10 @@ class OutputWriteError(GeosegError, OSError):
     """An output could not be written."""
 
 
+class JournalError(GeosegError, ValueError):
+    """A run's journal of finished blocks (for ``--resume``) holds a block it cannot read."""
+
+
 class WorkerLostError(GeosegError, RuntimeError):
     """Dask lost the workers running a block too many times (killed, out of memory)."""
 

@@ -16,6 +16,8 @@ import hashlib
 import io
 import json
 import sqlite3
+import zipfile
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ from typing import Any
 import numpy as np
 import shapely
 
-from geoseg.errors import OutputWriteError
+from geoseg.errors import JournalError, OutputWriteError
 from geoseg.run.results import BlockResult, ClassPolygons
 from geoseg.vectorize.centerlines import BlockLines
 from geoseg.vectorize.polygons import BlockPolygons
@@ -258,7 +260,40 @@ def encode_result(result: BlockResult) -> bytes:
     return encode_arrays(arrays)
 
 
+# What a damaged payload raises while decoding: not a zip or not an npz, bad compressed
+# data, missing arrays or metadata, arrays of the wrong kind, invalid WKB.
+_DAMAGED = (
+    ValueError,
+    KeyError,
+    TypeError,
+    IndexError,
+    EOFError,
+    OSError,
+    zipfile.BadZipFile,
+    zlib.error,
+    shapely.errors.GEOSException,
+)
+
+
 def decode_result(data: bytes, classes: Sequence[str]) -> BlockResult:
+    """Inverse of :func:`encode_result`.
+
+    Raises
+    ------
+    JournalError
+        If ``data`` is not a block result (the journal was damaged or edited): resuming from
+        it could not give the output of an uninterrupted run.
+    """
+    try:
+        return _decode_result(data, classes)
+    except _DAMAGED as err:
+        raise JournalError(
+            f"the journal holds a block it cannot read ({type(err).__name__}: "
+            f"{str(err)[:120]}); run again without --resume to start over"
+        ) from err
+
+
+def _decode_result(data: bytes, classes: Sequence[str]) -> BlockResult:
     arrays = decode_arrays(data)
     meta = json.loads(arrays["meta"].tobytes())
     interior = {

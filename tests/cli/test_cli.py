@@ -542,6 +542,48 @@ def test_an_interrupt_masked_by_a_cleanup_error_is_still_an_interrupt(
     assert "1 blocks resumed" in text
 
 
+def test_resuming_from_a_damaged_journal_is_one_line_then_a_fresh_run_works(
+    tiny_model: Path, make_scene, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A journal row damaged on disk (or edited) made --resume end in a bare ValueError's
+    # traceback from the npz reader.
+    import sqlite3
+
+    import geoseg.run.pipeline
+
+    encode = geoseg.run.pipeline.encode_result
+    calls = []
+
+    def interrupted_encode(result: object) -> bytes:
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return encode(result)
+
+    monkeypatch.setattr(geoseg.run.pipeline, "encode_result", interrupted_encode)
+    path, _ = make_scene(200, 200, seed=2)
+    out = tmp_path / "o.gpkg"
+    args = ["run", str(path), "--classes", "water", "-m", str(tiny_model), "-o", str(out)]
+    code, text = _run(*args, "--block", "64", "--scheduler", "sync")
+    assert code == 130, text
+    monkeypatch.setattr(geoseg.run.pipeline, "encode_result", encode)
+    (journal,) = tmp_path.glob(".o.gpkg*journal")
+    with sqlite3.connect(journal) as db:
+        (table,) = [
+            r[0]
+            for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            if any(c[1] == "payload" for c in db.execute(f"PRAGMA table_info({r[0]})"))
+        ]
+        db.execute(f"UPDATE {table} SET payload = substr(payload, 1, 40)")
+    code, text = _run(*args, "--block", "64", "--scheduler", "sync", "--resume")
+    assert code == 1, text
+    assert "journal" in text and "without --resume" in text
+    assert "Traceback" not in text and text.strip().count("\n") == 0, text
+    assert not out.exists()
+    code, text = _run(*args, "--block", "64", "--scheduler", "sync")
+    assert code == 0, text
+
+
 @pytest.mark.parametrize("verbose", [False, True], ids=["quiet-dask", "-v"])
 @pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
 def test_an_interrupt_mutes_dask_until_the_command_ends(signame: str, verbose: bool) -> None:

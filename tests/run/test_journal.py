@@ -288,3 +288,32 @@ def test_encode_arrays_stores_geometries_as_wkb_not_pickles() -> None:
     assert set(out) == {"g", "n"}
     assert _same_geoms(out["g"], geoms)
     np.testing.assert_array_equal(out["n"], np.arange(3))
+
+
+def _damaged_payloads() -> dict[str, bytes]:
+    good = encode_result(_result(0))
+    arrays = decode_arrays(good)
+    no_meta = encode_arrays({k: v for k, v in arrays.items() if k != "meta"})
+    name = next(k for k in arrays if k.endswith(".geometries"))
+    flat = io.BytesIO()
+    with np.load(io.BytesIO(good), allow_pickle=False) as npz:
+        parts = {k: npz[k] for k in npz.files}
+    parts[f"{name}.wkb"] = np.full_like(parts[f"{name}.wkb"], 7)
+    np.savez_compressed(flat, **parts)  # type: ignore[arg-type]
+    return {
+        "random bytes": bytes(range(256)) * 4,
+        "truncated": good[: len(good) // 2],
+        "no metadata": no_meta,
+        "invalid WKB": flat.getvalue(),
+        "metadata not JSON": encode_arrays({**arrays, "meta": np.frombuffer(b"{nope", np.uint8)}),
+    }
+
+
+@pytest.mark.parametrize("kind", list(_damaged_payloads()))
+def test_a_damaged_payload_is_one_journal_error_naming_the_way_out(kind: str) -> None:
+    from geoseg.errors import GeosegError, JournalError
+
+    with pytest.raises(JournalError, match="run again without --resume") as caught:
+        decode_result(_damaged_payloads()[kind], CLASSES)
+    assert isinstance(caught.value, GeosegError)
+    assert "\n" not in str(caught.value) and len(str(caught.value)) < 300
