@@ -317,3 +317,23 @@ def test_a_damaged_payload_is_one_journal_error_naming_the_way_out(kind: str) ->
         decode_result(_damaged_payloads()[kind], CLASSES)
     assert isinstance(caught.value, GeosegError)
     assert "\n" not in str(caught.value) and len(str(caught.value)) < 300
+
+
+def test_links_planted_at_the_sidecar_names_after_the_check_are_not_written_through(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The journal refuses links at its four names before opening; a link planted after that
+    # check (a race) meets SQLite, which opens its -wal and -shm files without following links.
+    from geoseg.errors import OutputWriteError
+
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    path = tmp_path / ".out.gpkg.journal"
+    for side in ("-wal", "-shm"):
+        Path(f"{path}{side}").symlink_to(victim if side == "-wal" else tmp_path / "created")
+    monkeypatch.setattr(Path, "is_symlink", lambda self: False)  # the check saw nothing
+    monkeypatch.setattr(Path, "unlink", lambda self, missing_ok=False: None)
+    with pytest.raises(OutputWriteError, match="cannot write the journal"):
+        Journal(path, fingerprint="f", resume=True)
+    assert victim.read_bytes() == b"precious"
+    assert not (tmp_path / "created").exists()
