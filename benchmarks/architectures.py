@@ -14,7 +14,8 @@ Columns:
   forward pass adds. Each architecture and precision runs in its own process, so one's peak
   does not hide another's.
 - ``act MB``: the peak of the bytes held by tensors allocated during a bf16 pass (fp16 has
-  the same sizes), tracked op by op with a torch dispatch mode: the activation memory a GPU
+  the same sizes), tracked op by op with a torch dispatch mode
+  (:func:`geoseg.models.batch_size.peak_live_bytes`): the activation memory a GPU
   needs per tile beyond the weights, without allocator overheads; ``x U-Net`` is its ratio
   to the U-Net's; ``512/256`` the ratio between a 512 and a 256 px tile (4.0 when
   activation memory is proportional to the pixels, so a small probe pass predicts a tile).
@@ -72,48 +73,11 @@ def _build(name: str) -> Any:
     return getattr(mod, cls_name)(in_channels=3, classes=2, **kwargs)
 
 
-def _live_peak_bytes(net: Any, x: Any) -> int:
-    """Peak bytes of tensors created during one bf16 forward pass and still alive."""
-    import torch
-    from torch.multiprocessing.reductions import StorageWeakRef
-    from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils._pytree import tree_flatten
-
-    class Live(TorchDispatchMode):
-        def __init__(self) -> None:
-            super().__init__()
-            self.held: dict[int, tuple[StorageWeakRef, int]] = {}
-            self.live = self.peak = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-            out = func(*args, **(kwargs or {}))
-            for key, (ref, size) in list(self.held.items()):
-                if ref.expired():
-                    del self.held[key]
-                    self.live -= size
-            for t in tree_flatten(out)[0]:
-                if isinstance(t, torch.Tensor) and t.device.type == "cpu":
-                    storage = t.untyped_storage()
-                    key = storage.data_ptr()
-                    if key and key not in self.held and key not in weights:
-                        self.held[key] = (StorageWeakRef(storage), storage.nbytes())
-                        self.live += storage.nbytes()
-            self.peak = max(self.peak, self.live)
-            return out
-
-    weights = {p.untyped_storage().data_ptr() for p in net.parameters()}
-    weights |= {b.untyped_storage().data_ptr() for b in net.buffers()}
-    weights.add(x.untyped_storage().data_ptr())
-    tracker = Live()
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16), tracker:
-        net(x)
-    return tracker.peak
-
-
 def child(name: str, precision: str, *, repeats: int, tile: int) -> dict[str, Any]:
     """One architecture at one precision, in this (fresh) process."""
     import torch
 
+    from geoseg.models.batch_size import peak_live_bytes
     from geoseg.models.bn_folding import cast_weights, fold_batchnorm
 
     torch.set_num_threads(THREADS)
@@ -142,7 +106,7 @@ def child(name: str, precision: str, *, repeats: int, tile: int) -> dict[str, An
     # The warm-up pass (oneDNN primitives, allocator); in bf16 it also tracks the tensors
     # (the dispatch mode holds no tensor, so the peak below is unchanged).
     if bf16:
-        out["act_mb"] = _live_peak_bytes(net, x) / 2**20
+        out["act_mb"] = peak_live_bytes(net, x, dtype=torch.bfloat16) / 2**20
     else:
         forward()
     times = [forward() for _ in range(repeats)]
@@ -150,7 +114,7 @@ def child(name: str, precision: str, *, repeats: int, tile: int) -> dict[str, An
     out["peak_mb"] = (_status_kb("VmHWM") - rss0) / 1024
     if bf16:
         half = torch.rand(1, 3, tile // 2, tile // 2).contiguous(memory_format=torch.channels_last)
-        out["act_half_mb"] = _live_peak_bytes(net, half) / 2**20
+        out["act_half_mb"] = peak_live_bytes(net, half, dtype=torch.bfloat16) / 2**20
     return out
 
 
