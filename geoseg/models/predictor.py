@@ -3,11 +3,11 @@
 A :class:`Segmenter` turns a block of raw scene pixels into blended class probabilities.
 :class:`TorchSegmenter` does it for torch networks (smp and those written in geoseg): it
 normalises with the card's transforms, turns the network's outputs into the card's class
-probabilities (softmax, or sigmoid of one logit; channels summed into merged classes), cuts tiles
-on the block's grid, runs batches under autocast (bf16 on CPUs with AVX-512 bf16 / AMX,
-fp16 on CUDA) with channels_last memory, batch norms folded into the convolutions and
-weights pre-cast (:mod:`geoseg.models.bn_folding`), and blends tiles with
-:class:`~geoseg.tiling.blend.BlendAccumulator`.
+probabilities (softmax, or sigmoid of one logit; channels summed into merged classes), cuts the
+tiles it is given (a block asks for the tiles of the scene's tile grid it needs), runs batches
+under autocast (bf16 on CPUs with AVX-512 bf16 / AMX, fp16 on CUDA) with channels_last memory,
+batch norms folded into the convolutions and weights pre-cast (:mod:`geoseg.models.bn_folding`),
+and blends tiles with :class:`~geoseg.tiling.blend.BlendAccumulator`.
 
 Dask workers keep one loaded model per process (:func:`cached_segmenter`). Every forward
 pass of a model runs on one of that model's own threads (its *slots*): a worker's Dask
@@ -330,9 +330,11 @@ class TorchSegmenter:
             yield chunk, batch
 
     def predict(self, image: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        """Blended probabilities ``(C, H, W)`` over a block of raw pixels ``(B, H, W)``.
+        """Blended probabilities ``(C, H, W)`` over a whole image of raw pixels ``(B, H, W)``.
 
-        Tiles with no valid pixel are skipped; invalid pixels get probability 0.
+        Tiles are laid as on the image's :class:`~geoseg.tiling.grid.TileGrid` (an image
+        smaller than a tile is reflect-padded to one). Tiles with no valid pixel are skipped;
+        invalid pixels get probability 0.
         """
         h, w = valid.shape
         t = self.tile
@@ -341,9 +343,23 @@ class TorchSegmenter:
             image = np.pad(image, ((0, 0), (0, ph), (0, pw)), mode="reflect")
             valid = np.pad(valid, ((0, ph), (0, pw)), mode="constant", constant_values=False)
         stride = t - self.overlap
-        rows = tile_origins(valid.shape[0], tile=t, stride=stride)
-        cols = tile_origins(valid.shape[1], tile=t, stride=stride)
-        origins = [(r, c) for r in rows for c in cols if valid[r : r + t, c : c + t].any()]
+        rows = tile_origins(h, tile=t, stride=stride)
+        cols = tile_origins(w, tile=t, stride=stride)
+        out = self.predict_tiles(image, valid, origins=[(r, c) for r in rows for c in cols])
+        return out[:, :h, :w]
+
+    def predict_tiles(
+        self, image: np.ndarray, valid: np.ndarray, *, origins: list[tuple[int, int]]
+    ) -> np.ndarray:
+        """Probabilities ``(C, H, W)`` over raw pixels ``(B, H, W)`` from the tiles at
+        ``origins`` (each inside the array), blended in the order given.
+
+        Blending the same tiles in the same order gives every pixel the same float sums,
+        whatever else the array holds. Tiles with no valid pixel are skipped; pixels no tile
+        covers, and invalid pixels, get probability 0.
+        """
+        t = self.tile
+        origins = [(r, c) for r, c in origins if valid[r : r + t, c : c + t].any()]
         acc = BlendAccumulator(len(self.card.classes), valid.shape, tile=t, overlap=self.overlap)
         # Up to slots + 1 batches of this block are queued or running at once: one block
         # keeps every slot busy (while the other Dask thread reads or vectorizes), and the
@@ -367,7 +383,7 @@ class TorchSegmenter:
             for _, future in pending:
                 future.cancel()
         out, _ = acc.result()
-        return out[:, :h, :w]
+        return out
 
     def predict_whole(self, image: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """Whole-image inference in one forward pass (reference for seam tests).

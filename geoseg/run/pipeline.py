@@ -172,6 +172,8 @@ def _plan_fingerprint(plan: RunPlan, config: RunConfig) -> str:
             "models": models,
             "classes": plan.classes,
             "spec": [plan.tiling.tile, plan.tiling.overlap, plan.tiling.block, plan.tiling.halo_px],
+            # Blocks of a run whose tiles lay per block (before the scene's tile grid) differ.
+            "tiles": "scene-grid",
             "inference": [plan.inference.precision, plan.inference.tile, plan.inference.overlap],
             "min_area_m2": plan.min_area_m2,
             "simplify_px": plan.simplify_px,

@@ -84,6 +84,11 @@ class ModelUse:
         return tuple(name for name, _ in self.outputs)
 
     @property
+    def stride(self) -> int:
+        """Pixels (the model's) between neighbouring tile origins."""
+        return self.tile - self.overlap
+
+    @property
     def scene_px(self) -> float:
         """Scene pixels per model pixel (the larger of the two axes)."""
         if self.grid is None:

@@ -18,13 +18,13 @@ import numpy as np
 from geoseg.config import InferenceOptions
 from geoseg.errors import GeosegError, TaskFailure
 from geoseg.models.normalisation import apply_scaling
-from geoseg.models.predictor import Segmenter, cached_segmenter
+from geoseg.models.predictor import Segmenter, TorchSegmenter, cached_segmenter
 from geoseg.models.spectral import SpectralSegmenter, SplitMergeSegmenter
 from geoseg.postprocess import argmax_classes, colour_bands, smooth_block
 from geoseg.run.memory import peak_rss_mb
 from geoseg.run.plan import MAX_ROAD_WIDTH_M, NODATA_CLASS, ModelUse, RunPlan
 from geoseg.run.results import BlockResult, ClassPolygons, finish_polygons
-from geoseg.tiling.grid import Block
+from geoseg.tiling.grid import Block, PixelWindow, TileGrid, hull
 from geoseg.tiling.io import read_model_window, read_window
 from geoseg.tiling.resample import to_scene_grid
 from geoseg.vectorize.centerlines import BlockLines, block_centerlines
@@ -47,6 +47,46 @@ def _segmenter(use: ModelUse, options: InferenceOptions) -> Segmenter:
     )
 
 
+def _networked(use: ModelUse) -> bool:
+    """Whether the model is a network run on tiles (spectral methods work per pixel)."""
+    return use.card.architecture != "spectral"
+
+
+def _scene_tiles(use: ModelUse, plan: RunPlan) -> TileGrid:
+    return TileGrid(
+        height=plan.scene.height, width=plan.scene.width, tile=use.tile, stride=use.stride
+    )
+
+
+def _in_scene(window: PixelWindow, plan: RunPlan) -> PixelWindow:
+    scene = PixelWindow(row_off=0, col_off=0, height=plan.scene.height, width=plan.scene.width)
+    inside = window.intersection(scene)
+    if inside is None:
+        raise GeosegError(f"block window {window} lies outside the scene")
+    return inside
+
+
+def _predict_scene_tiles(
+    seg: TorchSegmenter,
+    image: np.ndarray,
+    valid: np.ndarray,
+    *,
+    window: PixelWindow,
+    use: ModelUse,
+    plan: RunPlan,
+    block: Block,
+) -> np.ndarray:
+    """Probabilities over ``block.read`` from the scene's tiles that meet it.
+
+    ``image`` and ``valid`` cover ``window``, which holds the read window and those tiles.
+    Pixels outside the scene are invalid and get probability 0, as in any block.
+    """
+    tiles = _scene_tiles(use, plan).covering(_in_scene(block.read, plan))
+    origins = [(r - window.row_off, c - window.col_off) for r, c in tiles]
+    probs = seg.predict_tiles(image, valid, origins=origins)
+    return probs[(slice(None), *block.read.relative_to(window))]
+
+
 def process_block(plan: RunPlan, block: Block) -> BlockResult:
     """Read, predict, smooth, crop and polygonize one block (runs on a Dask worker)."""
     timings = dict.fromkeys(
@@ -59,21 +99,45 @@ def process_block(plan: RunPlan, block: Block) -> BlockResult:
     masks: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     # Per model: its normalised entropy over the core, and the classes it gives.
     entropies: list[tuple[np.ndarray, tuple[str, ...]]] = []
-    images: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray]] = {}
+    images: dict[tuple[int, ...], tuple[PixelWindow, np.ndarray, np.ndarray]] = {}
     lines: dict[str, BlockLines] = {}
     device, precision = "cpu", "fp32"
+    # Each band set is read once, over the block's read window and the tiles of the scene's
+    # tile grid that meet it (networks at the scene's pixel size).
+    spans: dict[tuple[int, ...], PixelWindow] = {}
+    for use in plan.models:
+        if use.grid is None and _networked(use):
+            tiles = _scene_tiles(use, plan).covering(_in_scene(block.read, plan))
+            span = _scene_tiles(use, plan).span(tiles)
+            spans[use.bands] = hull(spans.get(use.bands, block.read), span)
     for use in plan.models:
         t0 = time.perf_counter()
         if use.bands not in images:
-            images[use.bands] = read_window(plan.scene.path, block.read, bands=use.bands)
-        image, valid = images[use.bands]
+            window = spans.get(use.bands, block.read)
+            wide, wide_valid = read_window(plan.scene.path, window, bands=use.bands)
+            images[use.bands] = (window, wide, wide_valid)
+        window, wide, wide_valid = images[use.bands]
         if use.scaling is not None:  # the model reads physical units (e.g. reflectance)
-            image = apply_scaling(image, use.scaling)
+            wide = apply_scaling(wide, use.scaling)
+        in_read = block.read.relative_to(window)
+        image, valid = wide[(slice(None), *in_read)], wide_valid[in_read]
         # A model that reads the scene at its own pixel size sees its own grid's window; its
         # probabilities come back to the scene grid.
         grid = use.grid if valid.any() else None
         if grid is not None:
-            model_window = grid.cover(block.read)
+            model_cover = grid.cover(block.read)
+            model_window = model_cover
+            model_tiles: list[tuple[int, int]] = []
+            if _networked(use):
+                tile_grid = TileGrid(
+                    height=grid.height, width=grid.width, tile=use.tile, stride=use.stride
+                )
+                model_in_grid = model_cover.intersection(
+                    PixelWindow(row_off=0, col_off=0, height=grid.height, width=grid.width)
+                )
+                if model_in_grid is not None:
+                    model_tiles = tile_grid.covering(model_in_grid)
+                    model_window = hull(model_cover, tile_grid.span(model_tiles))
             model_image, model_valid = read_model_window(
                 plan.scene.path, model_window, bands=use.bands, grid=grid
             )
@@ -88,14 +152,30 @@ def process_block(plan: RunPlan, block: Block) -> BlockResult:
         if grid is None and valid.any():
             if isinstance(seg, SplitMergeSegmenter):  # its quadtree is anchored to the scene
                 probs = seg.predict(image, valid, origin=(block.read.row_off, block.read.col_off))
+            elif isinstance(seg, TorchSegmenter):  # the scene's tiles, wherever the block is
+                probs = _predict_scene_tiles(
+                    seg, wide, wide_valid, window=window, use=use, plan=plan, block=block
+                )
             else:
                 probs = seg.predict(image, valid)
         elif grid is not None and model_valid.any():
+            if isinstance(seg, TorchSegmenter):
+                offset = (model_window.row_off, model_window.col_off)
+                model_probs = seg.predict_tiles(
+                    model_image,
+                    model_valid,
+                    origins=[(r - offset[0], c - offset[1]) for r, c in model_tiles],
+                )
+                in_cover = model_cover.relative_to(model_window)
+                model_probs = model_probs[(slice(None), *in_cover)]
+                model_valid = model_valid[in_cover]
+            else:
+                model_probs = seg.predict(model_image, model_valid)
             probs = to_scene_grid(
-                seg.predict(model_image, model_valid),
+                model_probs,
                 model_valid,
                 grid=grid,
-                model_window=model_window,
+                model_window=model_cover,
                 window=block.read,
             )
         t2 = time.perf_counter()

@@ -1,10 +1,12 @@
 """The window grid: blocks (units of Dask work) and tiles (units of model input).
 
 A scene is partitioned into block *cores* that cover every pixel exactly once. Each block
-reads its core plus a *halo* on every side (reflect-padded beyond the scene edge) and lays
-model tiles over that read window with a fixed stride ``tile - overlap``. Block cores are
-sized so that a full block's read window is covered by whole strides, so no tile is wasted
-inside a block; the only repeated work is the halo strip shared with a neighbour.
+reads its core plus a *halo* on every side (reflect-padded beyond the scene edge). A model's
+tiles lie on one :class:`TileGrid` anchored to the scene (origins at multiples of the stride
+``tile - overlap``, the last row and column snapped to end at the scene's edge, as
+whole-image inference lays them): a block predicts the grid's tiles that meet its read
+window, so a pixel's probability is the same blend of the same tiles whatever the block size,
+halo or worker count.
 
 Everything here is pure arithmetic on integers: no file is opened.
 """
@@ -19,8 +21,10 @@ from geoseg.errors import ConfigError
 __all__ = [
     "Block",
     "PixelWindow",
+    "TileGrid",
     "TilingSpec",
     "core_size",
+    "hull",
     "plan_blocks",
     "tile_origins",
 ]
@@ -135,10 +139,10 @@ class Block:
 
 
 def core_size(spec: TilingSpec) -> int:
-    """Core edge length of a full block: whole strides fill its read window exactly.
+    """Core edge length of a full block: ``n`` whole strides plus the overlap, less the halo
+    on both sides (``n`` chosen so the read window is nearest the target block size).
 
-    A read window of ``n * stride + overlap`` pixels is covered by ``n`` tiles with no
-    snapped (partially wasted) tile, so the core is that minus the halo on both sides.
+    Blocks only size the work: tiles lie on the scene's :class:`TileGrid` whatever the core.
     """
     halo = spec.halo_px
     n = max(1, round((spec.block + 2 * halo - spec.overlap) / spec.stride))
@@ -197,3 +201,55 @@ def plan_blocks(height: int, width: int, *, spec: TilingSpec) -> list[Block]:
                 )
             )
     return blocks
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TileGrid:
+    """A model's tiles over a ``height x width`` scene (in the model's pixels).
+
+    Tile origins along each axis are :func:`tile_origins` of the scene's length: the grid
+    whole-image inference uses, whatever block asks for its tiles. A scene shorter than a
+    tile has one tile at 0 that extends beyond it (the reader pads it).
+    """
+
+    height: int
+    width: int
+    tile: int
+    stride: int
+
+    def __post_init__(self) -> None:
+        if min(self.height, self.width) < 1:
+            raise ConfigError(f"tile grid over {self.height}x{self.width} pixels: must be positive")
+        if not 0 < self.stride <= self.tile:
+            raise ConfigError(
+                f"tile stride {self.stride} must be between 1 and the tile {self.tile}"
+            )
+
+    def _axis(self, length: int, start: int, end: int) -> list[int]:
+        # Origins are sorted, so those whose tile meets [start, end) are one run of them.
+        origins = tile_origins(length, tile=self.tile, stride=self.stride)
+        return [o for o in origins if o < end and o + self.tile > start]
+
+    def covering(self, window: PixelWindow) -> list[tuple[int, int]]:
+        """``(row, col)`` origins of the tiles that meet ``window``, in raster order (the
+        order tiles are blended in, so a pixel's sums do not depend on the block)."""
+        rows = self._axis(self.height, window.row_off, window.row_end)
+        cols = self._axis(self.width, window.col_off, window.col_end)
+        return [(r, c) for r in rows for c in cols]
+
+    def span(self, origins: list[tuple[int, int]]) -> PixelWindow:
+        """The smallest window holding the tiles at ``origins`` (not empty)."""
+        if not origins:
+            raise ConfigError("no tiles to span")
+        r0 = min(r for r, _ in origins)
+        c0 = min(c for _, c in origins)
+        r1 = max(r for r, _ in origins) + self.tile
+        c1 = max(c for _, c in origins) + self.tile
+        return PixelWindow(row_off=r0, col_off=c0, height=r1 - r0, width=c1 - c0)
+
+
+def hull(a: PixelWindow, b: PixelWindow) -> PixelWindow:
+    """The smallest window holding both ``a`` and ``b``."""
+    r0, c0 = min(a.row_off, b.row_off), min(a.col_off, b.col_off)
+    r1, c1 = max(a.row_end, b.row_end), max(a.col_end, b.col_end)
+    return PixelWindow(row_off=r0, col_off=c0, height=r1 - r0, width=c1 - c0)
