@@ -28,6 +28,7 @@ from common import SHARED, table
 
 from geoseg.models.spectral import index_histogram, normalized_difference, otsu_threshold
 from geoseg.models.splitmerge import SplitMergeParams, split_merge
+from geoseg.training.metrics import boundary_f1
 
 SCENE = SHARED / "landsat7_nc" / "lsat7_2000_stack.tif"
 LABELS = SHARED / "landsat7_nc" / "strata_landcover.tif"
@@ -42,22 +43,6 @@ SETTINGS = {
 TOLERANCE_PX = 2
 
 
-def _boundary(mask: np.ndarray) -> np.ndarray:
-    return mask & ~ndi.binary_erosion(mask, border_value=1)
-
-
-def boundary_f1(pred: np.ndarray, truth: np.ndarray, valid: np.ndarray) -> float:
-    """F1 of boundary pixels matched within ``TOLERANCE_PX`` (on valid pixels)."""
-    bp, bt = _boundary(pred) & valid, _boundary(truth) & valid
-    if not bp.any() or not bt.any():
-        return 0.0
-    near_t = ndi.distance_transform_edt(~bt) <= TOLERANCE_PX
-    near_p = ndi.distance_transform_edt(~bp) <= TOLERANCE_PX
-    precision = (bp & near_t).sum() / bp.sum()
-    recall = (bt & near_p).sum() / bt.sum()
-    return float(2 * precision * recall / max(precision + recall, 1e-12))
-
-
 def scores(pred: np.ndarray, truth: np.ndarray, valid: np.ndarray) -> dict[str, object]:
     p, t = pred & valid, truth & valid
     inter, union = (p & t).sum(), (p | t).sum()
@@ -66,7 +51,7 @@ def scores(pred: np.ndarray, truth: np.ndarray, valid: np.ndarray) -> dict[str, 
     return {
         "IoU": inter / union,
         "F1": 2 * inter / (p.sum() + t.sum()),
-        "boundary F1": boundary_f1(p, t, valid),
+        "boundary F1": boundary_f1(p, t, tolerance_px=TOLERANCE_PX, valid=valid),
         "objects": n,
         "specks <= 4 px": int((sizes <= 4).sum()),
     }
