@@ -1,13 +1,14 @@
 """Tiles on one scene-anchored grid (issue #21): model work, wall time and layout invariance
 against the per-block tiling it replaced, measured in the same run.
 
-Tile counts come from the plans, without running a network (so the 16384 x 16384 case costs
-nothing): *per-block* is what the baseline predicted (tiles laid over each block's read
-window, halo and reflect-padded margin included); *anchored* is what each block now predicts
-(the tiles of the scene's grid that meet its read window); *scene grid* is the grid's own
-tile count, what whole-image inference predicts and the least any layout can. Two halos: the
-tile overlap alone (``--smooth none --no-centerlines``) and that of a default roads run
-(morphology and centrelines).
+Tile counts per Mpx come from the plans, without running a network (so the 16384 x 16384
+case costs nothing): *per-block* is what the baseline predicted (tiles laid over each block's
+read window, halo and reflect-padded margin included); *anchored, each block its own* is what
+blocks predict when each predicts every tile of the scene's grid that meets its read window
+(``process_block`` without shared tiles); *anchored, shared* is the grid's own tile count: each
+tile predicted once by the block that owns it, as a run does, and what whole-image inference
+predicts. Two halos: the tile overlap alone (``--smooth none --no-centerlines``) and that of a
+default roads run (morphology and centrelines).
 
 Wall time and invariance: ``geoseg run`` of the shipped roads model (U-Net ResNet-18, tile
 512, overlap 64) on a 4096 x 4096 scene mirror-tiled from samples/naip_rochester_mn.tif, at
@@ -15,7 +16,8 @@ Wall time and invariance: ``geoseg run`` of the shipped roads model (U-Net ResNe
 worktree of ``--baseline``, run with its package first on PYTHONPATH); and the share of
 class-raster pixels and the polygon counts that differ between the two block sizes.
 
-Usage: python benchmarks/anchored_tiles.py --baseline REV [--size 4096] [--workdir DIR]
+Usage: python benchmarks/anchored_tiles.py --baseline REV [--candidate REV ...] [--size 4096]
+[--workdir DIR]  (the timed runs: the baseline, each candidate commit, then this tree)
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ def run(tree: Path | None, scene: Path, out: Path, block: int) -> tuple[float, n
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         sys.exit(f"geoseg failed ({tree or 'this tree'}, block {block}):\n{done.stderr[-3000:]}")
-    raster = out.with_suffix(".tif")
+    raster = out.with_name(f"{out.stem}_classes.tif")
     with rasterio.open(raster) as src:
         classes = src.read(1)
     return seconds, classes, len(pyogrio.read_dataframe(out, layer="roads"))
@@ -80,6 +82,9 @@ def run(tree: Path | None, scene: Path, out: Path, block: int) -> tuple[float, n
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--baseline", required=True, help="commit with per-block tiling")
+    ap.add_argument(
+        "--candidate", action="append", default=[], help="a commit to compare too (repeatable)"
+    )
     ap.add_argument("--size", type=int, default=4096, help="side of the timed scene")
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "geoseg-bench")
     args = ap.parse_args()
@@ -102,24 +107,29 @@ def main() -> None:
                         "halo": f"{halo_name} ({plan.tiling.halo_px} px)",
                         "block": block,
                         "per-block tiles/Mpx": n["per_block"] / mpx,
-                        "anchored tiles/Mpx": n["anchored"] / mpx,
-                        "scene grid tiles/Mpx": n["scene_grid"] / mpx,
-                        "anchored / per-block": n["anchored"] / n["per_block"],
+                        "anchored, each block its own": n["anchored"] / mpx,
+                        "anchored, shared (once)": n["scene_grid"] / mpx,
+                        "shared / per-block": n["scene_grid"] / n["per_block"],
                     }
                 )
     print(table(rows), flush=True)
 
-    worktree = Path(tempfile.mkdtemp(prefix="geoseg-baseline-")) / "tree"
-    subprocess.run(
-        ["git", "-C", str(REPO), "worktree", "add", "--detach", str(worktree), args.baseline],
-        check=True,
-        capture_output=True,
-    )
+    trees: list[tuple[str, Path | None]] = []
+    for rev in (args.baseline, *args.candidate):
+        worktree = Path(tempfile.mkdtemp(prefix="geoseg-bench-")) / "tree"
+        subprocess.run(
+            ["git", "-C", str(REPO), "worktree", "add", "--detach", str(worktree), rev],
+            check=True,
+            capture_output=True,
+        )
+        trees.append((rev, worktree))
+    trees.append(("this tree", None))
     try:
         timed = []
-        for name, tree in (("baseline (per-block)", worktree), ("anchored", None)):
+        for name, tree in trees:
             results = {
-                b: run(tree, scene, args.workdir / f"{name[:4]}_{b}.gpkg", b) for b in (1024, 2048)
+                b: run(tree, scene, args.workdir / f"{name[:8].replace(' ', '_')}_{b}.gpkg", b)
+                for b in (1024, 2048)
             }
             (s1, c1, p1), (s2, c2, p2) = results[1024], results[2048]
             timed.append(
@@ -135,9 +145,12 @@ def main() -> None:
         print(f"\n{args.size}^2 NAIP mirror, roads model, this machine:\n")
         print(table(timed))
     finally:
-        subprocess.run(
-            ["git", "-C", str(REPO), "worktree", "remove", "--force", str(worktree)], check=False
-        )
+        for _, tree in trees:
+            if tree is not None:
+                subprocess.run(
+                    ["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)],
+                    check=False,
+                )
 
 
 if __name__ == "__main__":

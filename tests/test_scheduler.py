@@ -185,7 +185,7 @@ def test_geoseg_error_in_a_task_is_raised_once_not_retried(
 
     calls: list[int] = []
 
-    def corrupt(plan, block):  # type: ignore[no-untyped-def]
+    def corrupt(plan, block, **_):  # type: ignore[no-untyped-def]
         calls.append(block.index)
         raise SceneReadError(f"block {block.index} is corrupt")
 

@@ -359,31 +359,37 @@ class TorchSegmenter:
         covers, and invalid pixels, get probability 0.
         """
         t = self.tile
-        origins = [(r, c) for r, c in origins if valid[r : r + t, c : c + t].any()]
         acc = BlendAccumulator(len(self.card.classes), valid.shape, tile=t, overlap=self.overlap)
+        for (r, c), p in self.tile_probabilities(image, valid, origins=origins):
+            acc.add(p, row=r, col=c, valid=valid[r : r + t, c : c + t])
+        out, _ = acc.result()
+        return out
+
+    def tile_probabilities(
+        self, image: np.ndarray, valid: np.ndarray, *, origins: list[tuple[int, int]]
+    ) -> Iterator[tuple[tuple[int, int], np.ndarray]]:
+        """``(origin, probabilities (C, tile, tile))`` of the tiles at ``origins`` (each
+        inside the raw pixels ``image (B, H, W)``), in the order given, unblended. Tiles
+        with no valid pixel are skipped."""
+        t = self.tile
+        origins = [(r, c) for r, c in origins if valid[r : r + t, c : c + t].any()]
         # Up to slots + 1 batches of this block are queued or running at once: one block
         # keeps every slot busy (while the other Dask thread reads or vectorizes), and the
-        # next batch is waiting when a pass ends. Results are blended in submission order,
+        # next batch is waiting when a pass ends. Results come back in submission order,
         # so the sums, and the output, do not depend on which slot finished first.
         pending: deque[tuple[list[tuple[int, int]], Future[Any]]] = deque()
-
-        def blend_oldest() -> None:
-            chunk, future = pending.popleft()
-            for (r, c), p in zip(chunk, self._result(future), strict=True):
-                acc.add(p, row=r, col=c, valid=valid[r : r + t, c : c + t])
-
         try:
             for chunk, batch in self._batches(origins, image, valid):
                 pending.append((chunk, self._runner.submit(self._forward, batch)))
                 if len(pending) > self.slots:
-                    blend_oldest()
+                    chunk, future = pending.popleft()
+                    yield from zip(chunk, self._result(future), strict=True)
             while pending:
-                blend_oldest()
+                chunk, future = pending.popleft()
+                yield from zip(chunk, self._result(future), strict=True)
         finally:  # an error: drop this block's queued passes (running ones finish)
             for _, future in pending:
                 future.cancel()
-        out, _ = acc.result()
-        return out
 
     def predict_whole(self, image: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """Whole-image inference in one forward pass (reference for seam tests).

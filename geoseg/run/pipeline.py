@@ -51,7 +51,14 @@ from geoseg.run.plan import NODATA_CLASS, RunPlan, plan_run
 from geoseg.run.provenance import FileDigest, file_sha256, run_provenance
 from geoseg.run.results import BlockResult
 from geoseg.run.spectral_stats import prepare_spectral
-from geoseg.run.task import block_task, process_block
+from geoseg.run.task import block_task, process_block, tiles_task
+from geoseg.run.tiles import (
+    BlockTiles,
+    predict_owned_tiles,
+    select_tiles,
+    shares_tiles,
+    tile_sources,
+)
 from geoseg.tiling.grid import Block
 
 if TYPE_CHECKING:
@@ -197,14 +204,31 @@ def _packed_plan(plan: RunPlan) -> bytes:
     return pickle.dumps(replace(plan, blocks=()), protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def packed_block_task(packed_plan: bytes, block: Block) -> BlockResult | TaskFailure:
+def packed_block_task(
+    packed_plan: bytes, block: Block, sources: Sequence[BlockTiles | TaskFailure] | None = None
+) -> BlockResult | TaskFailure:
     """:func:`~geoseg.run.task.block_task` given the plan as :func:`_packed_plan` bytes.
 
     Bytes made by this run's client, so unpickling them runs nothing foreign. Each task
     carries them (a few KB): a task retried after its worker died needs nothing that died
     with it.
     """
-    return block_task(pickle.loads(packed_plan), block)
+    return block_task(pickle.loads(packed_plan), block, sources)
+
+
+def packed_tiles_task(packed_plan: bytes, block: Block) -> BlockTiles | TaskFailure:
+    """:func:`~geoseg.run.task.tiles_task` given the plan as :func:`_packed_plan` bytes."""
+    return tiles_task(pickle.loads(packed_plan), block)
+
+
+def _tile_sources(
+    plan: RunPlan, blocks: Sequence[Block]
+) -> dict[int, dict[int, dict[int, list[tuple[int, int]]]]]:
+    """Per block to do, the tiles it blends by owner block and model (none without a
+    network): :func:`~geoseg.run.tiles.tile_sources`."""
+    if not shares_tiles(plan):
+        return {}
+    return {b.index: tile_sources(plan, b) for b in blocks}
 
 
 def _iter_results(
@@ -215,10 +239,48 @@ def _iter_results(
     max_in_flight: int,
     resources: Mapping[str, float] | None,
 ) -> Generator[BlockResult, None, None]:
-    """Yield block results as they complete, never more than ``max_in_flight`` pending."""
+    """Yield block results as they complete, never more than ``max_in_flight`` pending.
+
+    With networks, each tile is predicted once, by the block that owns it (a first task per
+    block, :func:`~geoseg.run.tiles.predict_owned_tiles`), submitted when the first
+    block that blends its tiles is; each block receives only the tiles it blends (a small
+    selecting task beside the owner's result), and an owner's tiles are released as soon as
+    every block that blends them is done. Blocks go in raster order, so the tiles of about
+    three rows of blocks are held at once (memory grows with the scene's width, not its
+    height). A lost worker's tiles are recomputed by Dask from their task.
+    """
+    sources = _tile_sources(plan, blocks)
+    by_index = {b.index: b for b in plan.blocks}
+    # Owner -> the blocks still to blend its tiles.
+    waiting: dict[int, set[int]] = {}
+    for index, owners in sources.items():
+        for owner in owners:
+            waiting.setdefault(owner, set()).add(index)
+
+    def blended(index: int) -> list[int]:
+        """Owners whose tiles no block still needs once block ``index`` is done."""
+        free = []
+        for owner in sources.get(index, ()):
+            waiting[owner].discard(index)
+            if not waiting[owner]:
+                free.append(owner)
+        return free
+
     if client is None:
+        cache: dict[int, BlockTiles] = {}
         for block in blocks:
-            yield process_block(plan, block)
+            if block.index not in sources:
+                yield process_block(plan, block)
+                continue
+            own = []
+            for owner in sources[block.index]:
+                if owner not in cache:
+                    cache[owner] = predict_owned_tiles(plan, by_index[owner])
+                own.append(cache[owner])
+            result = process_block(plan, block, sources=own)
+            for owner in blended(block.index):
+                del cache[owner]
+            yield result
         return
     if not blocks:
         return
@@ -228,6 +290,40 @@ def _iter_results(
     run_id = uuid.uuid4().hex[:12]
     pending = iter(blocks)
     submitted: dict[Any, Block] = {}
+    tiles: dict[int, Any] = {}
+    res = dict(resources) if resources else None
+
+    def owner_tiles(owner: int) -> Any:
+        if owner not in tiles:
+            tiles[owner] = client.submit(
+                packed_tiles_task,
+                packed,
+                by_index[owner],
+                key=f"geoseg-tiles-{run_id}-{owner}",
+                pure=False,
+                retries=2,
+                resources=res,
+            )
+        return tiles[owner]
+
+    def shared(block: Block) -> list[Any] | None:
+        """Futures of the tiles ``block`` blends, picked from each owner's prediction where
+        it lies (the selection is held by the block's task alone, and recomputed from the
+        owner's result if its worker is lost)."""
+        owners = sources.get(block.index)
+        if owners is None:
+            return None
+        return [
+            client.submit(
+                select_tiles,
+                owner_tiles(owner),
+                wanted,
+                key=f"geoseg-share-{run_id}-{owner}-{block.index}",
+                pure=False,
+                retries=2,
+            )
+            for owner, wanted in owners.items()
+        ]
 
     def submit(block: Block) -> Any:
         # Dask retries a task that raised or whose worker died; a geoseg error comes back as
@@ -236,10 +332,11 @@ def _iter_results(
             packed_block_task,
             packed,
             block,
+            shared(block),
             key=f"geoseg-block-{run_id}-{block.index}",
             pure=False,
             retries=2,
-            resources=dict(resources) if resources else None,
+            resources=res,
         )
         submitted[fut] = block
         return fut
@@ -256,8 +353,10 @@ def _iter_results(
                     "several times (killed, or out of memory?): try a smaller --block, "
                     "fewer --threads, or a machine with more memory"
                 ) from err
-            del submitted[fut]
+            block = submitted.pop(fut)
             fut.release()
+            for owner in blended(block.index):
+                tiles.pop(owner).release()
             if isinstance(result, TaskFailure):
                 raise result.error()
             nxt = next(pending, None)
@@ -265,7 +364,7 @@ def _iter_results(
                 queue.add(submit(nxt))
             yield result
     finally:
-        for fut in list(submitted):
+        for fut in [*submitted, *tiles.values()]:
             fut.cancel()
 
 

@@ -11,19 +11,25 @@ from __future__ import annotations
 import os
 import socket
 import time
-from dataclasses import replace
+from collections.abc import Sequence
 
 import numpy as np
 
-from geoseg.config import InferenceOptions
 from geoseg.errors import GeosegError, TaskFailure
 from geoseg.models.normalisation import apply_scaling
-from geoseg.models.predictor import Segmenter, TorchSegmenter, cached_segmenter
-from geoseg.models.spectral import SpectralSegmenter, SplitMergeSegmenter
+from geoseg.models.predictor import TorchSegmenter
+from geoseg.models.spectral import SplitMergeSegmenter
 from geoseg.postprocess import argmax_classes, colour_bands, smooth_block
 from geoseg.run.memory import peak_rss_mb
 from geoseg.run.plan import MAX_ROAD_WIDTH_M, NODATA_CLASS, ModelUse, RunPlan
 from geoseg.run.results import BlockResult, ClassPolygons, finish_polygons
+from geoseg.run.tiles import (
+    BlockTiles,
+    blend_shared_tiles,
+    networked,
+    predict_owned_tiles,
+    segmenter_for,
+)
 from geoseg.tiling.grid import Block, PixelWindow, TileGrid, hull
 from geoseg.tiling.io import read_model_window, read_window
 from geoseg.tiling.resample import to_scene_grid
@@ -34,22 +40,7 @@ from geoseg.vectorize.polygons import BlockPolygons, polygonize_block
 # staircase of oblique roads (up to ~8 % extra length) without moving a line visibly.
 CENTERLINE_SIMPLIFY_PX = 1.0
 
-__all__ = ["block_task", "process_block"]
-
-
-def _segmenter(use: ModelUse, options: InferenceOptions) -> Segmenter:
-    if use.card.architecture == "spectral":
-        if use.card.params.get("segmentation") == "splitmerge":
-            return SplitMergeSegmenter(use.card)
-        return SpectralSegmenter(use.card)
-    return cached_segmenter(
-        use.source, options=replace(options, tile=use.tile, overlap=use.overlap)
-    )
-
-
-def _networked(use: ModelUse) -> bool:
-    """Whether the model is a network run on tiles (spectral methods work per pixel)."""
-    return use.card.architecture != "spectral"
+__all__ = ["block_task", "process_block", "tiles_task"]
 
 
 def _scene_tiles(use: ModelUse, plan: RunPlan) -> TileGrid:
@@ -87,11 +78,23 @@ def _predict_scene_tiles(
     return probs[(slice(None), *block.read.relative_to(window))]
 
 
-def process_block(plan: RunPlan, block: Block) -> BlockResult:
-    """Read, predict, smooth, crop and polygonize one block (runs on a Dask worker)."""
+def process_block(
+    plan: RunPlan, block: Block, *, sources: Sequence[BlockTiles] | None = None
+) -> BlockResult:
+    """Read, predict, smooth, crop and polygonize one block (runs on a Dask worker).
+
+    ``sources``: the tiles predicted by the blocks that own the tiles this block needs
+    (:func:`~geoseg.run.tiles.tile_sources`), blended here instead of predicting them again;
+    ``None`` predicts every tile the block needs. Both give the same probabilities.
+    """
     timings = dict.fromkeys(
         ("read", "model_load", "predict", "model_wait", "blend", "smooth", "vectorize"), 0.0
     )
+    shared = sources is not None
+    for source in sources or ():
+        if source.index == block.index:  # the model time spent on this block's own tiles
+            for key, seconds in source.timings.items():
+                timings[key] += seconds
     core = block.core_in_read
     shape = (block.core.height, block.core.width)
     classes = np.zeros(shape, dtype=np.uint8)
@@ -106,11 +109,11 @@ def process_block(plan: RunPlan, block: Block) -> BlockResult:
     # tile grid that meet it (networks at the scene's pixel size).
     spans: dict[tuple[int, ...], PixelWindow] = {}
     for use in plan.models:
-        if use.grid is None and _networked(use):
+        if use.grid is None and networked(use) and not shared:
             tiles = _scene_tiles(use, plan).covering(_in_scene(block.read, plan))
             span = _scene_tiles(use, plan).span(tiles)
             spans[use.bands] = hull(spans.get(use.bands, block.read), span)
-    for use in plan.models:
+    for index, use in enumerate(plan.models):
         t0 = time.perf_counter()
         if use.bands not in images:
             window = spans.get(use.bands, block.read)
@@ -128,7 +131,7 @@ def process_block(plan: RunPlan, block: Block) -> BlockResult:
             model_cover = grid.cover(block.read)
             model_window = model_cover
             model_tiles: list[tuple[int, int]] = []
-            if _networked(use):
+            if networked(use) and not shared:
                 tile_grid = TileGrid(
                     height=grid.height, width=grid.width, tile=use.tile, stride=use.stride
                 )
@@ -144,7 +147,7 @@ def process_block(plan: RunPlan, block: Block) -> BlockResult:
             if use.scaling is not None:
                 model_image = apply_scaling(model_image, use.scaling)
         t1 = time.perf_counter()
-        seg = _segmenter(use, plan.inference)
+        seg = segmenter_for(use, plan.inference)
         loaded = time.perf_counter()
         device = seg.device
         precision = getattr(seg, "precision", "index")  # spectral methods: no network
@@ -152,6 +155,10 @@ def process_block(plan: RunPlan, block: Block) -> BlockResult:
         if grid is None and valid.any():
             if isinstance(seg, SplitMergeSegmenter):  # its quadtree is anchored to the scene
                 probs = seg.predict(image, valid, origin=(block.read.row_off, block.read.col_off))
+            elif isinstance(seg, TorchSegmenter) and sources is not None:
+                probs = blend_shared_tiles(
+                    use, index, plan, block, window=block.read, valid=valid, sources=sources
+                )
             elif isinstance(seg, TorchSegmenter):  # the scene's tiles, wherever the block is
                 probs = _predict_scene_tiles(
                     seg, wide, wide_valid, window=window, use=use, plan=plan, block=block
@@ -159,7 +166,11 @@ def process_block(plan: RunPlan, block: Block) -> BlockResult:
             else:
                 probs = seg.predict(image, valid)
         elif grid is not None and model_valid.any():
-            if isinstance(seg, TorchSegmenter):
+            if isinstance(seg, TorchSegmenter) and sources is not None:
+                model_probs = blend_shared_tiles(
+                    use, index, plan, block, window=model_cover, valid=model_valid, sources=sources
+                )
+            elif isinstance(seg, TorchSegmenter):
                 offset = (model_window.row_off, model_window.col_off)
                 model_probs = seg.predict_tiles(
                     model_image,
@@ -312,15 +323,34 @@ def _uncertainty(
     return coded
 
 
-def block_task(plan: RunPlan, block: Block) -> BlockResult | TaskFailure:
+def block_task(
+    plan: RunPlan, block: Block, sources: Sequence[BlockTiles | TaskFailure] | None = None
+) -> BlockResult | TaskFailure:
     """:func:`process_block` as a Dask task: a geoseg error comes back as a value.
 
     The error is deterministic (a corrupt block, no GPU, weights that do not fit), so it
     must not be retried, and its GDAL causes could not be unpickled on the client; see
     :class:`~geoseg.errors.TaskFailure`. Any other exception (a lost worker, memory) is
-    raised as usual, for Dask to retry.
+    raised as usual, for Dask to retry. A source block whose tiles failed passes its
+    failure on.
     """
+    tiles: list[BlockTiles] | None = None
+    if sources is not None:
+        tiles = []
+        for source in sources:
+            if isinstance(source, TaskFailure):
+                return source
+            tiles.append(source)
     try:
-        return process_block(plan, block)
+        return process_block(plan, block, sources=tiles)
+    except GeosegError as err:
+        return TaskFailure.of(err)
+
+
+def tiles_task(plan: RunPlan, block: Block) -> BlockTiles | TaskFailure:
+    """:func:`~geoseg.run.tiles.predict_owned_tiles` as a Dask task (errors as in
+    :func:`block_task`)."""
+    try:
+        return predict_owned_tiles(plan, block)
     except GeosegError as err:
         return TaskFailure.of(err)

@@ -68,6 +68,27 @@ class BlendAccumulator:
         self._acc[(slice(None), *sl)] += probs * w
         self._wsum[sl] += w
 
+    def add_part(self, probs: np.ndarray, *, row: int, col: int, valid: np.ndarray) -> None:
+        """Add the part of one tile ``(C, tile, tile)`` at ``(row, col)`` that lies in the
+        window (the tile may hang over any edge of it).
+
+        ``valid`` ``(H, W)`` bool over the whole window. Each pixel gets exactly the sums
+        :meth:`add` would give it.
+        """
+        if self._spent:
+            raise RuntimeError("BlendAccumulator.add_part() after result()")
+        t = self._tile
+        h, w = self._wsum.shape
+        r0, c0 = max(row, 0), max(col, 0)
+        r1, c1 = min(row + t, h), min(col + t, w)
+        if r1 <= r0 or c1 <= c0:
+            return
+        sub = (slice(r0 - row, r1 - row), slice(c0 - col, c1 - col))
+        sl = (slice(r0, r1), slice(c0, c1))
+        weight = self._window[sub] * valid[sl]
+        self._acc[(slice(None), *sl)] += probs[(slice(None), *sub)] * weight
+        self._wsum[sl] += weight
+
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         """Blended probabilities ``(C, H, W)`` and the covered mask ``(H, W)``.
 

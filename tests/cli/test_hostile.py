@@ -502,7 +502,7 @@ def faults(monkeypatch: pytest.MonkeyPatch) -> Callable[[str | None, Path], None
             monkeypatch.setattr(geoseg.tiling.io.RasterWriter, "write", write)
         elif kind == "interrupt":
 
-            def interrupted(plan: object, block: object) -> None:
+            def interrupted(plan: object, block: object, **kw: object) -> None:
                 raise KeyboardInterrupt
 
             monkeypatch.setattr(geoseg.run.pipeline, "process_block", interrupted)

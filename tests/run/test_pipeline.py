@@ -209,9 +209,9 @@ def test_interrupted_run_resumes_without_recomputing(
     calls: list[int] = []
     real = pipeline.process_block
 
-    def counting(plan, block):  # type: ignore[no-untyped-def]
+    def counting(plan, block, **kw):  # type: ignore[no-untyped-def]
         calls.append(block.index)
-        return real(plan, block)
+        return real(plan, block, **kw)
 
     monkeypatch.setattr(pipeline, "process_block", counting)
 
@@ -257,15 +257,15 @@ def test_bad_input_leaves_no_journal_even_after_completed_blocks(
     from geoseg.errors import SceneReadError
     from tests.tiling.test_io import write_truncated_scene
 
-    scene = write_truncated_scene(tmp_path / "cut.tif")
+    # The first rows of blocks read (with their neighbours' tiles) far from the corrupt tile.
+    cut = PixelWindow(row_off=688, col_off=688, height=16, width=16)
+    scene = write_truncated_scene(tmp_path / "cut.tif", size=800, cut=cut)
     done: list[int] = []
     with pytest.raises(SceneReadError, match="Read error"):
         run_scene(
             scene,
             tmp_path / "o.gpkg",
-            # No smoothing or centreline halo: the first row of blocks reads (with the tiles
-            # it needs) no further than row 224, clear of the corrupt tile at row 288.
-            _config(tiny_model, block=128, smooth="none", centerlines=False),
+            _config(tiny_model, block=128),
             progress=lambda d, total: done.append(d),
         )
     assert max(done) >= 2, "blocks were journalled before the corrupt one"

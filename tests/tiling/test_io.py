@@ -28,10 +28,12 @@ T = Affine(10, 0, 300000, 0, -10, 5000000)
 TRUNCATED_TILE = PixelWindow(row_off=288, col_off=288, height=16, width=16)
 
 
-def write_truncated_scene(path: Path) -> Path:
-    """A 400 x 400 4-band scene whose header reads but whose file ends inside one tile.
+def write_truncated_scene(
+    path: Path, *, size: int = 400, cut: PixelWindow = TRUNCATED_TILE
+) -> Path:
+    """A ``size x size`` 4-band scene whose header reads but whose file ends inside one tile.
 
-    The tile at :data:`TRUNCATED_TILE` is written last (a rewrite of a compressed tile goes
+    The 16 x 16 px tile at ``cut`` is written last (a rewrite of a compressed tile goes
     to the end of the file), then the file is cut 10 bytes into it, like an interrupted
     download.
     """
@@ -39,11 +41,11 @@ def write_truncated_scene(path: Path) -> Path:
 
     from tests.helpers import UTM_TRANSFORM, synthetic_image, synthetic_truth
 
-    image = synthetic_image(synthetic_truth(400, 400, seed=3), seed=3)
+    image = synthetic_image(synthetic_truth(size, size, seed=3), seed=3)
     profile = {
         "driver": "GTiff",
-        "height": 400,
-        "width": 400,
+        "height": size,
+        "width": size,
         "count": 4,
         "dtype": "uint16",
         "crs": "EPSG:32617",
@@ -53,7 +55,7 @@ def write_truncated_scene(path: Path) -> Path:
         "blockysize": 16,
         "compress": "deflate",
     }
-    t = TRUNCATED_TILE
+    t = cut
     rows, cols = slice(t.row_off, t.row_end), slice(t.col_off, t.col_end)
     first = image.copy()
     first[:, rows, cols] = 0
@@ -64,8 +66,8 @@ def write_truncated_scene(path: Path) -> Path:
     with rasterio.open(path) as src:
         offsets = {
             (r, c): int(src.get_tag_item(f"BLOCK_OFFSET_{c}_{r}", "TIFF", bidx=1))
-            for r in range(25)
-            for c in range(25)
+            for r in range(size // 16)
+            for c in range(size // 16)
         }
     tile = (t.row_off // 16, t.col_off // 16)
     assert max(offsets, key=offsets.__getitem__) == tile, "the cut tile is the file's last"

@@ -1,0 +1,152 @@
+"""Tiles shared between neighbouring blocks: each predicted once, by the block that owns it."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from distributed import Client, LocalCluster
+
+from geoseg.config import InferenceOptions, RunConfig
+from geoseg.models.predictor import TorchSegmenter
+from geoseg.run.pipeline import plan_run, run_scene
+from geoseg.run.task import process_block
+from geoseg.run.tiles import (
+    needed_window,
+    owned_tiles,
+    predict_owned_tiles,
+    tile_grid,
+    tile_sources,
+)
+from geoseg.tiling.grid import PixelWindow
+
+FP32 = InferenceOptions(precision="fp32")
+FIVE_M = Affine(5.0, 0.0, 500000.0, 0.0, -5.0, 4000000.0)
+
+
+@pytest.mark.parametrize("pixel", ["scene", "model"])
+@pytest.mark.parametrize("block", [128, 256, 512])
+def test_every_tile_has_one_owner_among_the_blocks_that_need_it(
+    tiny_model: Path, make_scene, pixel: str, block: int
+) -> None:
+    kw = {"transform": FIVE_M} if pixel == "model" else {}
+    scene, _ = make_scene(700, 600, seed=1, **kw)
+    plan = plan_run(scene, RunConfig(classes=("water",), models=(str(tiny_model),), block=block))
+    (use,) = plan.models
+    assert (use.grid is not None) == (pixel == "model")
+    grid = tile_grid(use, plan)
+    everything = grid.covering(
+        PixelWindow(row_off=0, col_off=0, height=grid.height, width=grid.width)
+    )
+    owned = {b.index: owned_tiles(use, plan, b) for b in plan.blocks}
+    flat = [o for tiles in owned.values() for o in tiles]
+    assert sorted(flat) == sorted(everything), "every tile is owned by exactly one block"
+    for b in plan.blocks:
+        window = needed_window(use, plan, b)
+        assert window is not None
+        sources = tile_sources(plan, b)
+        for owner, per_model in sources.items():
+            assert set(per_model[0]) <= set(owned[owner]), "a block's tiles from their owner"
+        wanted = sorted(o for per_model in sources.values() for o in per_model[0])
+        assert wanted == sorted(grid.covering(window)), f"block {b.index}: not the tiles it needs"
+
+
+def test_each_tile_is_predicted_once(
+    tiny_model: Path, make_scene, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scene, _ = make_scene(600, 700, seed=2)
+    config = RunConfig(
+        classes=("water", "roads"), models=(str(tiny_model),), block=128, inference=FP32
+    )
+    plan = plan_run(scene, config)
+    (use,) = plan.models
+    grid = tile_grid(use, plan)
+    scene_tiles = len(grid.covering(PixelWindow(row_off=0, col_off=0, height=600, width=700)))
+    per_block = sum(len(grid.covering(needed_window(use, plan, b))) for b in plan.blocks)  # type: ignore[arg-type]
+    assert per_block > 2 * scene_tiles, "blocks this small need many of the same tiles"
+    predicted: list[tuple[int, int]] = []
+    real = TorchSegmenter.tile_probabilities
+
+    def counting(self, image, valid, *, origins):  # type: ignore[no-untyped-def]
+        for origin, probs in real(self, image, valid, origins=origins):
+            predicted.append(origin)
+            yield origin, probs
+
+    monkeypatch.setattr(TorchSegmenter, "tile_probabilities", counting)
+    run_scene(scene, tmp_path / "o.gpkg", config)
+    assert len(predicted) == scene_tiles
+
+
+@pytest.mark.parametrize("pixel", ["scene", "model"])
+def test_shared_tiles_blend_to_the_blocks_own_prediction_bit_for_bit(
+    tiny_model: Path, make_scene, pixel: str
+) -> None:
+    kw = {"transform": FIVE_M} if pixel == "model" else {}
+    scene, _ = make_scene(500, 450, seed=4, **kw)
+    config = RunConfig(
+        classes=("water", "roads"),
+        models=(str(tiny_model),),
+        block=128,
+        inference=FP32,
+        probabilities=True,
+    )
+    plan = plan_run(scene, config)
+    by_index = {b.index: b for b in plan.blocks}
+    owners = {}
+    for block in plan.blocks[:: max(1, len(plan.blocks) // 4)]:
+        sources = []
+        for i in tile_sources(plan, block):
+            owners.setdefault(i, predict_owned_tiles(plan, by_index[i]))
+            sources.append(owners[i])
+        shared = process_block(plan, block, sources=sources)
+        alone = process_block(plan, block)
+        assert np.array_equal(shared.classes, alone.classes)
+        assert shared.probabilities is not None and alone.probabilities is not None
+        assert np.array_equal(shared.probabilities, alone.probabilities)
+
+
+def test_a_cluster_run_holds_a_few_rows_of_tiles_and_releases_them(
+    tiny_model: Path, make_scene, tmp_path: Path
+) -> None:
+    scene, _ = make_scene(600, 700, seed=2)
+    config = RunConfig(classes=("water",), models=(str(tiny_model),), block=128, inference=FP32)
+    plan = plan_run(scene, config)
+    columns = max(b.col for b in plan.blocks) + 1
+    assert len(plan.blocks) >= 4 * columns, "enough rows of blocks to release some"
+    reference = run_scene(scene, tmp_path / "ref.gpkg", config)
+    held: list[int] = []
+    with (
+        LocalCluster(
+            n_workers=1,
+            threads_per_worker=2,
+            processes=False,
+            dashboard_address=None,
+            silence_logs=logging.CRITICAL,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+
+        def tiles_held() -> int:
+            keys = {k for ks in client.has_what().values() for k in ks}
+            return sum(str(k).startswith("geoseg-tiles") for k in keys)
+
+        summary = run_scene(
+            scene,
+            tmp_path / "o.gpkg",
+            config,
+            client=client,
+            max_in_flight=2,
+            progress=lambda done, total: held.append(tiles_held()),
+        )
+        deadline = time.monotonic() + 10
+        while tiles_held() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert tiles_held() == 0, "every block's tiles are released by the end"
+    assert 0 < max(held) <= 3 * columns + 2, f"tiles of at most ~3 rows of blocks held: {held}"
+    with rasterio.open(summary.raster) as a, rasterio.open(reference.raster) as b:
+        assert np.array_equal(a.read(), b.read()), "the cluster run equals the in-process one"
