@@ -356,10 +356,12 @@ def main() -> None:
                     "best epoch": record["best_epoch"],
                     "val mIoU": record["val_score"],
                     "test IoU": iou,
-                    "test F1": f1,
+                    # None: nothing predicted, so no precision (nor F1).
+                    "test F1": "n/a" if f1 is None else f1,
                     "s/tile": costs[arch]["s_per_tile"],
                     "peak MB/tile": costs[arch]["peak_mb"],
                     "act MB/tile": costs[arch]["act_mb"],
+                    "budget CPU s": record["budget_s"],
                 }
             )
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
