@@ -45,7 +45,7 @@ from geoseg.models.bn_folding import cast_weights, fold_batchnorm
 from geoseg.models.card import ModelCard
 from geoseg.models.normalisation import Normaliser
 from geoseg.tiling.blend import BlendAccumulator
-from geoseg.tiling.grid import tile_origins
+from geoseg.tiling.grid import PixelWindow, TileGrid
 
 if TYPE_CHECKING:
     import torch
@@ -332,21 +332,22 @@ class TorchSegmenter:
     def predict(self, image: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """Blended probabilities ``(C, H, W)`` over a whole image of raw pixels ``(B, H, W)``.
 
-        Tiles are laid as on the image's :class:`~geoseg.tiling.grid.TileGrid` (an image
-        smaller than a tile is reflect-padded to one). Tiles with no valid pixel are skipped;
-        invalid pixels get probability 0.
+        Tiles are laid as on the image's :class:`~geoseg.tiling.grid.TileGrid`, which
+        reaches an overlap beyond the image (padded there, invalid). Tiles with no valid
+        pixel are skipped; invalid pixels get probability 0.
         """
         h, w = valid.shape
         t = self.tile
-        ph, pw = max(0, t - h), max(0, t - w)
-        if ph or pw:  # smaller than one tile (whole-image inference on a tiny scene)
-            image = np.pad(image, ((0, 0), (0, ph), (0, pw)), mode="reflect")
-            valid = np.pad(valid, ((0, ph), (0, pw)), mode="constant", constant_values=False)
-        stride = t - self.overlap
-        rows = tile_origins(h, tile=t, stride=stride)
-        cols = tile_origins(w, tile=t, stride=stride)
-        out = self.predict_tiles(image, valid, origins=[(r, c) for r in rows for c in cols])
-        return out[:, :h, :w]
+        grid = TileGrid(height=h, width=w, tile=t, stride=t - self.overlap, margin=self.overlap)
+        origins = grid.covering(PixelWindow(row_off=0, col_off=0, height=h, width=w))
+        span = grid.span(origins)
+        pads = ((-span.row_off, span.row_end - h), (-span.col_off, span.col_end - w))
+        # What lies beyond the image is invalid: the normaliser fills it with the band means.
+        image = np.pad(image, ((0, 0), *pads), mode="edge")
+        valid = np.pad(valid, pads, mode="constant", constant_values=False)
+        local = [(r - span.row_off, c - span.col_off) for r, c in origins]
+        out = self.predict_tiles(image, valid, origins=local)
+        return out[:, -span.row_off : -span.row_off + h, -span.col_off : -span.col_off + w]
 
     def predict_tiles(
         self, image: np.ndarray, valid: np.ndarray, *, origins: list[tuple[int, int]]

@@ -1,8 +1,9 @@
 """The data flow of ``geoseg run`` (see DESIGN.md).
 
 :func:`run_scene` plans the run (:mod:`geoseg.run.plan`), submits one Dask task per block
-(:func:`geoseg.run.task.process_block`) with bounded blocks in flight, hands results to the
-writers as they complete (:mod:`geoseg.run.outputs`), journals them for ``--resume``
+(:func:`geoseg.run.task.process_block`) with bounded blocks in flight, each after the tasks
+that predict the model tiles it blends, once per tile (:mod:`geoseg.run.tiles`), hands
+results to the writers as they complete (:mod:`geoseg.run.outputs`), journals them for ``--resume``
 (:mod:`geoseg.run.journal`), and finally merges border polygons and commits every file.
 
 A failed run leaves no output file. Its journal (hidden, ``.<name>.gpkg.journal``) is kept
@@ -17,7 +18,8 @@ One run at a time writes an output (:func:`~geoseg.run.lock.output_lock`), no ou
 one of the run's inputs, and every temporary is a new file of this run
 (:mod:`geoseg.tiling.atomic`). Blocks go to the workers with the plan itself (a few KB
 without its block list), not with a reference to data scattered on a worker: a worker that
-dies (killed, out of memory) takes nothing with it that its blocks' retries would need.
+dies (killed, out of memory) takes nothing with it that its blocks' retries would need (the
+tiles a block shares with its neighbours are results of tasks Dask reruns when lost).
 """
 
 from __future__ import annotations

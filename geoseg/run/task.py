@@ -29,8 +29,9 @@ from geoseg.run.tiles import (
     networked,
     predict_owned_tiles,
     segmenter_for,
+    tile_grid,
 )
-from geoseg.tiling.grid import Block, PixelWindow, TileGrid, hull
+from geoseg.tiling.grid import Block, PixelWindow, hull
 from geoseg.tiling.io import read_model_window, read_window
 from geoseg.tiling.resample import to_scene_grid
 from geoseg.vectorize.centerlines import BlockLines, block_centerlines
@@ -41,12 +42,6 @@ from geoseg.vectorize.polygons import BlockPolygons, polygonize_block
 CENTERLINE_SIMPLIFY_PX = 1.0
 
 __all__ = ["block_task", "process_block", "tiles_task"]
-
-
-def _scene_tiles(use: ModelUse, plan: RunPlan) -> TileGrid:
-    return TileGrid(
-        height=plan.scene.height, width=plan.scene.width, tile=use.tile, stride=use.stride
-    )
 
 
 def _in_scene(window: PixelWindow, plan: RunPlan) -> PixelWindow:
@@ -72,7 +67,7 @@ def _predict_scene_tiles(
     ``image`` and ``valid`` cover ``window``, which holds the read window and those tiles.
     Pixels outside the scene are invalid and get probability 0, as in any block.
     """
-    tiles = _scene_tiles(use, plan).covering(_in_scene(block.read, plan))
+    tiles = tile_grid(use, plan).covering(_in_scene(block.read, plan))
     origins = [(r - window.row_off, c - window.col_off) for r, c in tiles]
     probs = seg.predict_tiles(image, valid, origins=origins)
     return probs[(slice(None), *block.read.relative_to(window))]
@@ -110,8 +105,8 @@ def process_block(
     spans: dict[tuple[int, ...], PixelWindow] = {}
     for use in plan.models:
         if use.grid is None and networked(use) and not shared:
-            tiles = _scene_tiles(use, plan).covering(_in_scene(block.read, plan))
-            span = _scene_tiles(use, plan).span(tiles)
+            tiles = tile_grid(use, plan).covering(_in_scene(block.read, plan))
+            span = tile_grid(use, plan).span(tiles)
             spans[use.bands] = hull(spans.get(use.bands, block.read), span)
     for index, use in enumerate(plan.models):
         t0 = time.perf_counter()
@@ -132,15 +127,13 @@ def process_block(
             model_window = model_cover
             model_tiles: list[tuple[int, int]] = []
             if networked(use) and not shared:
-                tile_grid = TileGrid(
-                    height=grid.height, width=grid.width, tile=use.tile, stride=use.stride
-                )
+                model_tiles_grid = tile_grid(use, plan)
                 model_in_grid = model_cover.intersection(
                     PixelWindow(row_off=0, col_off=0, height=grid.height, width=grid.width)
                 )
                 if model_in_grid is not None:
-                    model_tiles = tile_grid.covering(model_in_grid)
-                    model_window = hull(model_cover, tile_grid.span(model_tiles))
+                    model_tiles = model_tiles_grid.covering(model_in_grid)
+                    model_window = hull(model_cover, model_tiles_grid.span(model_tiles))
             model_image, model_valid = read_model_window(
                 plan.scene.path, model_window, bands=use.bands, grid=grid
             )

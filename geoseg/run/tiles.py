@@ -87,7 +87,12 @@ def tile_grid(use: ModelUse, plan: RunPlan) -> TileGrid:
         height, width = plan.scene.height, plan.scene.width
     else:
         height, width = use.grid.height, use.grid.width
-    return TileGrid(height=height, width=width, tile=use.tile, stride=use.stride)
+    # The scene's edge pixels lie an overlap inside their tiles, as they did inside blocks
+    # whose halo reached beyond the scene: with the edge on the tile's border, a crop-field
+    # model's field F1 on a 1024 px NAIP test image fell from 0.86-0.90 to 0.67.
+    return TileGrid(
+        height=height, width=width, tile=use.tile, stride=use.stride, margin=use.overlap
+    )
 
 
 def needed_window(use: ModelUse, plan: RunPlan, block: Block) -> PixelWindow | None:

@@ -207,15 +207,19 @@ def plan_blocks(height: int, width: int, *, spec: TilingSpec) -> list[Block]:
 class TileGrid:
     """A model's tiles over a ``height x width`` scene (in the model's pixels).
 
-    Tile origins along each axis are :func:`tile_origins` of the scene's length: the grid
-    whole-image inference uses, whatever block asks for its tiles. A scene shorter than a
-    tile has one tile at 0 that extends beyond it (the reader pads it).
+    The grid reaches ``margin`` pixels beyond the scene on every side, so the scene's edge
+    pixels lie that far inside their tiles, with invalid context beyond them (the reader pads
+    it; the normaliser fills it with the band means), as inside a block's halo. Tile origins
+    along each axis are :func:`tile_origins` of the length plus both margins, less the margin:
+    the grid whole-image inference uses, whatever block asks for its tiles. A scene shorter
+    than a tile has one tile that extends beyond it.
     """
 
     height: int
     width: int
     tile: int
     stride: int
+    margin: int = 0
 
     def __post_init__(self) -> None:
         if min(self.height, self.width) < 1:
@@ -224,11 +228,14 @@ class TileGrid:
             raise ConfigError(
                 f"tile stride {self.stride} must be between 1 and the tile {self.tile}"
             )
+        if not 0 <= self.margin < self.tile:
+            raise ConfigError(f"tile grid margin {self.margin} must be in [0, {self.tile})")
 
     def _axis(self, length: int, start: int, end: int) -> list[int]:
         # Origins are sorted, so those whose tile meets [start, end) are one run of them.
-        origins = tile_origins(length, tile=self.tile, stride=self.stride)
-        return [o for o in origins if o < end and o + self.tile > start]
+        m = self.margin
+        origins = tile_origins(length + 2 * m, tile=self.tile, stride=self.stride)
+        return [o - m for o in origins if o - m < end and o - m + self.tile > start]
 
     def covering(self, window: PixelWindow) -> list[tuple[int, int]]:
         """``(row, col)`` origins of the tiles that meet ``window``, in raster order (the

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -94,3 +96,15 @@ def test_bad_grids_are_refused() -> None:
         TileGrid(height=0, width=10, tile=64, stride=32)
     with pytest.raises(ConfigError, match="no tiles"):
         TileGrid(height=10, width=10, tile=64, stride=32).span([])
+
+
+@pytest.mark.parametrize("length", [100, 300, 1000, 1024])
+def test_a_margin_puts_the_scene_edges_inside_tiles(length: int) -> None:
+    grid = TileGrid(height=length, width=length, tile=256, stride=192, margin=64)
+    tiles = grid.covering(PixelWindow(row_off=0, col_off=0, height=length, width=length))
+    rows = sorted({r for r, _ in tiles})
+    assert rows[0] == -64, "the first tile starts a margin before the scene"
+    assert rows[-1] + 256 == max(length + 64, 256 - 64), "the last ends a margin after it"
+    assert all(b - a <= 192 for a, b in itertools.pairwise(rows))
+    with pytest.raises(ConfigError, match="margin"):
+        TileGrid(height=10, width=10, tile=64, stride=32, margin=64)
