@@ -47,7 +47,7 @@ NAIP = REPO / "samples" / "naip_rochester_mn.tif"
 
 def tile_counts(size: int, *, spec: TilingSpec, tile: int, overlap: int) -> dict[str, int]:
     """Tiles predicted for a ``size x size`` scene by each layout (see the module docs)."""
-    grid = TileGrid(height=size, width=size, tile=tile, stride=tile - overlap)
+    grid = TileGrid(height=size, width=size, tile=tile, stride=tile - overlap, margin=overlap)
     scene = PixelWindow(row_off=0, col_off=0, height=size, width=size)
     per_block = anchored = 0
     for b in plan_blocks(size, size, spec=spec):
@@ -86,6 +86,7 @@ def main() -> None:
         "--candidate", action="append", default=[], help="a commit to compare too (repeatable)"
     )
     ap.add_argument("--size", type=int, default=4096, help="side of the timed scene")
+    ap.add_argument("--counts-only", action="store_true", help="tile counts, no timed runs")
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "geoseg-bench")
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -113,6 +114,8 @@ def main() -> None:
                     }
                 )
     print(table(rows), flush=True)
+    if args.counts_only:
+        return
 
     trees: list[tuple[str, Path | None]] = []
     for rev in (args.baseline, *args.candidate):
