@@ -13,7 +13,7 @@ import pytest
 from geoseg.models.defaults import WEIGHTS_DIR
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "naip_fields"
-MODEL = WEIGHTS_DIR / "crops-fields-naip.safetensors"
+MODEL = WEIGHTS_DIR / "crops-fields-naip-v2.safetensors"  # the crops default
 # A test image of the authors' split (split.csv): 16 labelled fields, 11 pairs touching.
 IMAGE = "naip_42.4575_m91.3804"
 # Measured with blocks of 512 and 2048 px alike: field F1 0.857 (12 fields matched of 12
