@@ -112,17 +112,31 @@ def _autocast_dtype(precision: str, device: str) -> torch.dtype | None:
     return torch.bfloat16 if cpu_supports_bf16() else None
 
 
-def _default_batch(device: str, tile: int) -> int:
+def _default_batch(
+    device: str, tile: int, network: Any = None, *, bands: int = 3, half: bool = True
+) -> int:
+    """Tiles per forward pass: on the CPU by the tile size; on a GPU by its free memory.
+
+    On a GPU the cost of one tile is measured on ``network`` itself before it moves there
+    (:func:`geoseg.models.batch_size.activation_bytes_per_tile`: a small probe pass on the
+    CPU, scaled by the pixels), so the batch holds for memory-hungry networks such as
+    FC-DenseNet (~10x a U-Net's activations per tile) as for light ones. A batch that does
+    not fit is halved at run time (:meth:`TorchSegmenter._fitting`).
+    """
     if not device.startswith("cuda"):
         # CPU: larger batches buy no throughput and cost memory (benchmarks/MEASUREMENTS.md).
         return max(1, (512 // tile) ** 2)
     import torch
 
+    from geoseg.models.batch_size import activation_bytes_per_tile, batch_for_memory
+
     free, _ = torch.cuda.mem_get_info(torch.device(device))
-    # An estimate (no GPU was at hand to measure it): ~0.4 GB per 512x512 tile for a
-    # ResNet-34 U-Net in fp16. A batch that does not fit is halved (TorchSegmenter._fitting).
-    per_tile = 0.4e9 * (tile / 512) ** 2
-    return int(max(1, min(64, free * 0.6 // per_tile)))
+    if isinstance(network, torch.nn.Module):
+        per_tile = activation_bytes_per_tile(network, bands=bands, tile=tile, half=half)
+        weights = (2 if half else 4) * sum(p.numel() for p in network.parameters())
+    else:  # no torch network to measure: ~0.4 GB per 512 px tile, a ResNet-34 U-Net's bound
+        per_tile, weights = int(0.4e9 * (tile / 512) ** 2), 0
+    return batch_for_memory(free, per_tile, weights_bytes=weights)
 
 
 class TorchSegmenter:
@@ -152,7 +166,13 @@ class TorchSegmenter:
         if self.tile % 32:
             raise ConfigError(f"tile size {self.tile} is not a multiple of 32")
         self.autocast_dtype = _autocast_dtype(options.precision, self._device)
-        self.batch_size = options.batch_size or _default_batch(self._device, self.tile)
+        self.batch_size = options.batch_size or _default_batch(
+            self._device,
+            self.tile,
+            network,
+            bands=len(card.bands),
+            half=self.autocast_dtype is not None,
+        )
         self.tta_transforms = tta_transforms(options.tta, card)
         cpu = not self._device.startswith("cuda")
         self.slots = options.concurrent_batches if cpu else 1

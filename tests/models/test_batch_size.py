@@ -133,3 +133,19 @@ def test_batch_for_memory_rejects_bad_inputs(free: float, per_tile: float, margi
 def test_activation_estimate_rejects_a_tile_off_the_grid(unet: torch.nn.Module) -> None:
     with pytest.raises(ConfigError, match="multiple of 32"):
         activation_bytes_per_tile(unet, bands=3, tile=500)
+
+
+def test_the_predictor_sizes_a_gpu_batch_by_the_network_it_runs(
+    unet: torch.nn.Module, tiramisu: torch.nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A GPU with 8 GiB free, faked: the predictor's default batch for FC-DenseNet56 is a
+    # fraction of the U-Net's (its activations per tile are ~10x), where the fixed 0.4 GB a
+    # tile gave both the same batch. The CPU default does not look at the network.
+    from geoseg.models.predictor import _default_batch
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (8 * 2**30, 16 * 2**30))
+    light = _default_batch("cuda:0", 512, unet, bands=3, half=True)
+    heavy = _default_batch("cuda:0", 512, tiramisu, bands=3, half=True)
+    assert heavy >= 1 and light >= 5 * heavy
+    assert _default_batch("cuda:0", 512, None) == batch_for_memory(8 * 2**30, 0.4e9)
+    assert _default_batch("cpu", 256, tiramisu) == _default_batch("cpu", 256, unet) == 4
