@@ -175,6 +175,21 @@ def otsu_threshold(hist: np.ndarray) -> float:
     return float(centers[k] + 1.0 / len(hist))  # the upper edge of bin k
 
 
+def _decision(card: ModelCard) -> tuple[float, float]:
+    """``(threshold, softness)`` of a spectral card: the index threshold of the class decision
+    and the width of the logistic that turns the distance to it into a probability.
+
+    Raises
+    ------
+    ConfigError
+        If the card still asks for Otsu's threshold (computed over the scene before a run).
+    """
+    threshold = card.params.get("threshold")
+    if threshold is None:
+        raise ConfigError(f"{card.name}: the Otsu threshold must be computed over the scene first")
+    return float(threshold), float(card.params.get("softness", 0.05))
+
+
 class SpectralSegmenter:
     """A :class:`~geoseg.models.predictor.Segmenter` for a spectral index and threshold."""
 
@@ -183,14 +198,8 @@ class SpectralSegmenter:
     def __init__(self, card: ModelCard) -> None:
         if card.architecture != "spectral":
             raise ConfigError(f"card {card.name!r} is not a spectral method")
-        threshold = card.params.get("threshold")
-        if threshold is None:
-            raise ConfigError(
-                f"{card.name}: the Otsu threshold must be computed over the scene first"
-            )
         self.card = card
-        self.threshold = float(threshold)
-        self.softness = float(card.params.get("softness", 0.05))
+        self.threshold, self.softness = _decision(card)
 
     def index(self, image: np.ndarray) -> np.ndarray:
         return normalized_difference(image[0], image[1])
@@ -258,14 +267,8 @@ class SplitMergeSegmenter:
     def __init__(self, card: ModelCard) -> None:
         if card.architecture != "spectral" or card.params.get("segmentation") != PREFIX:
             raise ConfigError(f"card {card.name!r} is not a split-and-merge method")
-        threshold = card.params.get("threshold")
-        if threshold is None:
-            raise ConfigError(
-                f"{card.name}: the Otsu threshold must be computed over the scene first"
-            )
         self.card = card
-        self.threshold = float(threshold)
-        self.softness = float(card.params.get("softness", 0.05))
+        self.threshold, self.softness = _decision(card)
         self.params = SplitMergeParams.from_card(card.params)
 
     def segment(

@@ -166,6 +166,22 @@ def centerline_qml(color: str) -> str:
     return line_qml(shade(color, CENTERLINE_SHADE), width_mm=CENTERLINE_WIDTH_MM)
 
 
+def _raster_document(renderer: str) -> str:
+    """A QGIS raster style document around one ``<rasterrenderer>`` element (its lines)."""
+    return (
+        "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
+        '<qgis version="3.22.0" styleCategories="Symbology">\n'
+        " <pipe>\n"
+        f"{renderer}"
+        '  <brightnesscontrast brightness="0" contrast="0" gamma="1"/>\n'
+        '  <huesaturation saturation="0" grayscaleMode="0" colorizeOn="0"/>\n'
+        '  <rasterresampler maxOversampling="2"/>\n'
+        " </pipe>\n"
+        " <blendMode>0</blendMode>\n"
+        "</qgis>\n"
+    )
+
+
 def paletted_qml(entries: list[tuple[int, str, int, str]]) -> str:
     """A paletted raster style: ``(value, "#rrggbb", alpha, label)`` per class.
 
@@ -176,20 +192,11 @@ def paletted_qml(entries: list[tuple[int, str, int, str]]) -> str:
         f'<paletteEntry value="{v}" color="{c}" alpha="{a}" label={quoteattr(label)}/>'
         for v, c, a, label in entries
     )
-    return (
-        "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
-        '<qgis version="3.22.0" styleCategories="Symbology">\n'
-        " <pipe>\n"
+    return _raster_document(
         '  <rasterrenderer type="paletted" band="1" opacity="1" alphaBand="-1" nodataColor="">\n'
         "   <rasterTransparency/>\n"
         f"   <colorPalette>{rows}</colorPalette>\n"
         "  </rasterrenderer>\n"
-        '  <brightnesscontrast brightness="0" contrast="0" gamma="1"/>\n'
-        '  <huesaturation saturation="0" grayscaleMode="0" colorizeOn="0"/>\n'
-        '  <rasterresampler maxOversampling="2"/>\n'
-        " </pipe>\n"
-        " <blendMode>0</blendMode>\n"
-        "</qgis>\n"
     )
 
 
@@ -203,20 +210,11 @@ def ramp_qml(stops: list[tuple[int, str, str]], *, nodata_label: str = "") -> st
         for v, c, label in stops
     )
     lo, hi = stops[0][0], stops[-1][0]
-    return (
-        "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
-        '<qgis version="3.22.0" styleCategories="Symbology">\n'
-        " <pipe>\n"
+    return _raster_document(
         f'  <rasterrenderer type="singlebandpseudocolor" band="1" opacity="1" alphaBand="-1"'
         f' classificationMin="{lo}" classificationMax="{hi}" nodataColor="">\n'
         "   <rasterTransparency/>\n"
         f'   <rastershader><colorrampshader colorRampType="INTERPOLATED" minimumValue="{lo}"'
         f' maximumValue="{hi}" clip="0">{items}</colorrampshader></rastershader>\n'
         "  </rasterrenderer>\n"
-        '  <brightnesscontrast brightness="0" contrast="0" gamma="1"/>\n'
-        '  <huesaturation saturation="0" grayscaleMode="0" colorizeOn="0"/>\n'
-        '  <rasterresampler maxOversampling="2"/>\n'
-        " </pipe>\n"
-        " <blendMode>0</blendMode>\n"
-        "</qgis>\n"
     )

@@ -6,6 +6,7 @@ import re
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -508,11 +509,11 @@ def test_console_script_reports_errors_without_traceback(tmp_path: Path) -> None
     assert "Traceback" not in proc.stderr
 
 
-def test_an_interrupt_masked_by_a_cleanup_error_is_still_an_interrupt(
-    tiny_model: Path, make_scene, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Ctrl-C landing inside np.savez's zip file made zipfile raise a ValueError while
-    # handling it: the run printed a traceback and exit 1 instead of the interrupt's line.
+def _interrupt_journalling(
+    monkeypatch: pytest.MonkeyPatch, *, at_block: int, interrupt: Callable[[], None]
+) -> Callable[[object], bytes]:
+    """Make the run's journalling of its ``at_block``-th finished block call ``interrupt``
+    (as a Ctrl-C landing there would); returns the real encoder, to put back."""
     import geoseg.run.pipeline
 
     encode = geoseg.run.pipeline.encode_result
@@ -520,14 +521,28 @@ def test_an_interrupt_masked_by_a_cleanup_error_is_still_an_interrupt(
 
     def interrupted_encode(result: object) -> bytes:
         calls.append(1)
-        if len(calls) == 2:
-            try:
-                raise KeyboardInterrupt
-            except KeyboardInterrupt:
-                raise ValueError("Can't close the ZIP file while there is an open handle") from None
+        if len(calls) == at_block:
+            interrupt()
         return encode(result)
 
     monkeypatch.setattr(geoseg.run.pipeline, "encode_result", interrupted_encode)
+    return encode
+
+
+def test_an_interrupt_masked_by_a_cleanup_error_is_still_an_interrupt(
+    tiny_model: Path, make_scene, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ctrl-C landing inside np.savez's zip file made zipfile raise a ValueError while
+    # handling it: the run printed a traceback and exit 1 instead of the interrupt's line.
+    import geoseg.run.pipeline
+
+    def masked() -> None:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise ValueError("Can't close the ZIP file while there is an open handle") from None
+
+    encode = _interrupt_journalling(monkeypatch, at_block=2, interrupt=masked)
     path, _ = make_scene(200, 200, seed=2)
     out = tmp_path / "o.gpkg"
     args = ["run", str(path), "--classes", "water", "-m", str(tiny_model), "-o", str(out)]
@@ -547,20 +562,12 @@ def test_resuming_from_a_damaged_journal_is_one_line_then_a_fresh_run_works(
 ) -> None:
     # A journal row damaged on disk (or edited) made --resume end in a bare ValueError's
     # traceback from the npz reader.
-    import sqlite3
-
     import geoseg.run.pipeline
 
-    encode = geoseg.run.pipeline.encode_result
-    calls = []
+    def ctrl_c() -> None:
+        raise KeyboardInterrupt
 
-    def interrupted_encode(result: object) -> bytes:
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return encode(result)
-
-    monkeypatch.setattr(geoseg.run.pipeline, "encode_result", interrupted_encode)
+    encode = _interrupt_journalling(monkeypatch, at_block=3, interrupt=ctrl_c)
     path, _ = make_scene(200, 200, seed=2)
     out = tmp_path / "o.gpkg"
     args = ["run", str(path), "--classes", "water", "-m", str(tiny_model), "-o", str(out)]
