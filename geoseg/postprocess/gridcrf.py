@@ -290,7 +290,9 @@ def gridcrf_refine(
             probs_fg[(slice(None), *lat.own())] = _class_probs(logits(onehot, lat, n))
     for k in range(1, n_classes):
         np.copyto(out[k], probs_fg[k - 1], where=valid)
-    np.copyto(out[0], 1.0 - probs_fg.sum(axis=0), where=valid)
+    # The background is what the other classes leave; float32 sums of them can pass 1 by an
+    # ulp where they take it all, which must not leave a negative probability.
+    np.copyto(out[0], np.maximum(1.0 - probs_fg.sum(axis=0), 0.0), where=valid)
     return labels, out
 
 

@@ -238,3 +238,18 @@ def test_smooth_block_runs_the_grid_crf_and_refuses_mixing_it_with_the_dense_one
             },
             **common,  # type: ignore[arg-type]
         )
+
+
+def test_the_background_probability_is_never_negative() -> None:
+    # Hypothesis found it: where the other classes take everything, their float32 sum passed
+    # 1 by an ulp and left the background a probability of -1.2e-7 (its free energy NaN).
+    probs = np.full((4, 22, 9), 0.25, dtype=np.float32)
+    low, third = 3.3288947e-04, 0.33322236
+    probs[:, 0, 0] = probs[:, 3, 2] = (low, third, third, third)
+    probs[:, 4, 5] = (third, third, third, low)
+    probs[:, 6, 3] = (third, low, third, third)
+    valid = np.ones((22, 9), dtype=bool)
+    params = GridCRFParams(weight=3.0, connectivity=4, iterations=3)
+    _, q = gridcrf_refine(probs, valid=valid, params=params)
+    assert (q >= 0).all()
+    assert np.allclose(q.sum(axis=0), 1.0, atol=1e-5)
