@@ -46,7 +46,8 @@ The stages live in one module each: :mod:`.graph` (skeleton pixels to a graph of
 :mod:`.prune` (spurs and small pieces), :mod:`.block` (one block core, and the halo it
 needs), :mod:`.seams` (joining pieces across block borders), :mod:`.bridge` (joining dead
 ends across small gaps in the road, on the merged lines) and :mod:`.lines` (the
-``BlockLines`` value object, canonical order, lengths in metres).
+``BlockLines`` value object, canonical order, lengths in metres, and the walk along lines
+joined end to end that both :mod:`.seams` and :mod:`.bridge` use).
 """
 
 from geoseg.vectorize.centerlines.block import (

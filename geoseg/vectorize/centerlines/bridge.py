@@ -29,7 +29,14 @@ import numpy as np
 import shapely
 
 from geoseg.errors import ConfigError
-from geoseg.vectorize.centerlines.lines import _canonical, _key, _non_negative, _pixel_size, _sort
+from geoseg.vectorize.centerlines.lines import (
+    _canonical,
+    _key,
+    _non_negative,
+    _pixel_size,
+    _sort,
+    _walk_groups,
+)
 
 __all__ = ["BRIDGE_ANGLE_DEG", "BRIDGE_M", "bridge_centerlines"]
 
@@ -155,36 +162,21 @@ def bridge_centerlines(
         out[j] = _insert_vertices(out[j], qs)
     for (i, end), q in taps.items():
         out[i] = np.concatenate([q[None], out[i]] if end == 0 else [out[i], q[None]])
-    # End-to-end joins chain lines into groups: walk each group from a free end.
+    # End-to-end joins chain lines into groups, each one line.
     link = {a: b for a, b in joins} | {b: a for a, b in joins}
-    seen = np.zeros(len(out), dtype=bool)
+    joined = sorted({i for i, _ in link})
     result: list[np.ndarray] = []
-    for i in range(len(out)):
-        if seen[i] or ((i, 0) not in link and (i, 1) not in link):
-            continue
-        # Walk back to a line end without a join (or around a ring).
-        p, leave, ring = i, 0, False
-        while (nxt := link.get((p, leave))) is not None:
-            if nxt[0] == i:
-                ring = True
-                break
-            p, leave = nxt[0], 1 - nxt[1]
-        p, first = (i, 0) if ring else (p, leave)
-        start, parts = p, []
-        while True:
-            seen[p] = True
-            parts.append(out[p] if first == 0 else out[p][::-1])
-            nxt = link.get((p, 1 - first))
-            if nxt is None or nxt[0] == start:
-                if nxt is not None:  # a ring: close it
-                    parts.append(parts[0][:1])
-                break
-            p, first = nxt
+    for members, ring in _walk_groups(link, joined):
+        parts = [out[p] if first == 0 else out[p][::-1] for p, first in members]
+        if ring:  # close it
+            parts.append(parts[0][:1])
         result.append(_canonical(np.concatenate(parts), free_ring=False))
-    changed = seen.copy()
+    grouped = np.zeros(len(out), dtype=bool)
+    grouped[joined] = True
+    changed = grouped.copy()
     changed[[i for i, _ in taps]] = True
     changed[list(inserts)] = True
-    for k in np.flatnonzero(changed & ~seen):
+    for k in np.flatnonzero(changed & ~grouped):
         result.append(_canonical(out[int(k)], free_ring=False))
     kept = lines[~changed]
     index = np.repeat(np.arange(len(result)), [len(c) for c in result])

@@ -1,5 +1,8 @@
 """The centreline value object, parameter checks, canonical form and order, lengths.
 
+Also the walk along lines joined end to end (:func:`_walk_groups`), shared by the seam
+merge and the gap bridging.
+
 Lines are in scene pixel coordinates until :func:`geoseg.vectorize.geometry.pixels_to_crs`
 moves them to the scene CRS; :func:`line_lengths_m` then measures them.
 """
@@ -7,6 +10,7 @@ moves them to the scene CRS; :func:`line_lengths_m` then measures them.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -130,6 +134,49 @@ def _sort(geoms: np.ndarray) -> np.ndarray:
         (shapely.length(geoms), b[:, 0], b[:, 1], z[:, 0], z[:, 1], a[:, 0], a[:, 1])
     )
     return geoms[order]
+
+
+# A line end: (line, 0) is its first vertex, (line, 1) its last.
+_End = tuple[int, int]
+
+
+def _walk_groups(link: Mapping[_End, _End], order: Iterable[int]) -> list[tuple[list[_End], bool]]:
+    """Lines joined end to end, walked group by group: ``(members, ring)`` for each group.
+
+    ``link`` maps a line end to the end of another line it is joined to, both ways, each
+    end joined at most once, so a group is an open chain or a ring. Groups come in
+    ``order`` of their first line met there (a line of ``order`` without a joined end is a
+    group of its own); lines outside ``order`` appear only in the groups they are joined
+    into. ``members`` are ``(line, first)`` in walking order, ``first`` the end the walk
+    enters the line by (1: walk it reversed). An open chain is walked from one of its free
+    ends: the one reached by walking back from its first line's end 0. A ring (``ring``
+    True) starts at that first line, entered by its end 0; its last member leads back to
+    its first one.
+    """
+    seen: set[int] = set()
+    groups: list[tuple[list[_End], bool]] = []
+    for i in order:
+        if i in seen:
+            continue
+        # Walk back to a free end of the group (or around a ring to the start).
+        p, leave, ring = i, 0, False
+        while (nxt := link.get((p, leave))) is not None:
+            if nxt[0] == i:
+                ring = True
+                break
+            p, leave = nxt[0], 1 - nxt[1]
+        p, first = (i, 0) if ring else (p, leave)
+        start = p
+        members: list[_End] = []
+        while True:
+            seen.add(p)
+            members.append((p, first))
+            nxt = link.get((p, 1 - first))
+            if nxt is None or nxt[0] == start:
+                break
+            p, first = nxt
+        groups.append((members, ring))
+    return groups
 
 
 def line_lengths_m(lines: np.ndarray, *, crs: CRS | None) -> np.ndarray:

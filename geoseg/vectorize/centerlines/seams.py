@@ -15,6 +15,7 @@ from geoseg.vectorize.centerlines.lines import (
     _key,
     _non_negative,
     _sort,
+    _walk_groups,
 )
 
 __all__ = ["merge_centerlines"]
@@ -101,31 +102,15 @@ def merge_centerlines(
             snap,
         )
     merged: list[np.ndarray] = []
-    seen = np.zeros(len(coords), dtype=bool)
-    for i in sorted(range(len(coords)), key=lambda k: _key(coords[k][0])):
-        if seen[i]:
-            continue
-        # Walk back to a loose end of the group (or around a ring to the start).
-        p, leave, ring = i, 0, False
-        while (nxt := link.get((p, leave))) is not None:
-            if nxt[0] == i:
-                ring = True
-                break
-            p, leave = nxt[0], 1 - nxt[1]
-        p, first = (i, 0) if ring else (p, leave)
-        start = p
+    order = sorted(range(len(coords)), key=lambda k: _key(coords[k][0]))
+    for members, ring in _walk_groups(link, order):
         parts: list[np.ndarray] = []
-        while True:
-            seen[p] = True
+        for p, first in members:
             xy = coords[p] if first == 0 else coords[p][::-1]
             if parts:  # both sides hold a cut point (the same one unless snapped): drop them
                 parts[-1] = parts[-1][:-1]
                 xy = xy[1:]
             parts.append(xy)
-            nxt = link.get((p, 1 - first))
-            if nxt is None or nxt[0] == start:
-                break
-            p, first = nxt
         line = np.concatenate(parts)
         if ring:  # the cut point opens and closes the walk
             line = np.concatenate([line[1:-1], line[1:2]])
