@@ -4,8 +4,8 @@ against the per-block tiling it replaced, measured in the same run.
 Tile counts per Mpx come from the plans, without running a network (so the 16384 x 16384
 case costs nothing): *per-block* is what the baseline predicted (tiles laid over each block's
 read window, halo and reflect-padded margin included); *anchored, each block its own* is what
-blocks predict when each predicts every tile of the scene's grid that meets its read window
-(``process_block`` without shared tiles); *anchored, shared* is the grid's own tile count: each
+blocks would predict if each predicted every tile of the scene's grid that meets its read
+window (before tiles were shared); *anchored, shared* is the grid's own tile count: each
 tile predicted once by the block that owns it, as a run does, and what whole-image inference
 predicts. Two halos: the tile overlap alone (``--smooth none --no-centerlines``) and that of a
 default roads run (morphology and centrelines).

@@ -17,21 +17,21 @@ import numpy as np
 
 from geoseg.errors import GeosegError, TaskFailure
 from geoseg.models.normalisation import apply_scaling
-from geoseg.models.predictor import TorchSegmenter
 from geoseg.models.spectral import SplitMergeSegmenter
 from geoseg.postprocess import argmax_classes, colour_bands, smooth_block
 from geoseg.run.memory import peak_rss_mb
-from geoseg.run.plan import MAX_ROAD_WIDTH_M, NODATA_CLASS, ModelUse, RunPlan
+from geoseg.run.plan import MAX_ROAD_WIDTH_M, NODATA_CLASS, RunPlan
 from geoseg.run.results import BlockResult, ClassPolygons, finish_polygons
 from geoseg.run.tiles import (
     BlockTiles,
     blend_shared_tiles,
+    device_of,
     networked,
     predict_owned_tiles,
     segmenter_for,
-    tile_grid,
+    tile_sources,
 )
-from geoseg.tiling.grid import Block, PixelWindow, hull
+from geoseg.tiling.grid import Block
 from geoseg.tiling.io import read_model_window, read_window
 from geoseg.tiling.resample import to_scene_grid
 from geoseg.vectorize.centerlines import BlockLines, block_centerlines
@@ -44,49 +44,22 @@ CENTERLINE_SIMPLIFY_PX = 1.0
 __all__ = ["block_task", "process_block", "tiles_task"]
 
 
-def _in_scene(window: PixelWindow, plan: RunPlan) -> PixelWindow:
-    scene = PixelWindow(row_off=0, col_off=0, height=plan.scene.height, width=plan.scene.width)
-    inside = window.intersection(scene)
-    if inside is None:
-        raise GeosegError(f"block window {window} lies outside the scene")
-    return inside
-
-
-def _predict_scene_tiles(
-    seg: TorchSegmenter,
-    image: np.ndarray,
-    valid: np.ndarray,
-    *,
-    window: PixelWindow,
-    use: ModelUse,
-    plan: RunPlan,
-    block: Block,
-) -> np.ndarray:
-    """Probabilities over ``block.read`` from the scene's tiles that meet it.
-
-    ``image`` and ``valid`` cover ``window``, which holds the read window and those tiles.
-    Pixels outside the scene are invalid and get probability 0, as in any block.
-    """
-    tiles = tile_grid(use, plan).covering(_in_scene(block.read, plan))
-    origins = [(r - window.row_off, c - window.col_off) for r, c in tiles]
-    probs = seg.predict_tiles(image, valid, origins=origins)
-    return probs[(slice(None), *block.read.relative_to(window))]
-
-
 def process_block(
     plan: RunPlan, block: Block, *, sources: Sequence[BlockTiles] | None = None
 ) -> BlockResult:
     """Read, predict, smooth, crop and polygonize one block (runs on a Dask worker).
 
     ``sources``: the tiles predicted by the blocks that own the tiles this block needs
-    (:func:`~geoseg.run.tiles.tile_sources`), blended here instead of predicting them again;
-    ``None`` predicts every tile the block needs. Both give the same probabilities.
+    (:func:`~geoseg.run.tiles.tile_sources`), blended here; ``None`` predicts them here,
+    each owner's tiles whole (what a run does once per owner, for a block on its own).
     """
     timings = dict.fromkeys(
         ("read", "model_load", "predict", "model_wait", "blend", "smooth", "vectorize"), 0.0
     )
-    shared = sources is not None
-    for source in sources or ():
+    if sources is None:
+        by_index = {b.index: b for b in plan.blocks}
+        sources = [predict_owned_tiles(plan, by_index[i]) for i in tile_sources(plan, block)]
+    for source in sources:
         if source.index == block.index:  # the model time spent on this block's own tiles
             for key, seconds in source.timings.items():
                 timings[key] += seconds
@@ -97,106 +70,68 @@ def process_block(
     masks: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     # Per model: its normalised entropy over the core, and the classes it gives.
     entropies: list[tuple[np.ndarray, tuple[str, ...]]] = []
-    images: dict[tuple[int, ...], tuple[PixelWindow, np.ndarray, np.ndarray]] = {}
+    images: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray]] = {}
     lines: dict[str, BlockLines] = {}
     device, precision = "cpu", "fp32"
-    # Each band set is read once, over the block's read window and the tiles of the scene's
-    # tile grid that meet it (networks at the scene's pixel size).
-    spans: dict[tuple[int, ...], PixelWindow] = {}
-    for use in plan.models:
-        if use.grid is None and networked(use) and not shared:
-            tiles = tile_grid(use, plan).covering(_in_scene(block.read, plan))
-            span = tile_grid(use, plan).span(tiles)
-            spans[use.bands] = hull(spans.get(use.bands, block.read), span)
     for index, use in enumerate(plan.models):
         t0 = time.perf_counter()
-        if use.bands not in images:
-            window = spans.get(use.bands, block.read)
-            wide, wide_valid = read_window(plan.scene.path, window, bands=use.bands)
-            images[use.bands] = (window, wide, wide_valid)
-        window, wide, wide_valid = images[use.bands]
+        if use.bands not in images:  # each band set is read once
+            images[use.bands] = read_window(plan.scene.path, block.read, bands=use.bands)
+        image, valid = images[use.bands]
         if use.scaling is not None:  # the model reads physical units (e.g. reflectance)
-            wide = apply_scaling(wide, use.scaling)
-        in_read = block.read.relative_to(window)
-        image, valid = wide[(slice(None), *in_read)], wide_valid[in_read]
+            image = apply_scaling(image, use.scaling)
         # A model that reads the scene at its own pixel size sees its own grid's window; its
         # probabilities come back to the scene grid.
         grid = use.grid if valid.any() else None
         if grid is not None:
             model_cover = grid.cover(block.read)
-            model_window = model_cover
-            model_tiles: list[tuple[int, int]] = []
-            if networked(use) and not shared:
-                model_tiles_grid = tile_grid(use, plan)
-                model_in_grid = model_cover.intersection(
-                    PixelWindow(row_off=0, col_off=0, height=grid.height, width=grid.width)
-                )
-                if model_in_grid is not None:
-                    model_tiles = model_tiles_grid.covering(model_in_grid)
-                    model_window = hull(model_cover, model_tiles_grid.span(model_tiles))
             model_image, model_valid = read_model_window(
-                plan.scene.path, model_window, bands=use.bands, grid=grid
+                plan.scene.path, model_cover, bands=use.bands, grid=grid
             )
             if use.scaling is not None:
                 model_image = apply_scaling(model_image, use.scaling)
         t1 = time.perf_counter()
-        seg = segmenter_for(use, plan.inference)
-        loaded = time.perf_counter()
-        device = seg.device
-        precision = getattr(seg, "precision", "index")  # spectral methods: no network
         probs = None
-        if grid is None and valid.any():
-            if isinstance(seg, SplitMergeSegmenter):  # its quadtree is anchored to the scene
-                probs = seg.predict(image, valid, origin=(block.read.row_off, block.read.col_off))
-            elif isinstance(seg, TorchSegmenter) and sources is not None:
+        if networked(use):
+            # Its tiles were predicted by their owners: blend them, no model here.
+            device, precision = device_of(sources, index)
+            if grid is None and valid.any():
                 probs = blend_shared_tiles(
                     use, index, plan, block, window=block.read, valid=valid, sources=sources
                 )
-            elif isinstance(seg, TorchSegmenter):  # the scene's tiles, wherever the block is
-                probs = _predict_scene_tiles(
-                    seg, wide, wide_valid, window=window, use=use, plan=plan, block=block
-                )
-            else:
-                probs = seg.predict(image, valid)
-        elif grid is not None and model_valid.any():
-            if isinstance(seg, TorchSegmenter) and sources is not None:
+            elif grid is not None and model_valid.any():
                 model_probs = blend_shared_tiles(
                     use, index, plan, block, window=model_cover, valid=model_valid, sources=sources
                 )
-            elif isinstance(seg, TorchSegmenter):
-                offset = (model_window.row_off, model_window.col_off)
-                model_probs = seg.predict_tiles(
-                    model_image,
-                    model_valid,
-                    origins=[(r - offset[0], c - offset[1]) for r, c in model_tiles],
+                probs = to_scene_grid(
+                    model_probs, model_valid, grid=grid, model_window=model_cover, window=block.read
                 )
-                in_cover = model_cover.relative_to(model_window)
-                model_probs = model_probs[(slice(None), *in_cover)]
-                model_valid = model_valid[in_cover]
-            else:
-                model_probs = seg.predict(model_image, model_valid)
-            probs = to_scene_grid(
-                model_probs,
-                model_valid,
-                grid=grid,
-                model_window=model_cover,
-                window=block.read,
-            )
-        t2 = time.perf_counter()
-        # A network's forward passes are "predict", counted as the model's time: a pass on
-        # one of a model's n slots occupies 1/n of it. This thread's own tile cutting,
-        # normalising and blending is "blend"; the time it sat waiting for the model's
-        # results (queued behind passes or computing) is "model_wait".
-        if hasattr(seg, "take_model_seconds"):
-            blocked, forward = seg.take_model_seconds()
-            own = t2 - loaded - blocked
-        else:  # a spectral index, computed in this thread
-            blocked, forward, own = 0.0, t2 - loaded, 0.0
-        timings["read"] += t1 - t0
-        timings["model_load"] += loaded - t1
-        timings["predict"] += forward / getattr(seg, "slots", 1)
-        timings["model_wait"] += blocked
-        timings["blend"] += own
+            t2 = time.perf_counter()
+            timings["read"] += t1 - t0
+            timings["blend"] += t2 - t1
+        else:
+            seg = segmenter_for(use, plan.inference)
+            loaded = time.perf_counter()
+            device, precision = seg.device, "index"  # spectral methods: no network
+            if grid is None and valid.any():
+                if isinstance(seg, SplitMergeSegmenter):  # its quadtree is anchored to the scene
+                    origin = (block.read.row_off, block.read.col_off)
+                    probs = seg.predict(image, valid, origin=origin)
+                else:
+                    probs = seg.predict(image, valid)
+            elif grid is not None and model_valid.any():
+                probs = to_scene_grid(
+                    seg.predict(model_image, model_valid),
+                    model_valid,
+                    grid=grid,
+                    model_window=model_cover,
+                    window=block.read,
+                )
+            t2 = time.perf_counter()
+            # A spectral index is computed in this thread: its time is the model's.
+            timings["read"] += t1 - t0
+            timings["model_load"] += loaded - t1
+            timings["predict"] += t2 - loaded
         valid_core = valid[core]
         any_valid |= valid_core
         if probs is not None:

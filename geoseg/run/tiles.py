@@ -36,6 +36,7 @@ from geoseg.tiling.io import read_model_window, read_window
 __all__ = [
     "BlockTiles",
     "blend_shared_tiles",
+    "device_of",
     "needed_window",
     "networked",
     "predict_owned_tiles",
@@ -53,11 +54,14 @@ Origin = tuple[int, int]
 class BlockTiles:
     """The tiles one block owns, predicted: per model (index in ``plan.models``), each owned
     tile's unblended probabilities ``(C, tile, tile)`` by its origin on the model's grid
-    (``None`` for a tile without a valid pixel, which nothing blends)."""
+    (``None`` for a tile without a valid pixel, which nothing blends), and the device and
+    precision that predicted them, so that the blocks blending them need not load the model
+    to report it."""
 
     index: int
     tiles: Mapping[int, Mapping[Origin, np.ndarray | None]]
     timings: Mapping[str, float] = field(default_factory=dict)
+    devices: Mapping[int, tuple[str, str]] = field(default_factory=dict)
 
 
 def segmenter_for(use: ModelUse, options: InferenceOptions) -> Segmenter:
@@ -143,7 +147,15 @@ def select_tiles(
     if isinstance(source, TaskFailure):
         return source
     tiles = {i: {o: source.tiles[i][o] for o in origins} for i, origins in wanted.items()}
-    return BlockTiles(index=source.index, tiles=tiles, timings=source.timings)
+    return replace(source, tiles=tiles)
+
+
+def device_of(sources: Sequence[BlockTiles], index: int) -> tuple[str, str]:
+    """``(device, precision)`` that predicted model ``index``'s tiles among ``sources``."""
+    for source in sources:
+        if index in source.devices:
+            return source.devices[index]
+    raise GeosegError(f"none of blocks {[s.index for s in sources]} predicted model {index}")
 
 
 def owned_tiles(use: ModelUse, plan: RunPlan, block: Block) -> list[Origin]:
@@ -161,6 +173,7 @@ def owned_tiles(use: ModelUse, plan: RunPlan, block: Block) -> list[Origin]:
 def predict_owned_tiles(plan: RunPlan, block: Block) -> BlockTiles:
     """The first phase of a block: predict the tiles it owns (runs on a Dask worker)."""
     tiles: dict[int, dict[Origin, np.ndarray | None]] = {}
+    devices: dict[int, tuple[str, str]] = {}
     timings = dict.fromkeys(("read", "model_load", "predict", "model_wait", "blend"), 0.0)
     for i, use in enumerate(plan.models):
         origins = owned_tiles(use, plan, block) if networked(use) else []
@@ -185,6 +198,7 @@ def predict_owned_tiles(plan: RunPlan, block: Block) -> BlockTiles:
             # A copy: the model's batch array would otherwise travel with every tile.
             own[(r + span.row_off, c + span.col_off)] = np.array(probs, dtype=np.float32)
         tiles[i] = own
+        devices[i] = (seg.device, seg.precision)
         t2 = time.perf_counter()
         blocked, forward = seg.take_model_seconds()
         timings["read"] += t1 - t0
@@ -192,7 +206,7 @@ def predict_owned_tiles(plan: RunPlan, block: Block) -> BlockTiles:
         timings["predict"] += forward / seg.slots
         timings["model_wait"] += blocked
         timings["blend"] += t2 - loaded - blocked
-    return BlockTiles(index=block.index, tiles=tiles, timings=timings)
+    return BlockTiles(index=block.index, tiles=tiles, timings=timings, devices=devices)
 
 
 def blend_shared_tiles(

@@ -24,7 +24,6 @@ __all__ = [
     "TileGrid",
     "TilingSpec",
     "core_size",
-    "hull",
     "plan_blocks",
     "tile_origins",
 ]
@@ -253,10 +252,3 @@ class TileGrid:
         r1 = max(r for r, _ in origins) + self.tile
         c1 = max(c for _, c in origins) + self.tile
         return PixelWindow(row_off=r0, col_off=c0, height=r1 - r0, width=c1 - c0)
-
-
-def hull(a: PixelWindow, b: PixelWindow) -> PixelWindow:
-    """The smallest window holding both ``a`` and ``b``."""
-    r0, c0 = min(a.row_off, b.row_off), min(a.col_off, b.col_off)
-    r1, c1 = max(a.row_end, b.row_end), max(a.col_end, b.col_end)
-    return PixelWindow(row_off=r0, col_off=c0, height=r1 - r0, width=c1 - c0)

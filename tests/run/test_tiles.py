@@ -12,6 +12,7 @@ import rasterio
 from affine import Affine
 from distributed import Client, LocalCluster
 
+import geoseg.run.task
 from geoseg.config import InferenceOptions, RunConfig
 from geoseg.models.predictor import TorchSegmenter
 from geoseg.run.pipeline import plan_run, run_scene
@@ -20,6 +21,7 @@ from geoseg.run.tiles import (
     needed_window,
     owned_tiles,
     predict_owned_tiles,
+    select_tiles,
     tile_grid,
     tile_sources,
 )
@@ -83,9 +85,13 @@ def test_each_tile_is_predicted_once(
 
 
 @pytest.mark.parametrize("pixel", ["scene", "model"])
-def test_shared_tiles_blend_to_the_blocks_own_prediction_bit_for_bit(
-    tiny_model: Path, make_scene, pixel: str
+def test_a_block_blends_the_tiles_its_neighbours_send_without_loading_the_model(
+    tiny_model: Path, make_scene, pixel: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """What a cluster does: each owner's prediction cut to the tiles one block needs
+    (:func:`select_tiles`) gives that block the probabilities of a block predicting its
+    owners' tiles itself, and the block reports the owners' device and precision without
+    loading the model."""
     kw = {"transform": FIVE_M} if pixel == "model" else {}
     scene, _ = make_scene(500, 450, seed=4, **kw)
     config = RunConfig(
@@ -97,17 +103,25 @@ def test_shared_tiles_blend_to_the_blocks_own_prediction_bit_for_bit(
     )
     plan = plan_run(scene, config)
     by_index = {b.index: b for b in plan.blocks}
+    picked = plan.blocks[:: max(1, len(plan.blocks) // 4)]
+    alone = {b.index: process_block(plan, b) for b in picked}
     owners = {}
-    for block in plan.blocks[:: max(1, len(plan.blocks) // 4)]:
+
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a block blending shared tiles loaded the model")
+
+    monkeypatch.setattr(geoseg.run.task, "segmenter_for", no_model)
+    for block in picked:
         sources = []
-        for i in tile_sources(plan, block):
+        for i, wanted in tile_sources(plan, block).items():
             owners.setdefault(i, predict_owned_tiles(plan, by_index[i]))
-            sources.append(owners[i])
+            sources.append(select_tiles(owners[i], wanted))
         shared = process_block(plan, block, sources=sources)
-        alone = process_block(plan, block)
-        assert np.array_equal(shared.classes, alone.classes)
-        assert shared.probabilities is not None and alone.probabilities is not None
-        assert np.array_equal(shared.probabilities, alone.probabilities)
+        assert (shared.device, shared.precision) == ("cpu", "fp32")
+        assert np.array_equal(shared.classes, alone[block.index].classes)
+        assert shared.probabilities is not None
+        assert np.array_equal(shared.probabilities, alone[block.index].probabilities)
+        assert (shared.classes != 255).any()
 
 
 def test_a_cluster_run_holds_a_few_rows_of_tiles_and_releases_them(
