@@ -56,9 +56,12 @@ from geoseg.run.spectral_stats import prepare_spectral
 from geoseg.run.task import block_task, process_block, tiles_task
 from geoseg.run.tiles import (
     BlockTiles,
+    Origin,
+    owned_tiles,
     predict_owned_tiles,
     select_tiles,
     shares_tiles,
+    tile_owners,
     tile_sources,
 )
 from geoseg.tiling.grid import Block
@@ -218,19 +221,23 @@ def packed_block_task(
     return block_task(pickle.loads(packed_plan), block, sources)
 
 
-def packed_tiles_task(packed_plan: bytes, block: Block) -> BlockTiles | TaskFailure:
+def packed_tiles_task(
+    packed_plan: bytes, block: Block, owned: Mapping[int, Sequence[Origin]]
+) -> BlockTiles | TaskFailure:
     """:func:`~geoseg.run.task.tiles_task` given the plan as :func:`_packed_plan` bytes."""
-    return tiles_task(pickle.loads(packed_plan), block)
+    return tiles_task(pickle.loads(packed_plan), block, owned)
 
 
 def _tile_sources(
     plan: RunPlan, blocks: Sequence[Block]
-) -> dict[int, dict[int, dict[int, list[tuple[int, int]]]]]:
-    """Per block to do, the tiles it blends by owner block and model (none without a
-    network): :func:`~geoseg.run.tiles.tile_sources`."""
+) -> tuple[dict[int, dict[int, dict[int, list[Origin]]]], dict[int, dict[int, list[Origin]]]]:
+    """Per block to do, the tiles it blends by owner block and model
+    (:func:`~geoseg.run.tiles.tile_sources`), and per owner block, the tiles it owns
+    (:func:`~geoseg.run.tiles.owned_tiles`); both empty without a network."""
     if not shares_tiles(plan):
-        return {}
-    return {b.index: tile_sources(plan, b) for b in blocks}
+        return {}, {}
+    owners = tile_owners(plan)
+    return {b.index: tile_sources(plan, b, owners) for b in blocks}, owned_tiles(owners)
 
 
 def _iter_results(
@@ -244,45 +251,37 @@ def _iter_results(
     """Yield block results as they complete, never more than ``max_in_flight`` pending.
 
     With networks, each tile is predicted once, by the block that owns it (a first task per
-    block, :func:`~geoseg.run.tiles.predict_owned_tiles`), submitted when the first
-    block that blends its tiles is; each block receives only the tiles it blends (a small
-    selecting task beside the owner's result), and an owner's tiles are released as soon as
-    every block that blends them is done. Blocks go in raster order, so the tiles of about
-    three rows of blocks are held at once (memory grows with the scene's width, not its
-    height). A lost worker's tiles are recomputed by Dask from their task.
+    block, :func:`~geoseg.run.tiles.predict_owned_tiles`), submitted when the first block
+    that blends its tiles is. Its result is at once cut into one selection per block that
+    blends those tiles (:func:`~geoseg.run.tiles.select_tiles`: the same arrays, no copy on
+    the worker) and released, so a tile stays in memory only while a block still to be done
+    holds it: once a block is done, the tiles only it needed go. Blocks go in raster order,
+    so what is held is the tiles along the lower edge of about one row of blocks (memory
+    grows with the scene's width, not its height). A lost worker's tiles are recomputed by
+    Dask from their tasks.
     """
-    sources = _tile_sources(plan, blocks)
+    sources, owned = _tile_sources(plan, blocks)
     by_index = {b.index: b for b in plan.blocks}
-    # Owner -> the blocks still to blend its tiles.
-    waiting: dict[int, set[int]] = {}
+    # Owner -> the blocks to do that blend its tiles.
+    dependants: dict[int, list[int]] = {}
     for index, owners in sources.items():
         for owner in owners:
-            waiting.setdefault(owner, set()).add(index)
-
-    def blended(index: int) -> list[int]:
-        """Owners whose tiles no block still needs once block ``index`` is done."""
-        free = []
-        for owner in sources.get(index, ()):
-            waiting[owner].discard(index)
-            if not waiting[owner]:
-                free.append(owner)
-        return free
+            dependants.setdefault(owner, []).append(index)
 
     if client is None:
-        cache: dict[int, BlockTiles] = {}
+        # (owner, block) -> the owner's tiles that block blends, kept until it is done.
+        kept: dict[tuple[int, int], BlockTiles] = {}
         for block in blocks:
             if block.index not in sources:
                 yield process_block(plan, block)
                 continue
-            own = []
             for owner in sources[block.index]:
-                if owner not in cache:
-                    cache[owner] = predict_owned_tiles(plan, by_index[owner])
-                own.append(cache[owner])
-            result = process_block(plan, block, sources=own)
-            for owner in blended(block.index):
-                del cache[owner]
-            yield result
+                if (owner, block.index) not in kept:
+                    tiles = predict_owned_tiles(plan, by_index[owner], owned[owner])
+                    for i in dependants[owner]:
+                        kept[(owner, i)] = select_tiles(tiles, sources[i][owner])
+            own = [kept.pop((owner, block.index)) for owner in sources[block.index]]
+            yield process_block(plan, block, sources=own)
         return
     if not blocks:
         return
@@ -292,40 +291,43 @@ def _iter_results(
     run_id = uuid.uuid4().hex[:12]
     pending = iter(blocks)
     submitted: dict[Any, Block] = {}
-    tiles: dict[int, Any] = {}
+    shares: dict[tuple[int, int], Any] = {}
     res = dict(resources) if resources else None
 
-    def owner_tiles(owner: int) -> Any:
-        if owner not in tiles:
-            tiles[owner] = client.submit(
-                packed_tiles_task,
-                packed,
-                by_index[owner],
-                key=f"geoseg-tiles-{run_id}-{owner}",
+    def predict(owner: int) -> None:
+        """Submit the owner's tiles and, beside them, the selection of each block that
+        blends them; the owner's result goes once those are taken."""
+        tiles = client.submit(
+            packed_tiles_task,
+            packed,
+            by_index[owner],
+            owned[owner],
+            key=f"geoseg-tiles-{run_id}-{owner}",
+            pure=False,
+            retries=2,
+            resources=res,
+        )
+        for i in dependants[owner]:
+            shares[(owner, i)] = client.submit(
+                select_tiles,
+                tiles,
+                sources[i][owner],
+                key=f"geoseg-share-{run_id}-{owner}-{i}",
                 pure=False,
                 retries=2,
-                resources=res,
             )
-        return tiles[owner]
+        tiles.release()
 
     def shared(block: Block) -> list[Any] | None:
-        """Futures of the tiles ``block`` blends, picked from each owner's prediction where
-        it lies (the selection is held by the block's task alone, and recomputed from the
-        owner's result if its worker is lost)."""
+        """Futures of the tiles ``block`` blends, one per owner (held by the block's task
+        alone, and recomputed from the owner's task if its worker is lost)."""
         owners = sources.get(block.index)
         if owners is None:
             return None
-        return [
-            client.submit(
-                select_tiles,
-                owner_tiles(owner),
-                wanted,
-                key=f"geoseg-share-{run_id}-{owner}-{block.index}",
-                pure=False,
-                retries=2,
-            )
-            for owner, wanted in owners.items()
-        ]
+        for owner in owners:
+            if (owner, block.index) not in shares:
+                predict(owner)
+        return [shares.pop((owner, block.index)) for owner in owners]
 
     def submit(block: Block) -> Any:
         # Dask retries a task that raised or whose worker died; a geoseg error comes back as
@@ -357,8 +359,6 @@ def _iter_results(
                 ) from err
             block = submitted.pop(fut)
             fut.release()
-            for owner in blended(block.index):
-                tiles.pop(owner).release()
             if isinstance(result, TaskFailure):
                 raise result.error()
             nxt = next(pending, None)
@@ -366,7 +366,7 @@ def _iter_results(
                 queue.add(submit(nxt))
             yield result
     finally:
-        for fut in [*submitted, *tiles.values()]:
+        for fut in [*submitted, *shares.values()]:
             fut.cancel()
 
 

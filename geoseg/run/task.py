@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -27,8 +27,10 @@ from geoseg.run.tiles import (
     blend_shared_tiles,
     device_of,
     networked,
+    owned_tiles,
     predict_owned_tiles,
     segmenter_for,
+    tile_owners,
     tile_sources,
 )
 from geoseg.tiling.grid import Block
@@ -58,7 +60,12 @@ def process_block(
     )
     if sources is None:
         by_index = {b.index: b for b in plan.blocks}
-        sources = [predict_owned_tiles(plan, by_index[i]) for i in tile_sources(plan, block)]
+        owners = tile_owners(plan)
+        owned = owned_tiles(owners)
+        sources = [
+            predict_owned_tiles(plan, by_index[i], owned[i])
+            for i in tile_sources(plan, block, owners)
+        ]
     for source in sources:
         if source.index == block.index:  # the model time spent on this block's own tiles
             for key, seconds in source.timings.items():
@@ -275,10 +282,12 @@ def block_task(
         return TaskFailure.of(err)
 
 
-def tiles_task(plan: RunPlan, block: Block) -> BlockTiles | TaskFailure:
-    """:func:`~geoseg.run.tiles.predict_owned_tiles` as a Dask task (errors as in
-    :func:`block_task`)."""
+def tiles_task(
+    plan: RunPlan, block: Block, owned: Mapping[int, Sequence[tuple[int, int]]]
+) -> BlockTiles | TaskFailure:
+    """:func:`~geoseg.run.tiles.predict_owned_tiles` of the tiles ``owned`` as a Dask task
+    (errors as in :func:`block_task`)."""
     try:
-        return predict_owned_tiles(plan, block)
+        return predict_owned_tiles(plan, block, owned)
     except GeosegError as err:
         return TaskFailure.of(err)

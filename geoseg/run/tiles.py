@@ -3,23 +3,28 @@
 A network's tiles lie on one grid anchored to the scene (:class:`~geoseg.tiling.grid.TileGrid`,
 over the scene's pixels or the model's own pixel grid). A block needs the probabilities of
 every tile that meets its read window, halo included, so neighbouring blocks need many of the
-same tiles. Each tile is *owned* by the one block whose core holds the tile's centre (in scene
-pixels): the run predicts, per block, the tiles it owns (:func:`predict_owned_tiles`, the
-first phase), and each block then blends the tiles it needs from its own and its neighbours'
-predictions (:func:`blend_shared_tiles`), in the grid's raster order, so every pixel gets the
-float sums it would get from whole-image inference, whatever the block size or halo.
+same tiles. Each tile is *owned* by the first block, in raster order, whose read window meets
+it (:func:`tile_owners`): the run predicts, per block, the tiles it owns
+(:func:`predict_owned_tiles`, the first phase), and each block then blends the tiles it needs
+from its own and earlier blocks' predictions (:func:`blend_shared_tiles`), in the grid's
+raster order, so every pixel gets the float sums it would get from whole-image inference,
+whatever the block size or halo.
 
-A tile owned by a block is needed only by blocks whose read windows meet it; :func:`tile_sources`
-lists, for a block, the tiles it needs by owner (itself and its neighbours), and
-:func:`select_tiles` picks them out of an owner's prediction, so a block receives only those.
+Blocks are done in raster order, so a tile is predicted just when the first block that needs
+it comes, and is needed at most until the row of blocks below is done: what a run holds is
+the band of tiles along one border between rows of blocks. (Owning a tile by the block whose
+core holds its centre predicted the next row's tiles a row early.)
+
+:func:`tile_sources` lists, for a block, the tiles it needs by owner, and :func:`select_tiles`
+picks them out of an owner's prediction, so a block receives only those.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import overload
 
 import numpy as np
 
@@ -30,7 +35,7 @@ from geoseg.models.predictor import Segmenter, TorchSegmenter, cached_segmenter
 from geoseg.models.spectral import SpectralSegmenter, SplitMergeSegmenter
 from geoseg.run.plan import ModelUse, RunPlan
 from geoseg.tiling.blend import BlendAccumulator
-from geoseg.tiling.grid import Block, PixelWindow, TileGrid, core_size
+from geoseg.tiling.grid import Block, PixelWindow, TileGrid
 from geoseg.tiling.io import read_model_window, read_window
 
 __all__ = [
@@ -39,11 +44,13 @@ __all__ = [
     "device_of",
     "needed_window",
     "networked",
+    "owned_tiles",
     "predict_owned_tiles",
     "segmenter_for",
     "select_tiles",
     "shares_tiles",
     "tile_grid",
+    "tile_owners",
     "tile_sources",
 ]
 
@@ -108,35 +115,71 @@ def needed_window(use: ModelUse, plan: RunPlan, block: Block) -> PixelWindow | N
     return window.intersection(extent)
 
 
-def _owner(use: ModelUse, plan: RunPlan, origin: Origin) -> tuple[int, int]:
-    """``(block row, block column)`` of the block whose core holds the tile's centre."""
-    half = use.tile / 2
-    r, c = origin[0] + half, origin[1] + half
-    if use.grid is not None:
-        r, c = r * use.grid.row_factor, c * use.grid.col_factor
-    core = core_size(plan.tiling)
-    row = min(max(math.floor(r), 0), plan.scene.height - 1) // core
-    col = min(max(math.floor(c), 0), plan.scene.width - 1) // core
-    return row, col
+Owners = Mapping[int, Mapping[Origin, int]]
 
 
-def _block_index(plan: RunPlan, row: int, col: int) -> int:
-    """Index of a block in :func:`~geoseg.tiling.grid.plan_blocks`' row-major order."""
-    return row * math.ceil(plan.scene.width / core_size(plan.tiling)) + col
-
-
-def tile_sources(plan: RunPlan, block: Block) -> dict[int, dict[int, list[Origin]]]:
-    """The tiles ``block`` blends, by owner: per owner block (in increasing index, the block
-    itself among them when it owns any), per model index, the origins in raster order."""
-    sources: dict[int, dict[int, list[Origin]]] = {}
+def tile_owners(plan: RunPlan) -> dict[int, dict[Origin, int]]:
+    """Per network model (index in ``plan.models``), each tile's owner: the index of the first
+    block, in raster order, whose needed window meets it."""
+    owners: dict[int, dict[Origin, int]] = {}
+    blocks = sorted(plan.blocks, key=lambda b: b.index)
     for i, use in enumerate(plan.models):
-        window = needed_window(use, plan, block) if networked(use) else None
+        if not networked(use):
+            continue
+        grid = tile_grid(use, plan)
+        owner = owners[i] = {}
+        for block in blocks:
+            window = needed_window(use, plan, block)
+            if window is not None:
+                for origin in grid.covering(window):
+                    owner.setdefault(origin, block.index)
+    return owners
+
+
+def tile_sources(
+    plan: RunPlan, block: Block, owners: Owners | None = None
+) -> dict[int, dict[int, list[Origin]]]:
+    """The tiles ``block`` blends, by owner: per owner block (in increasing index, the block
+    itself among them when it owns any), per model index, the origins in raster order.
+    ``owners``: :func:`tile_owners` of the plan, when already known."""
+    if owners is None:
+        owners = tile_owners(plan)
+    sources: dict[int, dict[int, list[Origin]]] = {}
+    for i, owner in owners.items():
+        use = plan.models[i]
+        window = needed_window(use, plan, block)
         if window is None:
             continue
         for origin in tile_grid(use, plan).covering(window):
-            owner = _block_index(plan, *_owner(use, plan, origin))
-            sources.setdefault(owner, {}).setdefault(i, []).append(origin)
+            sources.setdefault(owner[origin], {}).setdefault(i, []).append(origin)
     return dict(sorted(sources.items()))
+
+
+def owned_tiles(owners: Owners) -> dict[int, dict[int, list[Origin]]]:
+    """Per block index, per model index, the origins of the tiles the block owns, in raster
+    order (blocks that own none are left out)."""
+    owned: dict[int, dict[int, list[Origin]]] = {}
+    for i, owner in owners.items():
+        for origin, index in owner.items():
+            owned.setdefault(index, {}).setdefault(i, []).append(origin)
+    for per_model in owned.values():
+        for origins in per_model.values():
+            origins.sort()
+    return owned
+
+
+@overload
+def select_tiles(source: BlockTiles, wanted: Mapping[int, Sequence[Origin]]) -> BlockTiles: ...
+
+
+@overload
+def select_tiles(source: TaskFailure, wanted: Mapping[int, Sequence[Origin]]) -> TaskFailure: ...
+
+
+@overload
+def select_tiles(
+    source: BlockTiles | TaskFailure, wanted: Mapping[int, Sequence[Origin]]
+) -> BlockTiles | TaskFailure: ...
 
 
 def select_tiles(
@@ -158,25 +201,20 @@ def device_of(sources: Sequence[BlockTiles], index: int) -> tuple[str, str]:
     raise GeosegError(f"none of blocks {[s.index for s in sources]} predicted model {index}")
 
 
-def owned_tiles(use: ModelUse, plan: RunPlan, block: Block) -> list[Origin]:
-    """Origins of the model's tiles that ``block`` owns, in raster order."""
-    grid = tile_grid(use, plan)
-    extent = PixelWindow(row_off=0, col_off=0, height=grid.height, width=grid.width)
-    # A tile whose centre lies in the core meets the core (or the model pixels over it).
-    window = block.core if use.grid is None else use.grid.cover(block.core)
-    inside = window.intersection(extent)
-    if inside is None:
-        return []
-    return [o for o in grid.covering(inside) if _owner(use, plan, o) == (block.row, block.col)]
+def predict_owned_tiles(
+    plan: RunPlan, block: Block, owned: Mapping[int, Sequence[Origin]] | None = None
+) -> BlockTiles:
+    """The first phase of a block: predict the tiles it owns (runs on a Dask worker).
 
-
-def predict_owned_tiles(plan: RunPlan, block: Block) -> BlockTiles:
-    """The first phase of a block: predict the tiles it owns (runs on a Dask worker)."""
+    ``owned``: per model index, the origins of those tiles (:func:`owned_tiles`), when
+    already known."""
+    if owned is None:
+        owned = owned_tiles(tile_owners(plan)).get(block.index, {})
     tiles: dict[int, dict[Origin, np.ndarray | None]] = {}
     devices: dict[int, tuple[str, str]] = {}
     timings = dict.fromkeys(("read", "model_load", "predict", "model_wait", "blend"), 0.0)
     for i, use in enumerate(plan.models):
-        origins = owned_tiles(use, plan, block) if networked(use) else []
+        origins = list(owned.get(i, ()))
         if not origins:
             continue
         t0 = time.perf_counter()
