@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 
 # Runs `geoseg run` end to end on the real samples shipped in samples/: water on the
 # Sentinel-2 crop, then roads and crop fields (one polygon per field) on the NAIP crop with
-# networks (the default roads model; the crops model named until it is a default).
+# the default roads and crops networks.
 demo: $(STAMP)
 	mkdir -p $(DEMO_OUT)
 	$(BIN)/geoseg run samples/beaufort_s2.tif --classes water \
@@ -39,17 +39,25 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 # Reproduce the shipped default models with the training files in workflows/train/, from
-# ../shared/data or $GEOSEG_SHARED_DATA (long: about an hour on 2 cores). geoseg train scores
-# each model's held-out data through the geoseg run pipeline into its card, which records the
-# command; `geoseg models show FILE` shows them. Checkpoints in .train-defaults/: a stopped
-# run resumes. TRAIN_OUT=DIR writes the models elsewhere than over the shipped files.
+# ../shared/data or $GEOSEG_SHARED_DATA (long: about five hours on 2 cores). geoseg train
+# scores each model's held-out data through the geoseg run pipeline into its card, which
+# records the command; `geoseg models show FILE` shows them. Checkpoints in .train-defaults/:
+# a stopped run resumes. TRAIN_OUT=DIR writes the models elsewhere than over the shipped
+# files; the second versions are fine-tuned from the first ones as the files name them
+# (init_from), in geoseg/models/weights/.
 TRAIN_OUT ?= geoseg/models/weights
 train-defaults: $(STAMP)
 	mkdir -p $(TRAIN_OUT)
 	$(BIN)/geoseg train workflows/train/roads.yaml \
 		-o $(TRAIN_OUT)/roads-unet-r18.safetensors --overwrite
+	$(BIN)/geoseg train workflows/train/roads-v2.yaml \
+		-o $(TRAIN_OUT)/roads-unet-r18-v2.safetensors --overwrite
 	$(BIN)/geoseg train workflows/train/landsat.yaml \
 		-o $(TRAIN_OUT)/landsat7-water-crops.safetensors --overwrite
+	$(BIN)/geoseg train workflows/train/crops.yaml \
+		-o $(TRAIN_OUT)/crops-fields-naip.safetensors --overwrite
+	$(BIN)/geoseg train workflows/train/crops-v2.yaml \
+		-o $(TRAIN_OUT)/crops-fields-naip-v2.safetensors --overwrite
 
 # Speed and memory tables (README "Performance"); ../shared/data needed; about 50 minutes.
 bench: $(STAMP)
