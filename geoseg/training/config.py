@@ -179,6 +179,10 @@ class TrainConfig:
         A model file whose weights start the network (fine-tuning), instead of a random
         initialisation; its card must describe the same network (architecture, encoder,
         params, bands, classes). Recorded in the card with the rest of the config.
+    init_encoder_from
+        A model file whose *encoder* weights start the network's encoder (transfer from
+        another task on the same imagery, e.g. crop fields to roads); the decoder and head
+        start random. Its card must name the same encoder and bands. Not with ``init_from``.
     time_limit_min
         Wall-clock budget in minutes (``None``: none): no epoch starts that would, at the
         pace of the last one, end after it. The schedule still spans ``epochs``, so set
@@ -238,6 +242,7 @@ class TrainConfig:
     time_limit_min: float | None = None
     test: tuple[TrainingInput, ...] = ()
     init_from: str | None = None
+    init_encoder_from: str | None = None
     scores: Mapping[str, Any] = field(default_factory=dict)
     threshold_class: str | None = None
 
@@ -250,8 +255,13 @@ class TrainConfig:
             raise ConfigError(
                 f"test image {leaked[0]!r} is also a training input; keep test images out of inputs"
             )
-        if self.init_from is not None:
-            object.__setattr__(self, "init_from", os.fspath(self.init_from))
+        for key in ("init_from", "init_encoder_from"):
+            if getattr(self, key) is not None:
+                object.__setattr__(self, key, os.fspath(getattr(self, key)))
+        if self.init_from is not None and self.init_encoder_from is not None:
+            raise ConfigError(
+                "init_from and init_encoder_from both start the network: give one of them"
+            )
         _check_scores(self.scores, self.class_map)
         if self.threshold_class is not None:
             names = self.class_map.class_names
@@ -365,6 +375,7 @@ class TrainConfig:
         # recorded before them keep their fingerprint, so their checkpoints still resume.
         for name, unset in (
             ("init_from", None),
+            ("init_encoder_from", None),
             ("time_limit_min", None),
             ("test", []),
             ("scores", {}),

@@ -69,7 +69,7 @@ def _resolve_paths(data: Mapping[str, Any], base: Path, data_root: Path | None) 
     for key in ("inputs", "test"):
         if out.get(key):
             out[key] = _resolve_inputs(out[key], fix, inputs_base)
-    for key in ("output", "checkpoint_dir", "init_from"):
+    for key in ("output", "checkpoint_dir", "init_from", "init_encoder_from"):
         value = out.get(key)
         if isinstance(value, str) and _is_local_relative(value):
             out[key] = str((base / value).resolve())

@@ -114,6 +114,47 @@ def _initialise(net: torch.nn.Module, card: ModelCard, path: str) -> None:
         raise ConfigError(f"weights of init_from {path!r} do not fit the network: {err}") from err
 
 
+def _initialise_encoder(net: torch.nn.Module, card: ModelCard, path: str) -> int:
+    """Start ``net``'s encoder from the encoder of the model file ``path``; the number of
+    tensors loaded.
+
+    Raises
+    ------
+    ConfigError
+        If that file's encoder or bands are not those being trained, or it has no encoder
+        weights that fit.
+    """
+    from safetensors.torch import load_file
+
+    from geoseg.errors import ConfigError
+    from geoseg.models.card import read_card
+
+    source = read_card(path)
+    if (source.encoder, source.bands) != (card.encoder, card.bands):
+        raise ConfigError(
+            f"init_encoder_from {path!r} has a {source.encoder} encoder over "
+            f"{', '.join(source.bands)}; the config trains a {card.encoder} encoder over "
+            f"{', '.join(card.bands)}"
+        )
+    mine = net.state_dict()
+    theirs = {k: v for k, v in load_file(path).items() if k.startswith("encoder.")}
+    wanted = {k for k in mine if k.startswith("encoder.")}
+    if not theirs or set(theirs) != wanted:
+        missing = sorted(wanted - set(theirs))[:3]
+        raise ConfigError(
+            f"the encoder weights of init_encoder_from {path!r} do not fit the network "
+            f"(missing e.g. {', '.join(missing) or 'nothing'}; {len(theirs)} encoder tensors)"
+        )
+    shapes = [k for k, v in theirs.items() if tuple(v.shape) != tuple(mine[k].shape)]
+    if shapes:
+        raise ConfigError(
+            f"the encoder weights of init_encoder_from {path!r} do not fit the network: "
+            f"{shapes[0]} is {tuple(theirs[shapes[0]].shape)}, not {tuple(mine[shapes[0]].shape)}"
+        )
+    net.load_state_dict(theirs, strict=False)
+    return len(theirs)
+
+
 def train(
     config: TrainConfig, *, progress: Callable[[TrainProgress], None] | None = None
 ) -> TrainResult:
@@ -182,6 +223,8 @@ def train(
             first_epoch = resumed.epoch + 1
     if ckpt is None and config.init_from is not None:
         _initialise(net, card, config.init_from)
+    if ckpt is None and config.init_encoder_from is not None:
+        _initialise_encoder(net, card, config.init_encoder_from)
 
     run_start = start - elapsed  # wall time includes setup, summed over resumed sessions
     for epoch in range(first_epoch, config.epochs + 1):
