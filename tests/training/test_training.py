@@ -320,3 +320,71 @@ def test_data_relative():
     assert data_relative("/data/other/a.tif", "/data/shared") is None
     assert data_relative("/vsis3/bucket/a.tif", "/") is None
     assert data_relative("https://host/a.tif", "/") is None
+
+
+def test_init_encoder_from_starts_the_encoder_alone_from_another_model(
+    scenes, reference, tmp_path, monkeypatch
+):
+    """Transfer between tasks: another decoder and other classes, the source's encoder."""
+    import geoseg.training.loop as loop
+
+    result, _ = reference
+    source_card, source_net = load_network(result.model_path)
+    card = dataclasses.replace(
+        source_card,
+        params={"encoder_depth": 3, "decoder_channels": [16, 16, 8]},
+        classes=(*source_card.classes, dataclasses.replace(source_card.classes[1], name="edge")),
+    )
+    net = build_network(card)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    loaded = loop._initialise_encoder(net, card, result.model_path)
+    theirs = source_net.state_dict()
+    encoder = [k for k in before if k.startswith("encoder.")]
+    assert loaded == len(encoder) > 0
+    for key, value in net.state_dict().items():
+        if key.startswith("encoder."):
+            assert torch.equal(value, theirs[key]), key
+        else:
+            assert torch.equal(value, before[key]), f"{key} is not the encoder's"
+    assert any(not torch.equal(before[k], theirs[k]) for k in encoder), "a real change"
+
+    other = dataclasses.replace(card, encoder="resnet18")
+    with pytest.raises(ConfigError, match="has a mobilenet_v2 encoder over red, green, blue"):
+        loop._initialise_encoder(build_network(other), other, result.model_path)
+    other = dataclasses.replace(card, bands=("green", "red", "blue"))
+    with pytest.raises(ConfigError, match="the config trains a mobilenet_v2 encoder over green"):
+        loop._initialise_encoder(build_network(other), other, result.model_path)
+    # A file of that encoder whose tensors do not fit: one missing, or one of another shape.
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(result.model_path), framework="pt") as f:
+        metadata = f.metadata()
+        state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    first = encoder[0]
+    for name, broken in (
+        ("missing", {k: v for k, v in state.items() if k != first}),
+        ("reshaped", {**state, first: torch.zeros(3, *state[first].shape)}),
+    ):
+        path = tmp_path / f"{name}.safetensors"
+        save_file(broken, str(path), metadata=metadata)
+        with pytest.raises(ConfigError, match="do not fit the network"):
+            loop._initialise_encoder(build_network(card), card, str(path))
+
+    with pytest.raises(ConfigError, match="give one of them"):
+        _config(scenes, tmp_path / "m.safetensors", init_from="a", init_encoder_from="b")
+    # train() starts from it, and records it in the card's config.
+    seen = []
+    monkeypatch.setattr(loop, "_initialise_encoder", lambda n, c, p: seen.append(p) or 0)
+    out = train(
+        _config(
+            scenes,
+            tmp_path / "t.safetensors",
+            init_encoder_from=result.model_path,
+            epochs=1,
+            steps_per_epoch=2,
+        )
+    )
+    assert seen == [str(result.model_path)]
+    recorded = load_network(out.model_path)[0].training["reproducibility"]["config"]
+    assert recorded["init_encoder_from"] == str(result.model_path)
