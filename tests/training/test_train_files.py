@@ -193,3 +193,30 @@ def test_a_test_image_cannot_also_be_a_training_input(tmp_path):
     leaked = {**config.to_dict(), "test": [config.to_dict()["inputs"][0]]}
     with pytest.raises(ConfigError, match="also a training input"):
         TrainConfig.from_dict(leaked)
+
+
+@pytest.mark.parametrize("name", ["roads-v5.yaml", "roads-v5-scratch.yaml"])
+def test_roads_v5_files_hold_out_a_region_and_test_on_a_tile_nothing_chose(name, tmp_path):
+    config = _read(name, tmp_path)
+    tiles = [Path(i.image).name.removesuffix("_image.tif") for i in config.inputs]
+    (test,) = [Path(t.image).name.removesuffix("_image.tif") for t in config.test]
+    assert test == "10678810_15" and test not in tiles and len(tiles) == 6
+    split = config.validation
+    assert split.kind == "region" and tiles[split.image] == "10228660_15"
+    assert split.region == PixelWindow(row_off=0, col_off=0, height=500, width=1500)
+    plan = plan_split(split, [(1500, 1500)] * 6, chip=config.chip_size)
+    held = [a for a in plan.train if a.index == split.image]
+    assert len(plan.train) == 6 and held[0].exclude == split.region
+    assert held[0].gap == config.chip_size == 256, "no training chip within a chip of it"
+    assert config.threshold_class == "roads" and config.keep == "best"
+    assert config.scores == {"relaxed_px": 3} and config.encoder == "resnet34"
+    transfer = config.init_encoder_from
+    if name == "roads-v5.yaml":
+        assert Path(transfer or "").name == "crops-fields-naip-v2.safetensors"
+        assert Path(transfer or "").is_file()
+    else:
+        assert transfer is None and config.init_from is None
+    # The two differ in their start alone.
+    v5, scratch = (_read(n, tmp_path).to_dict() for n in ("roads-v5.yaml", "roads-v5-scratch.yaml"))
+    differ = {k for k in v5.keys() | scratch.keys() if v5.get(k) != scratch.get(k)}
+    assert differ == {"init_encoder_from", "name", "checkpoint_dir"}
