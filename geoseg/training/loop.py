@@ -124,6 +124,7 @@ def _initialise_encoder(net: torch.nn.Module, card: ModelCard, path: str) -> int
         If that file's encoder or bands are not those being trained, or it has no encoder
         weights that fit.
     """
+    import torch
     from safetensors.torch import load_file
 
     from geoseg.errors import ConfigError
@@ -136,22 +137,20 @@ def _initialise_encoder(net: torch.nn.Module, card: ModelCard, path: str) -> int
             f"{', '.join(source.bands)}; the config trains a {card.encoder} encoder over "
             f"{', '.join(card.bands)}"
         )
-    mine = net.state_dict()
-    theirs = {k: v for k, v in load_file(path).items() if k.startswith("encoder.")}
-    wanted = {k for k in mine if k.startswith("encoder.")}
-    if not theirs or set(theirs) != wanted:
-        missing = sorted(wanted - set(theirs))[:3]
+    encoder = getattr(net, "encoder", None)
+    prefix = "encoder."
+    theirs = {k.removeprefix(prefix): v for k, v in load_file(path).items() if k.startswith(prefix)}
+    if not isinstance(encoder, torch.nn.Module) or not theirs:
         raise ConfigError(
             f"the encoder weights of init_encoder_from {path!r} do not fit the network "
-            f"(missing e.g. {', '.join(missing) or 'nothing'}; {len(theirs)} encoder tensors)"
+            f"({len(theirs)} encoder tensors in the file)"
         )
-    shapes = [k for k, v in theirs.items() if tuple(v.shape) != tuple(mine[k].shape)]
-    if shapes:
+    try:
+        encoder.load_state_dict(theirs, strict=True)
+    except RuntimeError as err:
         raise ConfigError(
-            f"the encoder weights of init_encoder_from {path!r} do not fit the network: "
-            f"{shapes[0]} is {tuple(theirs[shapes[0]].shape)}, not {tuple(mine[shapes[0]].shape)}"
-        )
-    net.load_state_dict(theirs, strict=False)
+            f"the encoder weights of init_encoder_from {path!r} do not fit the network: {err}"
+        ) from err
     return len(theirs)
 
 
