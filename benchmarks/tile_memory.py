@@ -29,6 +29,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -96,13 +97,14 @@ def held_centre_owner(plan: RunPlan, need: dict[int, set[Origin]]) -> int:
 def held_first_needer(plan: RunPlan, need: dict[int, set[Origin]]) -> int:
     """Most distinct tiles held by this tree's schedule, with geoseg's own ownership."""
     owners = tile_owners(plan)
+    users = Counter(origin for tiles in need.values() for origin in tiles)
     held: dict[Origin, int] = {}  # tile -> blocks still to blend it
     most = 0
     for b in sorted(plan.blocks, key=lambda b: b.index):
         for owner, per_model in tile_sources(plan, b, owners).items():
             if owner == b.index:  # predicted now: one selection per block that needs it
                 for origin in per_model[0]:
-                    held[origin] = sum(origin in tiles for tiles in need.values())
+                    held[origin] = users[origin]
         most = max(most, len(held))
         for origin in need[b.index]:
             held[origin] -= 1
